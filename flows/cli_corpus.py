@@ -1,0 +1,1 @@
+"""`ragvid corpus synth|ingest` — filled in by the corpus work (issue 2)."""

@@ -1,0 +1,168 @@
+"""Pydantic configs with the papers' defaults, documented once here.
+
+RAGME = seed 001 (§3, App. A), VIMI = seed 003 (§3.1), FCA = seed 004. Every stage takes one
+of these; every table it writes stores the config's JSON in its Parquet metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthConfig(_Config):
+    """Generated demo corpus: moving shapes whose captions name shape, colour and motion."""
+
+    num_videos: int = Field(240, ge=1, description="distinct clips (before planted copies)")
+    num_duplicates: int = Field(24, ge=0, description="planted near-duplicate copies")
+    num_bad: int = Field(8, ge=0, description="planted bad files (zero-byte, truncated, …)")
+    width: int = Field(96, ge=16)
+    height: int = Field(64, ge=16)
+    num_frames: int = Field(24, ge=2)
+    fps: int = Field(12, ge=1)
+    seed: int = 0
+
+
+class ManifestConfig(_Config):
+    """Manifest ETL (Beam): input layout, sharding, runner."""
+
+    layout: Literal["auto", "webvid", "video2dataset", "folder"] = "auto"
+    num_shards: int = Field(4, ge=1)
+    runner: str = "FnApiRunner"
+    min_caption_chars: int = Field(1, ge=0)
+
+
+class EmbedConfig(_Config):
+    """Frame decoding + CLIP embedding (RAGME Eq. 3: frame-wise L2, temporal mean, L2)."""
+
+    encoder: str = Field(
+        "open_clip:ViT-B-32/laion2b_s34b_b79k",
+        description="'open_clip:<arch>/<pretrained tag or checkpoint path>' or a preset name",
+    )
+    num_frames: int = Field(8, ge=1, description="T frames sampled per video")
+    sampling: Literal["uniform", "every_n", "fps"] = "uniform"
+    every_n: int = Field(1, ge=1)
+    fps: float = Field(1.0, gt=0)
+    decode_timeout_s: float = Field(60.0, gt=0)
+    part_size: int = Field(64, ge=1, description="manifest rows per output part")
+    batch_size: int = Field(64, ge=1, description="frames per encoder batch")
+    storage_dtype: Literal["float16", "float32"] = "float16"
+    num_decoders: int | None = Field(None, description="Ray decode tasks in flight (None: CPUs)")
+    num_encoders: int = Field(1, ge=1, description="Ray encoder actors")
+
+
+class RetrievalConfig(_Config):
+    """Query-time filters (RAGME App. A): over-fetch, δ_min, δ_dedup, keep K, pad + mask."""
+
+    k: int = Field(5, ge=1, description="K retrieved videos (paper: 5; 1, 20, 50 ablated)")
+    delta_min_video: float = Field(0.6, description="δ_min for video→video queries")
+    delta_min_text: float | None = Field(
+        None,
+        description="δ_min for text→video queries; None = off (CLIP's text–video cosines sit "
+        "around 0.25–0.35, so the video threshold would pad every result)",
+    )
+    delta_dedup: float = Field(0.965, description="drop a result this similar to a kept one")
+    overfetch: int = Field(4, ge=1, description="candidates fetched = overfetch × K (+ group)")
+    rerank_exact: bool = Field(True, description="re-rank compressed-index hits exactly")
+
+    def delta_min(self, modality: Literal["text", "video", "vector"]) -> float | None:
+        return self.delta_min_text if modality == "text" else self.delta_min_video
+
+
+class IndexConfig(_Config):
+    """FAISS index: type from N and a memory budget unless a factory string is given."""
+
+    factory: str | None = Field(None, description="FAISS factory string; overrides the choice")
+    memory_budget_gb: float = Field(8.0, gt=0)
+    num_shards: int = Field(1, ge=1)
+    train_sample: int = Field(100_000, ge=1)
+    recall_target: float = Field(0.95, gt=0, le=1)
+    canonical_only: bool = Field(False, description="index canonical members of dup groups only")
+    delta_dedup: float = 0.965
+
+
+class EnhancerConfig(_Config):
+    """Transformer time enhancer: [CLS; f_vis(frame_0..T)] → 6 layers, dim 512 → CLS."""
+
+    dim: int = 512
+    num_layers: int = 6
+    num_heads: int = 8
+    max_frames: int = 64
+    dropout: float = 0.0
+
+
+class RagCAConfig(_Config):
+    """Cross-attention after every temporal attention layer, zero-initialised projection."""
+
+    num_heads: int = 8
+    token_dim: int = 512
+    uncond_keeps_retrieval: bool = Field(
+        True, description="under CFG, the unconditional branch also sees the retrieved tokens"
+    )
+
+
+class GenerationConfig(_Config):
+    """RAGME §4 inference: DDIM 50 steps, CFG 7.5, RagInit on."""
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    height: int = 256
+    width: int = 448
+    num_frames: int = 12
+    rag_init: bool = True
+    fps: int = 8
+
+
+class TrainConfig(_Config):
+    """RAGME App. A: 448×256, 12 frames, effective batch 16, 200K iterations, base frozen."""
+
+    height: int = 256
+    width: int = 448
+    num_frames: int = 12
+    effective_batch_size: int = 16
+    micro_batch_size: int = 1
+    max_steps: int = 200_000
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    caption_dropout: float = 0.1
+    retrieval_dropout: float = 0.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    gradient_checkpointing: bool = True
+    checkpoint_every: int = 5_000
+    sample_every: int = 10_000
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _accumulation_divides(self) -> TrainConfig:
+        if self.effective_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"effective_batch_size={self.effective_batch_size} must be a multiple of "
+                f"micro_batch_size={self.micro_batch_size}"
+            )
+        return self
+
+
+class VimiConfig(_Config):
+    """VIMI §3.1: BM25 over an image-text memory, K=3 (K=2 in pretraining)."""
+
+    k: int = 3
+    templates: dict[str, str] = {
+        "retrieval": "Generate a video with the retrieved text-image examples and text prompt.",
+        "interleaved": "Generate a video with the text and image interleaved prompt.",
+        "first_frame": "Generate a video with the following text and first frame.",
+    }
+
+
+class FCAConfig(_Config):
+    """FCA: parallel attention branch per DiT block, learnable scale init 0.1, CFG 6.0."""
+
+    scale_init: float = 0.1
+    guidance_scale: float = 6.0
+    num_inference_steps: int = 50
+    num_query_tokens: int = 16

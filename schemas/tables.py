@@ -1,0 +1,207 @@
+"""The tables of a ragvid workspace (see DESIGN.md "Workspace layout").
+
+Each ``TableSpec`` is the contract between the stage that writes the table and the stages
+that read it. Bump ``version`` whenever a column changes meaning or type.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .contract import TableSpec
+
+
+def _vec(dim: int, dtype: pa.DataType = pa.float16()) -> pa.DataType:
+    return pa.list_(pa.field("item", dtype, nullable=False), dim)
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+MANIFEST = TableSpec(
+    name="manifest",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("uri", pa.string()),
+            _f("caption", pa.string()),
+            _f("duration_s", pa.float64(), nullable=True),
+            _f("source", pa.string()),
+            _f("source_file", pa.string()),
+            _f("source_row", pa.int64()),
+        ]
+    ),
+    extra_columns_allowed=True,
+    doc="One row per video: id, location, caption, duration; extra corpus columns carried.",
+)
+
+REJECTS = TableSpec(
+    name="rejects",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("source_file", pa.string()),
+            _f("source_row", pa.int64()),
+            _f("field", pa.string(), nullable=True),
+            _f("reason", pa.string()),
+            _f("video_id", pa.string(), nullable=True),
+            _f("raw", pa.string(), nullable=True),
+        ]
+    ),
+    doc="Input rows the manifest ETL refused, with file, row, field and reason.",
+)
+
+FAILURES = TableSpec(
+    name="failures",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("uri", pa.string()),
+            _f("stage", pa.string()),
+            _f("error_class", pa.string()),
+            _f("message", pa.string()),
+            _f("part", pa.int32()),
+            _f("attempt", pa.int32()),
+        ]
+    ),
+    doc="Quarantined videos: which stage failed, the error class and the message.",
+)
+
+EMBEDDINGS = TableSpec(
+    name="embeddings",
+    version=1,
+    build=lambda dim: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("caption", pa.string()),
+            _f("frame_emb", pa.list_(pa.field("item", _vec(dim), nullable=False))),
+            _f("video_emb", _vec(dim)),
+            _f("text_emb", _vec(dim)),
+            _f("n_frames", pa.int32()),
+            _f("frame_ts", pa.list_(pa.field("item", pa.float32(), nullable=False))),
+            _f("encoder", pa.string()),
+        ]
+    ),
+    has_dim=True,
+    doc="Per-frame CLIP embeddings (T×dim), the Eq. 3 video embedding and the caption embedding.",
+)
+
+INDEX_IDS = TableSpec(
+    name="index_ids",
+    version=1,
+    build=lambda _: pa.schema(
+        [_f("row_id", pa.int64()), _f("video_id", pa.string()), _f("shard", pa.int32())]
+    ),
+    doc="FAISS row id → video_id, and the shard holding the row.",
+)
+
+DUPLICATES = TableSpec(
+    name="duplicates",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("group_id", pa.int64()),
+            _f("canonical_id", pa.string()),
+            _f("is_canonical", pa.bool_()),
+            _f("group_size", pa.int32()),
+            _f("max_sim", pa.float32()),
+        ]
+    ),
+    doc="Near-duplicate groups (cosine ≥ δ_dedup, connected components) with a canonical member.",
+)
+
+NEIGHBOURS = TableSpec(
+    name="neighbours",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("neighbour_ids", pa.list_(pa.field("item", pa.string(), nullable=True))),
+            _f("scores", pa.list_(pa.field("item", pa.float32(), nullable=False))),
+            _f("mask", pa.list_(pa.field("item", pa.bool_(), nullable=False))),
+        ]
+    ),
+    doc="Training neighbours: K ids (null where padded), cosine scores, validity mask.",
+)
+
+GENERATIONS = TableSpec(
+    name="generations",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("prompt_id", pa.string()),
+            _f("prompt", pa.string()),
+            _f("seed", pa.int64()),
+            _f("method", pa.string()),
+            _f("video_path", pa.string(), nullable=True),
+            _f("retrieved_ids", pa.list_(pa.field("item", pa.string(), nullable=True))),
+            _f("retrieved_scores", pa.list_(pa.field("item", pa.float32(), nullable=False))),
+            _f("retrieved_mask", pa.list_(pa.field("item", pa.bool_(), nullable=False))),
+            _f("timings", pa.map_(pa.string(), pa.float64())),
+            _f("model_id", pa.string()),
+            _f("index_id", pa.string(), nullable=True),
+            _f("status", pa.string()),
+            _f("error", pa.string(), nullable=True),
+        ]
+    ),
+    doc="One row per generated video: prompt, seed, retrieval, per-phase timings, status.",
+)
+
+METRICS = TableSpec(
+    name="metrics",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("run", pa.string()),
+            _f("method", pa.string()),
+            _f("metric", pa.string()),
+            _f("value", pa.float64(), nullable=True),
+            _f("n", pa.int64()),
+            _f("setup", pa.string()),
+        ]
+    ),
+    doc="Evaluation figures, each with the setup (feature net, frames, sample size) behind it.",
+)
+
+TRAIN_LOG = TableSpec(
+    name="train_log",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("step", pa.int64()),
+            _f("loss", pa.float64()),
+            _f("lr", pa.float64()),
+            _f("seconds", pa.float64()),
+            _f("samples", pa.int64()),
+        ]
+    ),
+    doc="Per-step training metrics of an adapter fine-tune.",
+)
+
+ALL_TABLES: dict[str, TableSpec] = {
+    t.name: t
+    for t in (
+        MANIFEST,
+        REJECTS,
+        FAILURES,
+        EMBEDDINGS,
+        INDEX_IDS,
+        DUPLICATES,
+        NEIGHBOURS,
+        GENERATIONS,
+        METRICS,
+        TRAIN_LOG,
+    )
+}
+
+
+def get_table(name: str) -> TableSpec:
+    """Look a table contract up by name; unknown names list the valid ones."""
+    try:
+        return ALL_TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table '{name}'. Available: {sorted(ALL_TABLES)}") from None
