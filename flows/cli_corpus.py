@@ -1,1 +1,164 @@
-"""`ragvid corpus synth|ingest` — filled in by the corpus work (issue 2)."""
+"""`ragvid corpus synth|ingest`: generate the demo corpus; turn a corpus into a manifest."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .cli_common import WorkspaceOpt, console, corpus_app, progress, user_errors
+
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="Corpus name in the workspace.")]
+
+
+@corpus_app.command("synth")
+@user_errors
+def synth(
+    name: NameOpt = "demo",
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    num_videos: Annotated[int, typer.Option(help="Distinct clips.")] = 240,
+    num_duplicates: Annotated[int, typer.Option(help="Planted near-duplicate copies.")] = 24,
+    num_bad: Annotated[int, typer.Option(help="Planted bad files (zero-byte, truncated…).")] = 8,
+    width: Annotated[int, typer.Option(help="Frame width (even).")] = 96,
+    height: Annotated[int, typer.Option(help="Frame height (even).")] = 64,
+    num_frames: Annotated[int, typer.Option(help="Frames per clip.")] = 24,
+    fps: Annotated[int, typer.Option(help="Frames per second.")] = 12,
+    seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = 0,
+) -> None:
+    """Generate the demo corpus (moving shapes, WebVid layout) into <workspace>/raw/<name>.
+
+    Real H.264 mp4s with captions naming shape, colour and motion, ground-truth columns,
+    planted near-duplicates and planted bad files (zero-byte, truncated, not-a-video, missing).
+    """
+    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.schemas import SynthConfig, Workspace
+
+    config = SynthConfig(
+        num_videos=num_videos,
+        num_duplicates=num_duplicates,
+        num_bad=num_bad,
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        fps=fps,
+        seed=seed,
+    )
+    ws = Workspace.at(workspace).ensure_writable()
+    out = ws.raw(name)
+    with progress() as bar:
+        task = bar.add_task(f"synth {name}", total=num_videos + num_duplicates + num_bad)
+        report = synth_corpus(
+            out, config, on_progress=lambda done, _: bar.update(task, completed=done)
+        )
+    console.print(f"[bold]corpus {name!r}[/]: {report.num_rows} rows in {report.seconds} s")
+    table = Table()
+    table.add_column("kind")
+    table.add_column("rows", justify="right")
+    for kind, n in report.counts.items():
+        table.add_row(kind, str(n))
+    console.print(table)
+    console.print(f"written to {report.out_dir} (CSV: {report.csv_path})")
+    console.print(f"next: ragvid corpus ingest {report.out_dir} --name {name} -w {workspace}")
+
+
+@corpus_app.command("ingest")
+@user_errors
+def ingest(
+    input_path: Annotated[
+        str,
+        typer.Argument(
+            help="WebVid results_*.csv (file or folder), a video2dataset output folder, or a "
+            "folder of videos with a captions .csv/.jsonl. Local path or fsspec URI.",
+            show_default=False,
+        ),
+    ],
+    name: NameOpt = "demo",
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    layout: Annotated[str, typer.Option(help="auto | webvid | video2dataset | folder")] = "auto",
+    shards: Annotated[int, typer.Option("--shards", help="Manifest parts.")] = 4,
+    runner: Annotated[
+        str,
+        typer.Option(help="Beam runner: FnApiRunner (in-process), DataflowRunner, FlinkRunner…"),
+    ] = "FnApiRunner",
+    pipeline_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pipeline-option",
+            "-o",
+            help="Extra Beam pipeline option, repeatable: -o --project=p -o --region=r",
+        ),
+    ] = None,
+    id_column: Annotated[str | None, typer.Option(help="Id column (default: detected).")] = None,
+    caption_column: Annotated[str | None, typer.Option(help="Caption column.")] = None,
+    uri_column: Annotated[str | None, typer.Option(help="Video file/URL column.")] = None,
+    check_files: Annotated[
+        bool, typer.Option(help="Reject rows whose local video file is missing.")
+    ] = True,
+) -> None:
+    """Validate and de-duplicate a corpus into a sharded Parquet manifest (Apache Beam).
+
+    Rows with missing/empty fields, duplicate ids, unparseable durations or malformed CSV go
+    to the rejects table with file, row, field and reason; ingested + rejected = input rows.
+    """
+    from ragvid.pipelines.beam_manifest import ingest as run_ingest
+    from ragvid.schemas import ManifestConfig, Workspace
+
+    if layout not in ("auto", "webvid", "video2dataset", "folder"):
+        raise ValueError(f"--layout {layout!r}: use auto, webvid, video2dataset or folder")
+    if shards < 1:
+        raise ValueError(f"--shards {shards}: must be at least 1")
+    config = ManifestConfig(
+        layout=layout,  # type: ignore[arg-type]
+        num_shards=shards,
+        runner=runner,
+        check_files=check_files,
+        id_column=id_column,
+        caption_column=caption_column,
+        uri_column=uri_column,
+    )
+    ws = Workspace.at(workspace).ensure_writable()
+    with console.status(f"ingesting {input_path} with Beam ({runner})…"):
+        report = run_ingest(
+            input_path,
+            ws.manifest(name),
+            ws.rejects(name),
+            config,
+            source=name,
+            pipeline_args=list(pipeline_option or []),
+        )
+    console.print(
+        f"[bold]manifest {name!r}[/] ({report.layout} layout, {report.runner}, {report.seconds} s)"
+    )
+    table = Table()
+    table.add_column("")
+    table.add_column("rows", justify="right")
+    table.add_row("input rows", str(report.input_rows))
+    table.add_row("[green]ingested", str(report.ingested))
+    table.add_row("[red]rejected", str(report.rejected))
+    for reason, n in report.rejects_by_reason.items():
+        table.add_row(f"  {reason}", str(n))
+    console.print(table)
+    if report.rejected:
+        _show_rejects(report.rejects_dir)
+    console.print(f"manifest: {report.manifest_dir} ({len(report.shards)} parts)")
+    console.print(f"rejects:  {report.rejects_dir}")
+    if report.ingested == 0:
+        raise ValueError(
+            f"no row of {input_path} was ingested (all {report.rejected} rejected) — see the "
+            f"rejects table in {report.rejects_dir}"
+        )
+
+
+def _show_rejects(rejects_dir: str, limit: int = 10) -> None:
+    from ragvid.schemas import REJECTS, read_parts
+
+    rows = read_parts(rejects_dir, REJECTS).slice(0, limit).to_pylist()
+    table = Table(title=f"first {len(rows)} rejects")
+    for col in ("file", "row", "field", "reason", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        detail = (r["detail"] or "").split(": ", 1)[-1]
+        file = r["source_file"].rsplit("/", 1)[-1]
+        table.add_row(file, str(r["source_row"]), r["field"] or "", r["reason"], detail)
+    console.print(table)

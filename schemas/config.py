@@ -29,12 +29,23 @@ class SynthConfig(_Config):
 
 
 class ManifestConfig(_Config):
-    """Manifest ETL (Beam): input layout, sharding, runner."""
+    """Manifest ETL (Beam): input layout, column names, sharding, runner."""
 
     layout: Literal["auto", "webvid", "video2dataset", "folder"] = "auto"
     num_shards: int = Field(4, ge=1)
-    runner: str = "FnApiRunner"
+    runner: str = Field(
+        "FnApiRunner",
+        description="Beam runner; FnApiRunner (in-process, offline-safe) by default. DirectRunner "
+        "may start Prism, which downloads a binary. --runner in pipeline args wins.",
+    )
     min_caption_chars: int = Field(1, ge=0)
+    check_files: bool = Field(
+        True, description="reject rows whose local video file does not exist (no remote checks)"
+    )
+    id_column: str | None = Field(None, description="override the detected id column")
+    caption_column: str | None = Field(None, description="override the detected caption column")
+    uri_column: str | None = Field(None, description="override the detected file/url column")
+    duration_column: str | None = Field(None, description="override the detected duration column")
 
 
 class EmbedConfig(_Config):
@@ -116,6 +127,9 @@ class GenerationConfig(_Config):
     num_frames: int = 12
     rag_init: bool = True
     fps: int = 8
+    k: int = Field(5, ge=1, description="retrieved videos per prompt")
+    seed: int = Field(0, description="seed of every prompt (the same across methods)")
+    negative_prompt: str = ""
 
 
 class TrainConfig(_Config):
@@ -135,7 +149,11 @@ class TrainConfig(_Config):
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     gradient_checkpointing: bool = True
     checkpoint_every: int = 5_000
-    sample_every: int = 10_000
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept on disk")
+    sample_every: int = Field(10_000, ge=0, description="sample videos every N steps (0: off)")
+    sample_steps: int = Field(25, ge=1, description="DDIM steps of the periodic samples")
+    max_grad_norm: float = Field(1.0, gt=0)
+    shuffle: bool = True
     seed: int = 0
 
     @model_validator(mode="after")

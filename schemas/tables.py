@@ -46,11 +46,13 @@ REJECTS = TableSpec(
             _f("source_row", pa.int64()),
             _f("field", pa.string(), nullable=True),
             _f("reason", pa.string()),
+            _f("detail", pa.string(), nullable=True),
             _f("video_id", pa.string(), nullable=True),
             _f("raw", pa.string(), nullable=True),
         ]
     ),
-    doc="Input rows the manifest ETL refused, with file, row, field and reason.",
+    doc="Input rows the manifest ETL refused: file, row, field, a short reason (for counts) "
+    "and the detail.",
 )
 
 FAILURES = TableSpec(
@@ -93,9 +95,14 @@ INDEX_IDS = TableSpec(
     name="index_ids",
     version=1,
     build=lambda _: pa.schema(
-        [_f("row_id", pa.int64()), _f("video_id", pa.string()), _f("shard", pa.int32())]
+        [
+            _f("row_id", pa.int64()),
+            _f("video_id", pa.string()),
+            _f("shard", pa.int32()),
+            _f("caption", pa.string(), nullable=True),
+        ]
     ),
-    doc="FAISS row id → video_id, and the shard holding the row.",
+    doc="FAISS row id → video_id, the shard holding the row, and the caption (BM25, inspect).",
 )
 
 DUPLICATES = TableSpec(

@@ -70,8 +70,12 @@ def test_encoder_mismatch_is_an_error(tmp_path):
 def test_version_mismatch_says_what_to_do(tmp_path):
     path = tmp_path / "n.parquet"
     table = pa.table(
-        {"video_id": ["a"], "neighbour_ids": [["b", None]], "scores": [[0.9, 0.0]],
-         "mask": [[True, False]]}
+        {
+            "video_id": ["a"],
+            "neighbour_ids": [["b", None]],
+            "scores": [[0.9, 0.0]],
+            "mask": [[True, False]],
+        }
     )
     written = write_table(path, table, NEIGHBOURS)
     meta = dict(written.schema.metadata)
@@ -92,9 +96,15 @@ def test_missing_column_and_nulls_rejected_on_write(tmp_path):
     with pytest.raises(SchemaMismatchError, match="missing column"):
         write_table(tmp_path / "m.parquet", pa.table({"video_id": ["a"]}), MANIFEST)
     bad = pa.table(
-        {"video_id": ["a", None], "uri": ["u", "u"], "caption": ["c", "c"],
-         "duration_s": [1.0, None], "source": ["s", "s"], "source_file": ["f", "f"],
-         "source_row": [1, 2]}
+        {
+            "video_id": ["a", None],
+            "uri": ["u", "u"],
+            "caption": ["c", "c"],
+            "duration_s": [1.0, None],
+            "source": ["s", "s"],
+            "source_file": ["f", "f"],
+            "source_row": [1, 2],
+        }
     )
     with pytest.raises(SchemaMismatchError, match="'video_id'.*1 null"):
         write_table(tmp_path / "m.parquet", bad, MANIFEST)
@@ -103,8 +113,16 @@ def test_missing_column_and_nulls_rejected_on_write(tmp_path):
 
 def test_manifest_carries_extra_columns(tmp_path):
     table = pa.table(
-        {"video_id": ["a"], "uri": ["u"], "caption": ["c"], "duration_s": [None],
-         "source": ["s"], "source_file": ["f"], "source_row": [1], "shape": ["circle"]}
+        {
+            "video_id": ["a"],
+            "uri": ["u"],
+            "caption": ["c"],
+            "duration_s": [None],
+            "source": ["s"],
+            "source_file": ["f"],
+            "source_row": [1],
+            "shape": ["circle"],
+        }
     )
     write_table(tmp_path / "m.parquet", table, MANIFEST)
     back = read_table(tmp_path / "m.parquet", MANIFEST)
@@ -126,6 +144,11 @@ def test_configs_carry_paper_defaults():
     assert r.delta_min("text") is None and r.delta_min("video") == 0.6
     t = TrainConfig()
     assert (t.width, t.height, t.num_frames, t.effective_batch_size, t.max_steps) == (
-        448, 256, 12, 16, 200_000)
+        448,
+        256,
+        12,
+        16,
+        200_000,
+    )
     with pytest.raises(ValueError, match="multiple of"):
         TrainConfig(effective_batch_size=16, micro_batch_size=3)

@@ -1,0 +1,192 @@
+"""Embedding throughput: the Ray Data pipeline vs a plain single-process loop, in one run.
+
+Same generated corpus, same encoder, same decode settings. The plain loop decodes one video,
+encodes its frames and caption, then moves on; the Ray pipeline overlaps CPU decode tasks with
+an encoder actor that batches across videos. Reported: videos/s and frames/s of each, end to
+end (Ray's figure includes starting the pipeline and its actors, not ``ray.init``) and in
+steady state (Ray: from the first finished part to the last), and their ratios.
+
+    .venv/bin/python bench/embed.py --quick          # 240 videos, tiny encoder
+    .venv/bin/python bench/embed.py --videos 1500    # long enough to amortise Ray's start-up
+    .venv/bin/python bench/embed.py --encoder vit-b-32-random --videos 2000   # on a GPU box
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _manifest(raw, ws, corpus: str) -> None:
+    import csv
+
+    import pyarrow as pa
+
+    from ragvid.schemas import MANIFEST, part_name, write_table
+
+    with open(raw.csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    write_table(
+        f"{ws.manifest(corpus)}/{part_name(0)}",
+        pa.table(
+            {
+                "video_id": [r["videoid"] for r in rows],
+                "uri": [f"{raw.out_dir}/{r['contentUrl']}" for r in rows],
+                "caption": [r["name"] for r in rows],
+                "duration_s": pa.array([None] * len(rows), pa.float64()),
+                "source": ["bench"] * len(rows),
+                "source_file": [raw.csv_path] * len(rows),
+                "source_row": list(range(len(rows))),
+            }
+        ),
+        MANIFEST,
+    )
+
+
+def plain_loop(ws, corpus: str, config, threads: int | None = None, limit: int | None = None):
+    """Decode → encode one video at a time, in this process (``threads``: torch CPU threads,
+    ``None`` = torch's default)."""
+    import torch
+
+    from ragvid.pipelines.embed import decode_row, load_manifest, video_embedding
+    from ragvid.pipelines.encoder import load_encoder
+
+    default_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+
+    encoder = load_encoder(config.encoder, batch_size=config.batch_size)
+    rows = load_manifest(ws, corpus).to_pylist()[:limit]
+    short = encoder.decode_short_side()
+    decode_row(rows[0], config, short)  # start the decode helper outside the timing
+    started = time.perf_counter()
+    frames = 0
+    for row in rows:
+        dec = decode_row(row, config, short)
+        if dec["error_class"] is None:
+            fe = encoder.encode_videos([dec["frames"]])[0]
+            video_embedding(fe)
+            encoder.encode_text([row["caption"]])
+            frames += len(fe)
+    seconds = time.perf_counter() - started
+    torch.set_num_threads(default_threads)
+    return {
+        "videos": len(rows),
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "torch_threads": threads or default_threads,
+    }
+
+
+def ray_pipeline(ws, corpus: str, config) -> dict:
+    from ragvid.pipelines.ray_embed import embed_corpus
+
+    finished: list[tuple[float, int, int]] = []
+
+    def on_part(_done, _total, stats):
+        finished.append((time.perf_counter(), stats.rows, stats.frames))
+
+    started = time.perf_counter()
+    report = embed_corpus(ws, corpus, config, progress=on_part)
+    seconds = time.perf_counter() - started
+    steady = {}
+    if len(finished) >= 2:
+        span = finished[-1][0] - finished[0][0]
+        rows = sum(r for _, r, _ in finished[1:])
+        frames = sum(f for _, _, f in finished[1:])
+        steady = {
+            "videos_per_s": round(rows / span, 2),
+            "frames_per_s": round(frames / span, 1),
+        }
+    return {
+        "videos": report.rows,
+        "frames": report.frames,
+        "seconds": round(seconds, 2),
+        "steady": steady,
+        "quarantined": report.quarantined,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small default size (240 videos)")
+    parser.add_argument("--videos", type=int, default=240)
+    parser.add_argument("--encoder", default="tiny")
+    parser.add_argument("--num-frames", type=int, default=8)
+    parser.add_argument("--part-size", type=int, default=16)
+    parser.add_argument("--num-encoders", type=int, default=1)
+    parser.add_argument("--num-decoders", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--default-threads-videos",
+        type=int,
+        default=120,
+        help="videos for the plain loop with torch's default threads (slow when contended)",
+    )
+    parser.add_argument("--out", default=None, help="write the JSON result here too")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.schemas import EmbedConfig, SynthConfig, Workspace
+
+    tmp = tempfile.mkdtemp(prefix="bench-embed-")
+    raw = synth_corpus(
+        f"{tmp}/raw", SynthConfig(num_videos=args.videos, num_duplicates=0, num_bad=0, seed=1)
+    )
+    ws = Workspace.at(f"{tmp}/ws")
+    _manifest(raw, ws, "bench")
+    config = EmbedConfig(
+        encoder=args.encoder,
+        num_frames=args.num_frames,
+        part_size=args.part_size,
+        batch_size=args.batch_size,
+        num_encoders=args.num_encoders,
+        num_decoders=args.num_decoders,
+    )
+    # torch's default threading is far slower on a busy box: timed on a subset only
+    plain_default = plain_loop(ws, "bench", config, limit=args.default_threads_videos)
+    plain_1 = plain_loop(ws, "bench", config, threads=1)
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_res = ray_pipeline(ws, "bench", config)
+    ray.shutdown()
+
+    def rate(r: dict) -> dict:
+        return {
+            "videos_per_s": round(r["videos"] / r["seconds"], 2),
+            "frames_per_s": round(r["frames"] / r["seconds"], 1),
+        }
+
+    result = {
+        "encoder": args.encoder,
+        "videos": args.videos,
+        "num_frames": args.num_frames,
+        "cpus": os.cpu_count(),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "plain_default_threads": {**plain_default, **rate(plain_default)},
+        "plain_1_thread": {**plain_1, **rate(plain_1)},
+        "ray": {**ray_res, **rate(ray_res)},
+    }
+    # the ratio is taken against the *faster* plain loop, so threading alone can't make it
+    p = max(rate(plain_default)["videos_per_s"], rate(plain_1)["videos_per_s"])
+    result["plain_best_videos_per_s"] = p
+    result["ratio_end_to_end"] = round(result["ray"]["videos_per_s"] / p, 2)
+    if ray_res["steady"]:
+        result["ratio_steady_state"] = round(ray_res["steady"]["videos_per_s"] / p, 2)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""`ragvid embed`, `ragvid encoder list|fit`: the embedding stage from the command line."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .cli_common import WorkspaceOpt, app, console, encoder_app, progress, user_errors
+
+CorpusOpt = Annotated[str, typer.Option("--corpus", "-c", help="Corpus name in the workspace.")]
+
+
+def resolve_encoder(spec: str, workspace: str) -> str:
+    """A bare name of a fitted encoder in the workspace (``<ws>/encoders/<name>``) becomes its
+    ``open_clip:local-dir:`` spec; presets and full specs pass through."""
+    from ragvid.pipelines.encoder import CONFIG_NAME, PRESETS
+    from ragvid.schemas import Workspace
+
+    if spec in PRESETS or ":" in spec:
+        return spec
+    folder = Workspace.at(workspace).encoders(spec)
+    if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        return f"open_clip:local-dir:{os.path.abspath(folder)}"
+    return spec
+
+
+@app.command("embed")
+@user_errors
+def embed(
+    corpus: CorpusOpt = "demo",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="Preset (see `ragvid encoder list`), a fitted encoder's name in the workspace, "
+            "open_clip:<arch>/<tag or checkpoint>, or open_clip:local-dir:<folder>.",
+        ),
+    ] = "tiny",
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    num_frames: Annotated[int, typer.Option(help="Frames sampled per video (T).")] = 8,
+    sampling: Annotated[str, typer.Option(help="uniform | every_n | fps")] = "uniform",
+    part_size: Annotated[int, typer.Option(help="Manifest rows per output part.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.")] = 64,
+    num_encoders: Annotated[int, typer.Option(help="Encoder actors (one GPU each).")] = 1,
+    num_decoders: Annotated[int | None, typer.Option(help="Decode tasks (default: CPUs).")] = None,
+    decode_timeout: Annotated[float, typer.Option(help="Seconds per video before quarantine.")] = (
+        60.0
+    ),
+    storage_dtype: Annotated[str, typer.Option(help="float16 | float32 vectors.")] = "float16",
+    engine: Annotated[
+        str, typer.Option(help="ray (decode/encode overlap) | local (one process, part by part)")
+    ] = "ray",
+    ray_address: Annotated[
+        str | None, typer.Option(help="ray://head:10001 to run on a cluster; default local Ray.")
+    ] = None,
+    retry_failures: Annotated[
+        bool, typer.Option("--retry-failures", help="Reprocess only the quarantined rows.")
+    ] = False,
+) -> None:
+    """Embed a corpus: decode T frames per video, CLIP-encode frames and captions, Eq. 3 video
+    vectors, written as resumable parts; undecodable videos are quarantined with a reason."""
+    from ragvid.pipelines.embed import embed_part, plan_parts, summarize
+    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.ray_embed import embed_corpus
+    from ragvid.schemas import EmbedConfig, Workspace
+    from ragvid.schemas.io import output_lock
+
+    if engine not in ("ray", "local"):
+        raise ValueError(f"--engine {engine!r}: choose ray or local")
+    ws = Workspace.at(workspace).ensure_writable()
+    config = EmbedConfig(
+        encoder=resolve_encoder(encoder, workspace),
+        num_frames=num_frames,
+        sampling=sampling,
+        part_size=part_size,
+        batch_size=batch_size,
+        num_encoders=num_encoders,
+        num_decoders=num_decoders,
+        decode_timeout_s=decode_timeout,
+        storage_dtype=storage_dtype,
+    )
+    plans = plan_parts(ws, corpus, config)
+    with progress() as bar:
+        task = bar.add_task(f"embed {corpus}", total=len(plans))
+        bar.update(task, completed=sum(p.done for p in plans))
+        if engine == "ray":
+            report = embed_corpus(
+                ws,
+                corpus,
+                config,
+                ray_address=ray_address,
+                retry_failures=retry_failures,
+                progress=lambda done, _total, _s: bar.update(task, completed=done),
+            )
+        else:
+            if retry_failures:
+                raise ValueError("--retry-failures runs on the ray engine; drop --engine local")
+            import time
+
+            started = time.perf_counter()
+            enc = load_encoder(config.encoder, batch_size=config.batch_size)
+            stats = []
+            from ragvid.pipelines.embed import embeddings_dir
+
+            with output_lock(embeddings_dir(ws, corpus, config.encoder)):
+                for p in plans:
+                    stats.append(embed_part(ws, corpus, p.index, config, enc))
+                    bar.update(task, completed=len(stats))
+            report = summarize(ws, corpus, config, plans, stats, time.perf_counter() - started)
+    table = Table(title=f"embed {corpus} with {report.encoder}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("manifest rows", str(report.rows))
+    table.add_row("embedded", str(report.embedded))
+    table.add_row("quarantined", str(report.quarantined))
+    for cls, n in sorted(report.by_class.items()):
+        table.add_row(f"  {cls}", str(n))
+    table.add_row("parts (skipped, already done)", f"{report.parts} ({report.parts_skipped})")
+    table.add_row("videos/s (this run)", f"{report.videos_per_s:.1f}")
+    table.add_row("frames/s (this run)", f"{report.frames_per_s:.1f}")
+    table.add_row("seconds", f"{report.seconds:.1f}")
+    console.print(table)
+    console.print(f"embeddings: {report.output}")
+    if report.quarantined:
+        console.print(f"quarantined rows: {report.failures} (retry with --retry-failures)")
+
+
+@encoder_app.command("list")
+@user_errors
+def encoder_list() -> None:
+    """List encoder presets (any open_clip:<arch>/<tag or checkpoint> spec works too)."""
+    from ragvid.pipelines.encoder import list_encoders
+
+    table = Table()
+    table.add_column("preset")
+    table.add_column("what")
+    for name, doc in list_encoders().items():
+        table.add_row(name, doc)
+    console.print(table)
+    console.print(
+        "also: open_clip:<arch>/<pretrained tag or checkpoint path>, "
+        "open_clip:local-dir:<folder>, or the name of an encoder fitted into the workspace"
+    )
+
+
+@encoder_app.command("fit")
+@user_errors
+def encoder_fit(
+    corpus: CorpusOpt = "demo",
+    name: Annotated[str, typer.Option("--name", "-n", help="Saved as <ws>/encoders/<name>.")] = (
+        "demo-tiny"
+    ),
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    preset: Annotated[str, typer.Option(help="Architecture preset to fit.")] = "tiny",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 200,
+    holdout: Annotated[float, typer.Option(help="Fraction of videos held out.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed (holdout split and init).")] = 0,
+) -> None:
+    """Fit a small CLIP on the corpus's (video, caption) pairs; prints the encoder spec."""
+    from ragvid.pipelines.encoder_fit import fit_encoder
+    from ragvid.schemas import Workspace
+
+    ws = Workspace.at(workspace).ensure_writable()
+    with progress() as bar:
+        task = bar.add_task(f"fit {name}", total=steps)
+        spec = fit_encoder(
+            ws,
+            corpus,
+            ws.encoders(name),
+            preset=preset,
+            steps=steps,
+            holdout_fraction=holdout,
+            seed=seed,
+            progress=lambda step, _n, loss: bar.update(
+                task, completed=step, description=f"fit {name} loss {loss:.3f}"
+            ),
+        )
+    console.print(spec)
+    console.print(f"next: ragvid embed --corpus {corpus} --encoder {name} -w {workspace}")

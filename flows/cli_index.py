@@ -1,0 +1,241 @@
+"""`ragvid index build|dedup|list`, `ragvid search`, `ragvid neighbours`, `ragvid inspect`.
+
+Thin wrappers over ``ragvid.pipelines.{index,dedup,retrieval,neighbours,inspect_page}``: the
+same functions the Prefect flows call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ragvid.schemas import IndexConfig, RetrievalConfig, Workspace, list_parts, slug
+from ragvid.schemas.io import exists, join
+
+from .cli_common import WorkspaceOpt, app, console, index_app, progress, user_errors
+
+MODES = {
+    "dense": "dense",
+    "bm25": "bm25",
+    "hybrid": "hybrid-rerank",
+    "hybrid-rerank": "hybrid-rerank",
+    "rrf": "rrf",
+}
+
+
+def _embeddings_dir(ws: Workspace, corpus: str, encoder: str) -> str:
+    path = ws.embeddings(corpus, slug(encoder))
+    if not list_parts(path):
+        raise FileNotFoundError(
+            f"no embeddings for corpus '{corpus}' with encoder '{encoder}' at {path} — run "
+            f"`ragvid embed --corpus {corpus} --encoder {encoder}` first"
+        )
+    return path
+
+
+def _index_dir(ws: Workspace, name: str) -> str:
+    path = ws.index(name)
+    if not exists(join(path, "index.json")):
+        from ragvid.pipelines.index import list_indexes
+
+        have = [m.path.rstrip("/").rsplit("/", 1)[-1] for m in list_indexes(ws.root)]
+        raise FileNotFoundError(f"no index '{name}' in {ws.root}. Available: {have or 'none'}")
+    return path
+
+
+def _encoder(spec: str | None, index_dir: str):
+    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.index import IndexManifest
+
+    return load_encoder(spec or IndexManifest.load(index_dir).encoder)
+
+
+@index_app.command("build")
+@user_errors
+def build(
+    corpus: Annotated[str, typer.Option(help="Corpus whose embeddings to index.")],
+    encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
+    name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
+    factory: Annotated[str | None, typer.Option(help="FAISS factory string override.")] = None,
+    shards: Annotated[int, typer.Option(help="Number of shards.")] = 1,
+    memory_gb: Annotated[float, typer.Option(help="Memory budget for the index type.")] = 8.0,
+    recall_target: Annotated[float, typer.Option(help="Recall@10 to tune nprobe/ef for.")] = 0.95,
+    canonical_only: Annotated[
+        bool, typer.Option(help="Index canonical duplicate-group members only.")
+    ] = False,
+    ray: Annotated[bool, typer.Option(help="Fill shards with Ray tasks.")] = True,
+    force: Annotated[bool, typer.Option(help="Rebuild even if up to date.")] = False,
+    workspace: WorkspaceOpt = "ragvid-workspace",
+) -> None:
+    """Build a sharded FAISS index over a corpus's per-video embeddings."""
+    from ragvid.pipelines.index import build_index
+
+    ws = Workspace.at(workspace).ensure_writable()
+    emb = _embeddings_dir(ws, corpus, encoder)
+    out = ws.index(name or corpus)
+    cfg = IndexConfig(
+        factory=factory,
+        num_shards=shards,
+        memory_budget_gb=memory_gb,
+        recall_target=recall_target,
+        canonical_only=canonical_only,
+    )
+    manifest = ws.manifest(corpus) if list_parts(ws.manifest(corpus)) else None
+    with console.status(f"building index '{name or corpus}' from {emb}"):
+        man = build_index(emb, out, cfg, ray=ray, manifest=manifest, force=force)
+    console.print(
+        f"[green]index[/] {out}: {man.ntotal} videos, {man.factory}, {len(man.shards)} shard(s), "
+        f"search {man.search_params or 'exact'} (recall@10 {man.tuned_recall}), "
+        f"{man.build_seconds:.1f}s" + (f", left out {man.dropped}" if man.dropped else "")
+    )
+
+
+@index_app.command("dedup")
+@user_errors
+def dedup(
+    corpus: Annotated[str, typer.Option(help="Corpus whose embeddings to scan.")],
+    encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
+    threshold: Annotated[float, typer.Option(help="δ_dedup: cosine for a near-duplicate.")] = 0.965,
+    name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
+    workspace: WorkspaceOpt = "ragvid-workspace",
+) -> None:
+    """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram."""
+    from ragvid.pipelines.dedup import find_duplicates
+
+    ws = Workspace.at(workspace).ensure_writable()
+    emb = _embeddings_dir(ws, corpus, encoder)
+    out = join(ws.index(name or corpus), "duplicates.parquet")
+    with console.status(f"range search at cosine ≥ {threshold} over {emb}"):
+        rep = find_duplicates(emb, out, threshold)
+    console.print(
+        f"[green]duplicates[/] {rep.table_path}: {rep.n_groups} group(s), {rep.n_in_groups} "
+        f"videos in groups, {rep.n_non_canonical} non-canonical, of {rep.n_videos} "
+        f"({rep.method}, {rep.seconds:.1f}s); histogram {rep.histogram_path}"
+    )
+
+
+@index_app.command("list")
+@user_errors
+def list_(workspace: WorkspaceOpt = "ragvid-workspace") -> None:
+    """List the indexes of the workspace."""
+    from ragvid.pipelines.index import list_indexes
+
+    mans = list_indexes(Workspace.at(workspace).root)
+    if not mans:
+        console.print(f"no indexes in {workspace} — build one with `ragvid index build`")
+        return
+    t = Table(
+        "name", "encoder", "dim", "videos", "factory", "shards", "search", "recall@10", "duplicates"
+    )
+    for m in mans:
+        t.add_row(
+            m.path.rstrip("/").rsplit("/", 1)[-1],
+            m.encoder,
+            str(m.dim),
+            str(m.ntotal),
+            m.factory,
+            str(len(m.shards)),
+            str(m.search_params or "exact"),
+            str(m.tuned_recall),
+            "yes" if m.duplicates else "no",
+        )
+    console.print(t)
+
+
+@app.command("search")
+@user_errors
+def search(
+    query: Annotated[str, typer.Argument(help="Text to search for.")],
+    index: Annotated[str, typer.Option(help="Index name.")],
+    encoder: Annotated[
+        str | None, typer.Option(help="Text encoder spec (default: the index's encoder).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Results to keep.")] = 5,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid | rrf")] = "dense",
+    delta_min: Annotated[
+        float | None, typer.Option(help="Minimum cosine for text queries (default: off).")
+    ] = None,
+    workspace: WorkspaceOpt = "ragvid-workspace",
+) -> None:
+    """Text→video search over a named index, with RAGME's filters."""
+    from ragvid.pipelines.retrieval import Retriever
+
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
+    path = _index_dir(Workspace.at(workspace), index)
+    r = Retriever.open(path)
+    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path)
+    cfg = RetrievalConfig(k=k, delta_min_text=delta_min)
+    res = r.search_text([query], enc, cfg, mode=MODES[mode])
+    caps = r.captions_for(res.ids)[0]
+    dm = "off" if res.delta_min is None else f"{res.delta_min:g}"
+    t = Table("#", "video_id", "score", "caption", title=f"{query!r} — {mode}, δ_min {dm}")
+    for i, (v, s, m, c) in enumerate(
+        zip(res.ids[0], res.scores[0], res.mask[0], caps, strict=True)
+    ):
+        t.add_row(
+            str(i + 1), str(v) if m else "[dim]— padded —[/]", f"{s:.4f}" if m else "", str(c or "")
+        )
+    console.print(t)
+
+
+@app.command("neighbours")
+@user_errors
+def neighbours(
+    index: Annotated[str, typer.Option(help="Index name.")],
+    name: Annotated[str | None, typer.Option(help="Output name (default: the index).")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per video.")] = 5,
+    delta_min: Annotated[float, typer.Option(help="δ_min for video→video.")] = 0.6,
+    delta_dedup: Annotated[float, typer.Option(help="δ_dedup.")] = 0.965,
+    part_size: Annotated[int, typer.Option(help="Videos per output part.")] = 10_000,
+    workspace: WorkspaceOpt = "ragvid-workspace",
+) -> None:
+    """Materialise training neighbour lists (query and its duplicates excluded); resumable."""
+    from ragvid.pipelines.neighbours import materialize_neighbours
+
+    ws = Workspace.at(workspace).ensure_writable()
+    path = _index_dir(ws, index)
+    cfg = RetrievalConfig(k=k, delta_min_video=delta_min, delta_dedup=delta_dedup)
+    out = ws.neighbours(name or index)
+    with progress() as bar:
+        task = bar.add_task("neighbours", total=None)
+        rep = materialize_neighbours(
+            path,
+            out,
+            cfg,
+            part_size=part_size,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"[green]neighbours[/] {out}: {rep.n_videos} videos in {rep.n_parts} part(s) "
+        f"({rep.parts_skipped} already done), mean {rep.mean_valid:.2f}/{k} kept, "
+        f"{rep.fully_padded} fully padded, {rep.videos_per_s:.0f} videos/s"
+    )
+
+
+@app.command("inspect")
+@user_errors
+def inspect(
+    query: Annotated[str, typer.Argument(help="Text query to look at.")],
+    index: Annotated[str, typer.Option(help="Index name.")],
+    encoder: Annotated[
+        str | None, typer.Option(help="Text encoder spec (default: the index's encoder).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Videos to show.")] = 5,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid | rrf")] = "dense",
+    out: Annotated[str | None, typer.Option(help="Folder (default: <index>/inspect).")] = None,
+    workspace: WorkspaceOpt = "ragvid-workspace",
+) -> None:
+    """Write an HTML page + PNG contact sheet of the first frames of the K retrieved videos."""
+    from ragvid.pipelines.inspect_page import write_inspection
+
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
+    path = _index_dir(Workspace.at(workspace), index)
+    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path)
+    html, png = write_inspection(
+        path, query, enc, out or join(path, "inspect"), k, mode=MODES[mode]
+    )
+    console.print(f"[green]wrote[/] {html}\n[green]wrote[/] {png}")

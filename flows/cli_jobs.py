@@ -1,0 +1,411 @@
+"""`ragvid train`, `ragvid generate`, `ragvid evaluate`, `ragvid motion-transfer`.
+
+Thin wrappers over ``ragvid.model.{trainer,batch_generate,evaluate,motion_transfer}`` — the
+functions the Prefect flows call too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ragvid.schemas import Workspace, slug
+from ragvid.schemas.io import exists, join
+
+from .cli_common import WorkspaceOpt, app, console, progress, user_errors
+
+BaseOpt = Annotated[
+    str,
+    typer.Option(
+        "--base",
+        envvar="RAGVID_BASE_MODEL",
+        help="Local diffusers text-to-video folder (ZeroScope layout; save_tiny_base for tests).",
+    ),
+]
+
+
+def _run_dir(ws: Workspace, run: str) -> str:
+    return run if os.path.isdir(run) and os.sep in run else ws.run(run)
+
+
+def _adapter_dir(ws: Workspace, adapter: str | None) -> str | None:
+    if adapter is None:
+        return None
+    path = _run_dir(ws, adapter)
+    if not os.path.isfile(os.path.join(path, "adapter.safetensors")):
+        raise FileNotFoundError(
+            f"no trained adapter at {path} (adapter.safetensors missing) — run `ragvid train "
+            f"--run {adapter} …` first, or pass the folder that holds it"
+        )
+    return path
+
+
+def _retrieval(ws: Workspace, index: str | None, encoder: str | None, k: int):
+    """A RetrievalSource over a named workspace index (text queries, the paper's filters)."""
+    if index is None:
+        return None
+    from ragvid.model.retrieval_source import RetrieverSource
+    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.index import IndexManifest
+    from ragvid.schemas import RetrievalConfig
+
+    path = ws.index(index)
+    if not exists(join(path, "index.json")):
+        raise FileNotFoundError(f"no index '{index}' in {ws.root} — build it with `ragvid index`")
+    enc = load_encoder(encoder or IndexManifest.load(path).encoder)
+    return RetrieverSource.open(path, enc, RetrievalConfig(k=k))
+
+
+def _model_id(base: str, adapter: str | None) -> str:
+    """Base folder + adapter folder + a digest of the adapter weights (a retrained adapter in
+    the same folder is another model: its job must not reuse the old videos)."""
+    if adapter is None:
+        return f"{base}+no-adapter"
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(os.path.join(adapter, "adapter.safetensors"), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{base}+{adapter}@{digest.hexdigest()[:12]}"
+
+
+def _pipeline(base: str, adapter: str | None):
+    from ragvid.model.pipeline_ragme import RagmePipeline
+
+    pipe = RagmePipeline.from_pretrained(base, adapter=adapter)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@app.command()
+@user_errors
+def train(
+    run: Annotated[str, typer.Option(help="Run name (under <workspace>/runs/) or a folder.")],
+    base: BaseOpt,
+    neighbours: Annotated[str, typer.Option(help="Neighbour-list name in the workspace.")],
+    corpus: Annotated[str, typer.Option(help="Corpus of the training videos + embeddings.")],
+    encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
+    model_preset: Annotated[
+        str, typer.Option(help="Adapter sizes from this model preset (tiny | zeroscope).")
+    ] = "zeroscope",
+    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's steps.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    sample_every: Annotated[
+        int | None, typer.Option(help="Sample videos every N steps (0: off).")
+    ] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop (checkpointed) after N steps; resume later.")
+    ] = None,
+    latents: Annotated[
+        str | None, typer.Option(help="Pre-encoded VAE-latent table instead of decoding videos.")
+    ] = None,
+    missing: Annotated[
+        str, typer.Option(help="Neighbour missing from the embeddings: error | mask (reported).")
+    ] = "error",
+    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint.")] = True,
+) -> None:
+    """Fine-tune the RAGME adapter (enhancer + RagCA) on neighbour lists; resumable."""
+    from ragvid.model.presets import get_preset
+    from ragvid.model.train_data import load_training_set
+    from ragvid.model.trainer import train as run_train
+    from ragvid.model.trainer import train_preset
+
+    ws = Workspace.at(workspace)
+    cfg = train_preset(preset)
+    updates = {
+        "max_steps": max_steps,
+        "checkpoint_every": checkpoint_every,
+        "sample_every": sample_every,
+    }
+    cfg = cfg.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    cfg = type(cfg).model_validate(cfg.model_dump())
+    mp = get_preset(model_preset)
+    data = load_training_set(
+        ws.neighbours(neighbours),
+        ws.embeddings(corpus, slug(encoder)),
+        manifest_dir=None if latents else ws.manifest(corpus),
+        latents_uri=latents,
+        num_frames=cfg.num_frames,
+        height=cfg.height,
+        width=cfg.width,
+        missing=missing,
+    )
+    if data.report.masked_slots or data.report.dropped_rows:
+        console.print(
+            f"[yellow]data:[/] {len(data.report.masked_slots)} neighbour slot(s) masked, "
+            f"{len(data.report.dropped_rows)} row(s) dropped — first: "
+            f"{(data.report.masked_slots + data.report.dropped_rows)[:1]}"
+        )
+    run_dir = _run_dir(ws, run)
+    with progress() as bar:
+        task = bar.add_task("train", total=cfg.max_steps)
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(task, completed=step, description=f"train loss {loss:.4f}")
+
+        res = run_train(
+            run_dir,
+            base,
+            data,
+            cfg,
+            enhancer=mp.enhancer,
+            ragca=mp.ragca,
+            resume=resume,
+            stop_after=stop_after,
+            on_step=on_step,
+        )
+    what = "stopped" if res.stopped_early else "finished"
+    since = f" (resumed from step {res.resumed_from})" if res.resumed_from is not None else ""
+    console.print(f"{what} at step {res.step}{since}: adapter + train_log.parquet in {run_dir}")
+
+
+@app.command()
+@user_errors
+def generate(
+    prompts: Annotated[
+        Path, typer.Argument(help="Prompt file: .txt (one per line), .csv, .parquet")
+    ],
+    job: Annotated[str, typer.Option(help="Job name (under <workspace>/generations/).")],
+    base: BaseOpt,
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    adapter: Annotated[str | None, typer.Option(help="Trained run name or folder.")] = None,
+    index: Annotated[str | None, typer.Option(help="Retrieval index name.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Text encoder (default: index's).")] = None,
+    method: Annotated[
+        str, typer.Option(help="ragme | ragca | raginit | base | freeinit")
+    ] = "ragme",
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    height: Annotated[int, typer.Option()] = 256,
+    width: Annotated[int, typer.Option()] = 448,
+    frames: Annotated[int, typer.Option()] = 12,
+    k: Annotated[int, typer.Option(help="Retrieved videos per prompt.")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Batch generation: one mp4 + one generations-table row per prompt; reruns skip done ones."""
+    from ragvid.model.batch_generate import batch_generate, read_prompts
+    from ragvid.schemas import GenerationConfig
+
+    ws = Workspace.at(workspace).ensure_writable()
+    if method in ("ragme", "ragca") and adapter is None:
+        raise ValueError(f"--method {method} needs --adapter <trained run>; or use --method base")
+    if method in ("ragme", "ragca", "raginit") and index is None:
+        raise ValueError(f"--method {method} needs --index <retrieval index name>")
+    plist = read_prompts(prompts)
+    cfg = GenerationConfig(
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        num_frames=frames,
+        k=k,
+        seed=seed,
+    )
+    adapter_dir = _adapter_dir(ws, adapter)
+    pipe = _pipeline(base, adapter_dir)
+    retrieval = _retrieval(ws, index, encoder, k)
+    with progress() as bar:
+        task = bar.add_task(f"generate ({method})", total=len(plist.prompts))
+        report = batch_generate(
+            ws.generations(job),
+            plist,
+            pipe,
+            retrieval,
+            cfg,
+            method=method,
+            model_id=_model_id(base, adapter_dir),
+            index_id=index,
+            on_done=lambda row: bar.advance(task),
+        )
+        bar.update(task, completed=len(plist.prompts))
+    for d in report.duplicates:
+        console.print(
+            f"[yellow]duplicate prompt[/] on line {d['line']} (first on line "
+            f"{d['first_line']}): {d['prompt']!r} — generated once"
+        )
+    if report.blank:
+        console.print(f"skipped {report.blank} blank line(s)")
+    console.print(
+        f"{report.generated} generated, {report.skipped} already done, {report.failed} failed "
+        f"→ {report.job_dir}/generations.parquet (gallery: {report.gallery})"
+    )
+    if report.failed:
+        for r in report.table.to_pylist():
+            if r["status"] != "ok":
+                console.print(f"[red]failed[/] {r['prompt']!r}: {r['error']}")
+
+
+def _methods(text: str) -> list[str]:
+    from ragvid.model.batch_generate import parse_method
+    from ragvid.schemas import GenerationConfig
+
+    out = [m.strip() for m in text.split(",") if m.strip()]
+    if not out:
+        raise ValueError("--methods is empty")
+    for m in out:
+        parse_method(m, GenerationConfig())
+    return out
+
+
+@app.command()
+@user_errors
+def evaluate(
+    prompts: Annotated[Path, typer.Argument(help="Prompt file (.txt/.csv/.parquet).")],
+    run: Annotated[str, typer.Option(help="Evaluation name (under <workspace>/evals/).")],
+    base: BaseOpt,
+    index: Annotated[str, typer.Option(help="Retrieval index name.")],
+    reference_corpus: Annotated[
+        str, typer.Option(help="Corpus whose videos are the real set for FVD/KVD.")
+    ],
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    adapter: Annotated[str | None, typer.Option(help="Trained run name or folder.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Text encoder (default: index's).")] = None,
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: base,freeinit,raginit,ragme,ragca; 'ragme@k=20' "
+            "adds a K-ablation point (RAGME Fig. 4)."
+        ),
+    ] = "base,freeinit,raginit,ragme",
+    reference_count: Annotated[int, typer.Option(help="Real videos to use at most.")] = 256,
+    fvd_features: Annotated[
+        str, typer.Option(help="random3d (offline fallback) | i3d:<TorchScript path>.")
+    ] = "random3d",
+    sim_features: Annotated[
+        str, typer.Option(help="pixels (offline fallback) | dinov2:<local folder>.")
+    ] = "pixels",
+    raft_weights: Annotated[
+        str | None, typer.Option(help="torchvision RAFT state dict; default: OpenCV Farneback.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+    guidance: Annotated[float, typer.Option()] = 7.5,
+    height: Annotated[int, typer.Option()] = 256,
+    width: Annotated[int, typer.Option()] = 448,
+    frames: Annotated[int, typer.Option()] = 12,
+    k: Annotated[int, typer.Option()] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The paper's comparison (base / FreeInit / RagInit only / RAGME): metrics, plots, HTML."""
+    import numpy as np
+
+    from ragvid.model.batch_generate import read_prompts
+    from ragvid.model.evaluate import evaluate_methods
+    from ragvid.model.features import load_frame_features, load_video_features
+    from ragvid.model.metrics import FarnebackFlow, RaftFlow
+    from ragvid.schemas import MANIFEST, GenerationConfig, read_parts
+
+    ws = Workspace.at(workspace).ensure_writable()
+    method_list = _methods(methods)
+    if any(m.split("@")[0] in ("ragme", "ragca") for m in method_list) and adapter is None:
+        raise ValueError("methods ragme/ragca need --adapter <trained run>")
+    plist = read_prompts(prompts)
+    cfg = GenerationConfig(
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        num_frames=frames,
+        k=k,
+        seed=seed,
+    )
+    video_net, frame_net = load_video_features(fvd_features), load_frame_features(sim_features)
+    flow = RaftFlow(raft_weights) if raft_weights else FarnebackFlow()
+    manifest = read_parts(ws.manifest(reference_corpus), MANIFEST, columns=["uri"])
+    reference = manifest.column("uri").to_pylist()[:reference_count]
+    retrieval = _retrieval(ws, index, encoder, k)
+
+    def lookup(video_id: str) -> str:
+        return str(retrieval.retriever.uris(np.asarray([[video_id]], dtype=object))[0, 0])
+
+    pipe = _pipeline(base, _adapter_dir(ws, adapter))
+    with console.status(f"evaluating {len(method_list)} methods on {len(plist.prompts)} prompts"):
+        rep = evaluate_methods(
+            ws.evals(run),
+            plist.prompts,
+            pipe,
+            retrieval,
+            cfg,
+            run=run,
+            reference=reference,
+            video_lookup=lookup,
+            video_features=video_net,
+            frame_features=frame_net,
+            flow=flow,
+            methods=method_list,
+        )
+    for r in rep.comparison:
+        vals = "  ".join(
+            f"{c}={'n/a' if r[c] is None else format(r[c], '.4g')}"
+            for c in ("fvd", "kvd", "max_similarity", "dynamic_degree", "latency_s")
+        )
+        console.print(f"{r['label']:>16}: {vals}")
+    for n in rep.notes:
+        console.print(f"[yellow]note:[/] {n}")
+    console.print(f"metrics → {rep.out_dir}/metrics.parquet; report → {rep.report}")
+
+
+@app.command("motion-transfer")
+@user_errors
+def motion_transfer_cmd(
+    video: Annotated[Path, typer.Argument(help="The driving video (mp4).")],
+    prompt: Annotated[list[str], typer.Option(help="New prompt(s) to generate; repeatable.")],
+    out: Annotated[str, typer.Option(help="Output name (under <workspace>/runs/).")],
+    base: BaseOpt,
+    encoder: Annotated[str, typer.Option(help="CLIP encoder spec (the index's space).")],
+    workspace: WorkspaceOpt = "ragvid-workspace",
+    iterations: Annotated[int, typer.Option(help="Overfitting steps (paper: ~50).")] = 50,
+    preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
+    model_preset: Annotated[str, typer.Option(help="Adapter sizes: tiny | zeroscope.")] = (
+        "zeroscope"
+    ),
+    caption: Annotated[str, typer.Option(help="Caption of the driving video.")] = "",
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+    guidance: Annotated[float, typer.Option()] = 7.5,
+    frames: Annotated[int | None, typer.Option(help="Default: the recipe's frames.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Overfit the adapter on one driving video (~50 iterations), then generate new prompts."""
+    from ragvid.model.motion_transfer import motion_transfer
+    from ragvid.model.presets import get_preset
+    from ragvid.model.trainer import train_preset
+    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.schemas import GenerationConfig
+
+    if not video.is_file():
+        raise FileNotFoundError(f"driving video {video} not found")
+    ws = Workspace.at(workspace).ensure_writable()
+    tcfg = train_preset(preset)
+    mp = get_preset(model_preset)
+    gcfg = GenerationConfig(
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=tcfg.height,
+        width=tcfg.width,
+        num_frames=frames or tcfg.num_frames,
+        seed=seed,
+    )
+    with console.status(f"overfitting on {video.name} for {iterations} steps, then generating"):
+        res = motion_transfer(
+            video,
+            prompt,
+            base,
+            ws.run(out),
+            load_encoder(encoder),
+            caption=caption,
+            iterations=iterations,
+            train_config=tcfg,
+            generation=gcfg,
+            enhancer=mp.enhancer,
+            ragca=mp.ragca,
+        )
+    g = res.generations
+    console.print(
+        f"adapter ({res.train.step} steps) → {ws.run(out)}/adapter-run; {g.generated} new "
+        f"video(s), {g.failed} failed → {g.job_dir}"
+    )

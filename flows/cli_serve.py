@@ -1,0 +1,276 @@
+"""`ragvid serve` — serve the deployments of infra/prefect.yaml from this machine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .cli_common import app, console, user_errors
+
+
+@app.command()
+@user_errors
+def serve(
+    file: Annotated[
+        str | None, typer.Option("--file", "-f", help="prefect.yaml (default: infra/prefect.yaml)")
+    ] = None,
+    workspace: Annotated[
+        str | None,
+        typer.Option("--workspace", "-w", help="Override every deployment's workspace parameter."),
+    ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Serve only these deployments (repeat).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Max concurrent flow runs.")] = None,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the deployments and their schedules, then exit.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Load and check every deployment without serving."),
+    ] = False,
+) -> None:
+    """Serve ragvid's deployments (cron schedules + on-demand runs) until Ctrl-C.
+
+    Runs show up in the Prefect UI of the server PREFECT_API_URL points at; start one with
+    `prefect server start` (or infra/start-prefect-server.sh) first.
+    """
+    from .deployments import check_spec, load_specs, runner_deployments
+    from .deployments import serve as do_serve
+
+    specs = load_specs(file)
+    if only:
+        names = {s.name for s in specs}
+        unknown = sorted(set(only) - names)
+        if unknown:
+            raise ValueError(f"unknown deployment(s) {unknown}. Available: {sorted(names)}")
+        specs = [s for s in specs if s.name in only]
+    if list_ or dry_run:
+        for spec in specs:
+            flow = check_spec(spec)
+            when = ", ".join(f"cron '{c}' {tz}" for c, tz in spec.crons) or "on demand"
+            console.print(
+                f"[bold]{flow.name}/{spec.name}[/]  {spec.entrypoint}  ({when})  "
+                f"pool={spec.work_pool or '-'}  tags={','.join(spec.tags)}",
+                soft_wrap=True,
+            )
+        if dry_run:
+            runner_deployments(specs, workspace)
+            console.print(f"[green]ok:[/] {len(specs)} deployments load (dry run, not served)")
+        return
+    console.print(f"serving {len(specs)} deployments — Ctrl-C to stop")
+    do_serve(specs, workspace=workspace, limit=limit)
+
+
+run_app = typer.Typer(
+    help="Run one ragvid Prefect flow now (in this process; visible in the Prefect UI).",
+    no_args_is_help=True,
+)
+app.add_typer(run_app, name="run")
+
+WsOpt = Annotated[
+    str,
+    typer.Option("--workspace", "-w", envvar="RAGVID_WORKSPACE", help="Workspace root."),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address", help="Ray cluster (ray://HOST:10001, HOST:6379 or auto); default local."
+    ),
+]
+
+
+@run_app.command("status")
+@user_errors
+def run_status(workspace: WsOpt = "ragvid-workspace") -> None:
+    """Count what a workspace holds (the `workspace-status` flow)."""
+    from .preflight import check_workspace
+    from .status_flow import workspace_status_flow
+
+    check_workspace(workspace)
+    out = _run(workspace_status_flow, workspace=workspace)
+    console.print(f"report: {out['report']}")
+
+
+def _run(flow_fn, ray_address: str | None = None, **params):
+    """Preflight (Prefect server, Ray address) then run the flow with ragvid's settings."""
+    from .preflight import check_prefect_api, check_ray_address, flow_settings, quiet_user_errors
+
+    check_prefect_api()
+    check_ray_address(ray_address)
+    if ray_address is not None:
+        params["ray_address"] = ray_address
+    with flow_settings(), quiet_user_errors():
+        return flow_fn(**params)
+
+
+@run_app.command("build-index")
+@user_errors
+def run_build_index(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus name in the workspace.")],
+    workspace: WsOpt = "ragvid-workspace",
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Ingest this corpus source first.")
+    ] = None,
+    index: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
+    encoder: Annotated[str, typer.Option(help="Encoder spec or preset.")] = "tiny",
+    part_size: Annotated[int, typer.Option(help="Manifest rows per embed part/task.")] = 64,
+    num_shards: Annotated[int, typer.Option(help="FAISS shards.")] = 1,
+    canonical_only: Annotated[
+        bool, typer.Option(help="Index canonical members of duplicate groups only.")
+    ] = False,
+    engine: Annotated[str, typer.Option(help="'ray' or 'local' (in-process).")] = "ray",
+    ray_address: RayOpt = None,
+) -> None:
+    """Ingest → embed (a task per part) → dedup → index → inspection → report."""
+    from .build_index import build_index_flow
+    from .preflight import check_manifest, check_ray_address, check_workspace
+
+    if engine not in ("ray", "local"):
+        raise ValueError(f"--engine {engine!r}: use 'ray' or 'local'")
+    check_ray_address(ray_address)
+    ws = check_workspace(workspace, must_exist=input is None)
+    if input is None:
+        check_manifest(ws, corpus)
+    out = _run(
+        build_index_flow,
+        ray_address,
+        workspace=workspace,
+        corpus=corpus,
+        input=input,
+        index=index,
+        encoder=encoder,
+        part_size=part_size,
+        num_shards=num_shards,
+        canonical_only=canonical_only,
+        engine=engine,
+    )
+    e = out["embed"]
+    console.print(
+        f"index {out['index_dir']}: {out['index']['ntotal']} vectors; embed parts "
+        f"{e['parts']} ({e['parts_skipped']} reused), {e['embedded']} embedded, "
+        f"{e['quarantined']} quarantined\nreport: {out['report']}"
+    )
+
+
+@run_app.command("neighbours")
+@user_errors
+def run_neighbours(
+    index: Annotated[str, typer.Option("--index", help="Index name in the workspace.")],
+    workspace: WsOpt = "ragvid-workspace",
+    k: Annotated[int, typer.Option("-k", help="Neighbours per video.")] = 5,
+    name: Annotated[str | None, typer.Option(help="Output name (default: the index).")] = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Materialise training neighbour lists from an index."""
+    from ragvid.schemas.io import exists, join
+
+    from .neighbours_flow import neighbours_flow
+    from .preflight import check_workspace
+
+    ws = check_workspace(workspace)
+    if not exists(join(ws.index(index), "index.json")):
+        raise FileNotFoundError(f"index {index!r} not found in {ws.root}/indexes: build it first")
+    out = _run(neighbours_flow, ray_address, workspace=workspace, index=index, k=k, name=name)
+    console.print(f"neighbours {out['out_dir']}: {out['videos']} videos\nreport: {out['report']}")
+
+
+@run_app.command("finetune")
+@user_errors
+def run_finetune(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus of the training videos.")],
+    index: Annotated[str, typer.Option("--index", help="Index the neighbours came from.")],
+    run: Annotated[str, typer.Option("--run", help="Run name (under <workspace>/runs/).")],
+    workspace: WsOpt = "ragvid-workspace",
+    base: Annotated[
+        str | None, typer.Option(help="Diffusers base folder (default: the tiny preset).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Training recipe: tiny | paper.")] = "tiny",
+    model_preset: Annotated[str, typer.Option(help="Adapter sizes: tiny | zeroscope.")] = "tiny",
+    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's steps.")] = None,
+) -> None:
+    """Fine-tune the RAGME adapter on the index's neighbour lists (the `finetune` flow)."""
+    from .finetune_flow import finetune_flow
+    from .preflight import check_workspace
+
+    check_workspace(workspace)
+    out = _run(
+        finetune_flow,
+        workspace=workspace,
+        corpus=corpus,
+        index=index,
+        run=run,
+        base=base,
+        preset=preset,
+        model_preset=model_preset,
+        max_steps=max_steps,
+    )
+    console.print(f"run {out['run_dir']}: step {out['step']}\nreport: {out['report']}")
+
+
+@run_app.command("generate")
+@user_errors
+def run_generate(
+    workspace: WsOpt = "ragvid-workspace",
+    prompts: Annotated[str | None, typer.Option(help="Prompt file (.txt/.csv/.parquet).")] = None,
+    index: Annotated[str | None, typer.Option(help="Retrieval index name.")] = None,
+    run: Annotated[str | None, typer.Option(help="Trained adapter run.")] = None,
+    job: Annotated[str | None, typer.Option(help="Job name (default: today's date).")] = None,
+    base: Annotated[str | None, typer.Option(help="Diffusers base folder.")] = None,
+    method: Annotated[
+        str, typer.Option(help="ragme | ragca | raginit | base | freeinit")
+    ] = "ragme",
+    tiny: Annotated[bool, typer.Option(help="Tiny CPU generation settings.")] = True,
+) -> None:
+    """Batch generation (the `batch-generate` flow that the nightly schedule runs)."""
+    from .generate_flow import batch_generate_flow
+    from .preflight import check_workspace
+
+    check_workspace(workspace)
+    out = _run(
+        batch_generate_flow,
+        workspace=workspace,
+        prompts=prompts,
+        index=index,
+        run=run,
+        job=job,
+        base=base,
+        method=method,
+        tiny=tiny,
+    )
+    console.print(
+        f"{out['generated']} generated, {out['skipped']} reused, {out['failed']} failed → "
+        f"{out['table']}\nreport: {out['report']}"
+    )
+
+
+@run_app.command("evaluate")
+@user_errors
+def run_evaluate(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus of the reference videos.")],
+    index: Annotated[str, typer.Option("--index", help="Retrieval index name.")],
+    workspace: WsOpt = "ragvid-workspace",
+    run: Annotated[str | None, typer.Option(help="Trained adapter run.")] = None,
+    name: Annotated[str, typer.Option(help="Evaluation name (under <workspace>/evals/).")] = "eval",
+    prompts: Annotated[str | None, typer.Option(help="Prompt file.")] = None,
+    base: Annotated[str | None, typer.Option(help="Diffusers base folder.")] = None,
+    tiny: Annotated[bool, typer.Option(help="Tiny CPU generation settings.")] = True,
+) -> None:
+    """Compare methods (FVD/KVD, copy detection, latency) — the `evaluate` flow."""
+    from .evaluate_flow import evaluate_flow
+    from .preflight import check_workspace
+
+    check_workspace(workspace)
+    out = _run(
+        evaluate_flow,
+        workspace=workspace,
+        corpus=corpus,
+        index=index,
+        run=run,
+        name=name,
+        prompts=prompts,
+        base=base,
+        tiny=tiny,
+    )
+    console.print(f"evaluation {out['out_dir']} (html {out['html']})\nreport: {out['report']}")

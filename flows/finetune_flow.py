@@ -1,0 +1,157 @@
+"""`finetune`: train the RAGME adapter (time enhancer + RagCA) on materialised neighbour lists.
+
+The trainer checkpoints and resumes by itself (``resume=True``), so a killed or preempted run
+picks up at its newest checkpoint on rerun; the flow adds the loss progress artifact, the
+training-log table and the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ragvid.flows import monitor
+from ragvid.flows.build_index import stage
+from ragvid.flows.preflight import check_workspace
+from ragvid.schemas.io import exists, join
+from ragvid.schemas.workspace import Workspace
+
+
+@task(name="tiny-base-model", task_run_name="tiny-base", cache_policy=NO_CACHE)
+def tiny_base_task(workspace: str) -> str:
+    """A tiny random-init text-to-video base saved in the diffusers layout (offline demos)."""
+    save_tiny_base = stage("ragvid.model.presets", "save_tiny_base")
+    folder = join(Workspace.at(workspace).root, "models", "tiny-base")
+    if not exists(join(folder, "model_index.json")):
+        save_tiny_base(folder)
+    return folder
+
+
+def resolve_base(workspace: str, base: str | None) -> str:
+    """The base model folder; None means the tiny preset (made once in the workspace)."""
+    if base is None:
+        return tiny_base_task(workspace)
+    if not Path(base, "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"--base {base}: not a diffusers model folder (no model_index.json) — pass a local "
+            "ZeroScope/ModelScope-T2V folder, or leave it out for the tiny preset"
+        )
+    return base
+
+
+@task(
+    name="train-adapter",
+    task_run_name="train-{run}",
+    retries=1,
+    cache_policy=NO_CACHE,
+    tags=["train", "gpu"],
+)
+def train_task(
+    workspace: str,
+    run: str,
+    base: str,
+    corpus: str,
+    neighbours: str,
+    encoder: str,
+    preset: str,
+    model_preset: str,
+    max_steps: int | None,
+) -> dict[str, Any]:
+    train_preset = stage("ragvid.model.trainer", "train_preset")
+    train = stage("ragvid.model.trainer", "train")
+    load_training_set = stage("ragvid.model.train_data", "load_training_set")
+    get_preset = stage("ragvid.model.presets", "get_preset")
+    from ragvid.pipelines.embed import embeddings_dir
+
+    ws = Workspace.at(workspace)
+    cfg = train_preset(preset)
+    if max_steps is not None:
+        cfg = type(cfg).model_validate({**cfg.model_dump(), "max_steps": max_steps})
+    mp = get_preset(model_preset)
+    data = load_training_set(
+        ws.neighbours(neighbours),
+        embeddings_dir(ws, corpus, encoder),
+        manifest_dir=ws.manifest(corpus),
+        num_frames=cfg.num_frames,
+        height=cfg.height,
+        width=cfg.width,
+        missing="mask",
+    )
+    progress = monitor.Progress(f"train-{run}-progress", cfg.max_steps, "training steps")
+    res = train(
+        ws.run(run),
+        base,
+        data,
+        cfg,
+        enhancer=mp.enhancer,
+        ragca=mp.ragca,
+        resume=True,
+        on_step=lambda step, loss: progress.advance(step - progress.done),
+    )
+    progress.finish()
+    log = res.log.to_pylist()
+    return {
+        "run_dir": res.run_dir,
+        "step": res.step,
+        "resumed_from": res.resumed_from,
+        "stopped_early": res.stopped_early,
+        "checkpoints": len(res.checkpoints),
+        "first_loss": log[0]["loss"] if log else None,
+        "last_loss": log[-1]["loss"] if log else None,
+        "log_tail": log[-10:],
+    }
+
+
+@flow(
+    name="finetune",
+    flow_run_name="finetune-{run}",
+    description="Fine-tune the RAGME adapter (enhancer + RagCA) on neighbour lists; resumable.",
+    log_prints=True,
+)
+def finetune_flow(
+    workspace: str,
+    corpus: str,
+    index: str,
+    run: str,
+    neighbours: str | None = None,
+    encoder: str | None = None,
+    base: str | None = None,
+    preset: str = "tiny",
+    model_preset: str = "tiny",
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train into ``<workspace>/runs/<run>`` (encoder defaults to the index's)."""
+    ws = check_workspace(workspace)
+    started = time.perf_counter()
+    if encoder is None:
+        from ragvid.pipelines.index import IndexManifest
+
+        encoder = IndexManifest.load(ws.index(index)).encoder
+    base_dir = resolve_base(ws.root, base)
+    res = train_task(
+        ws.root,
+        run,
+        base_dir,
+        corpus,
+        neighbours or index,
+        encoder,
+        preset,
+        model_preset,
+        max_steps,
+    )
+    row = {k: v for k, v in res.items() if k != "log_tail"}
+    monitor.table(f"train-{run}", [row], "adapter fine-tune")
+    monitor.table(f"train-{run}-log", res["log_tail"] or [{"step": 0}], "last training steps")
+    text = (
+        f"# finetune `{run}`\n\nBase `{base_dir}` · corpus `{corpus}` · neighbours "
+        f"`{neighbours or index}` · recipe `{preset}` · {round(time.perf_counter() - started, 1)}"
+        f" s\n\n{monitor.markdown_table([row])}\n## Last steps\n\n"
+        f"{monitor.markdown_table(res['log_tail'])}"
+    )
+    report = monitor.write_report(ws.root, f"finetune-{run}", text)
+    print(f"finetune {run}: step {res['step']}, loss {res['first_loss']} → {res['last_loss']}")
+    return {**row, "base": base_dir, "report": report}

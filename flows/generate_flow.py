@@ -1,0 +1,175 @@
+"""`batch-generate`: prompts in → retrieval + conditioned generation → mp4s + a results table.
+
+Meant for a cron schedule (infra/prefect.yaml). The stage makes the job idempotent (one row
+part per prompt; done prompts are skipped, failed ones retried; settings pinned per job), so a
+rerun of a crashed night finishes only what is missing. Progress per prompt, a results table
+and the gallery are published as artifacts.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ragvid.flows import monitor
+from ragvid.flows.build_index import stage
+from ragvid.flows.finetune_flow import resolve_base
+from ragvid.flows.preflight import check_workspace
+from ragvid.schemas import GenerationConfig, RetrievalConfig
+from ragvid.schemas.io import exists, join
+from ragvid.schemas.workspace import Workspace
+
+# small settings for the tiny base (CPU); the paper's are GenerationConfig's defaults
+TINY_GENERATION = GenerationConfig(
+    num_inference_steps=4, guidance_scale=7.5, height=32, width=32, num_frames=4, k=3
+)
+
+
+def _job_name() -> str:
+    from prefect.runtime import flow_run
+
+    job = flow_run.parameters.get("job") or datetime.now(UTC).strftime("%Y%m%d")
+    return f"batch-generate-{job}"
+
+
+def demo_prompts(workspace: str, corpus: str, n: int) -> list[str]:
+    """The first ``n`` captions of a corpus (the demo's prompts)."""
+    import pyarrow.parquet as pq
+
+    from ragvid.schemas.io import list_parts
+
+    parts = list_parts(Workspace.at(workspace).manifest(corpus))
+    if not parts:
+        raise FileNotFoundError(f"corpus {corpus!r} has no manifest to take prompts from")
+    caps = pq.read_table(parts[0], columns=["caption"]).column("caption").to_pylist()
+    return sorted(set(caps))[:n]
+
+
+@task(
+    name="generate-videos",
+    task_run_name="generate-{job}",
+    retries=1,
+    cache_policy=NO_CACHE,
+    tags=["generate", "gpu"],
+)
+def generate_task(
+    workspace: str,
+    job: str,
+    prompts: str | list[str],
+    base: str,
+    adapter: str | None,
+    index: str | None,
+    method: str,
+    config: GenerationConfig,
+) -> dict[str, Any]:
+    batch_generate = stage("ragvid.model.batch_generate", "batch_generate")
+    read_prompts = stage("ragvid.model.batch_generate", "read_prompts")
+    from ragvid.model.pipeline_ragme import RagmePipeline
+
+    ws = Workspace.at(workspace)
+    plist = read_prompts(prompts) if isinstance(prompts, str) else None
+    total = len(plist.prompts) if plist is not None else len(prompts)
+    pipe = RagmePipeline.from_pretrained(base, adapter=adapter)
+    pipe.set_progress_bar_config(disable=True)
+    retrieval = None
+    if index is not None:
+        from ragvid.model.retrieval_source import RetrieverSource
+        from ragvid.pipelines.encoder import load_encoder
+        from ragvid.pipelines.index import IndexManifest
+
+        path = ws.index(index)
+        enc = load_encoder(IndexManifest.load(path).encoder)
+        retrieval = RetrieverSource.open(path, enc, RetrievalConfig(k=config.k))
+    progress = monitor.Progress(f"generate-{job}-progress", total, "prompts")
+    rep = batch_generate(
+        ws.generations(job),
+        plist if plist is not None else prompts,
+        pipe,
+        retrieval,
+        config,
+        method=method,
+        model_id=f"{base}+{adapter or 'no-adapter'}",
+        index_id=index,
+        on_done=lambda row: progress.advance(),
+    )
+    progress.finish()
+    rows = rep.table.to_pylist()
+    return {
+        "job_dir": rep.job_dir,
+        "table": join(rep.job_dir, "generations.parquet"),
+        "generated": rep.generated,
+        "skipped": rep.skipped,
+        "failed": rep.failed,
+        "gallery": rep.gallery,
+        "rows": [
+            {
+                "prompt": r["prompt"],
+                "status": r["status"],
+                "video": r["video_path"],
+                "retrieved": sum(bool(m) for m in r["retrieved_mask"]),
+                "total_s": round(sum((r["timings"] and dict(r["timings"]).values()) or [0]), 3),
+                "error": r["error"],
+            }
+            for r in rows
+        ],
+    }
+
+
+@flow(
+    name="batch-generate",
+    flow_run_name=_job_name,
+    description="Prompts in, retrieval-conditioned videos + a generations table out.",
+    log_prints=True,
+)
+def batch_generate_flow(
+    workspace: str,
+    prompts: str | None = None,
+    index: str | None = None,
+    run: str | None = None,
+    job: str | None = None,
+    base: str | None = None,
+    method: str = "ragme",
+    num_prompts: int = 4,
+    corpus: str = "demo",
+    tiny: bool = True,
+) -> dict[str, Any]:
+    """Generate every prompt of ``prompts`` (a .txt/.csv/.parquet file; None: the corpus's
+    first captions) into ``<workspace>/generations/<job>`` (job default: today's date)."""
+    ws = check_workspace(workspace)
+    job = job or datetime.now(UTC).strftime("%Y%m%d")
+    started = time.perf_counter()
+    if prompts is not None and not Path(prompts).is_file():
+        raise FileNotFoundError(f"prompt file {prompts} not found: pass --prompts <file>")
+    if method in ("ragme", "ragca") and run is None:
+        raise ValueError(f"method {method!r} needs run=<trained adapter run>; or method='base'")
+    adapter = None
+    if run is not None:
+        adapter = ws.run(run)
+        if not exists(join(adapter, "adapter.safetensors")):
+            raise FileNotFoundError(
+                f"no trained adapter in {adapter} (adapter.safetensors): run the finetune flow "
+                f"for run {run!r} first"
+            )
+    base_dir = resolve_base(ws.root, base)
+    prompt_src = prompts if prompts is not None else demo_prompts(ws.root, corpus, num_prompts)
+    config = TINY_GENERATION if tiny else GenerationConfig()
+    out = generate_task(ws.root, job, prompt_src, base_dir, adapter, index, method, config)
+    counts = {k: out[k] for k in ("generated", "skipped", "failed")}
+    monitor.table(f"generate-{job}", out["rows"], "one row per prompt")
+    monitor.table(f"generate-{job}-counts", [counts], "generation counts")
+    text = (
+        f"# batch-generate `{job}`\n\nMethod `{method}` · base `{base_dir}` · adapter "
+        f"`{adapter}` · index `{index}` · {round(time.perf_counter() - started, 1)} s\n\n"
+        f"{monitor.markdown_table([counts])}\n{monitor.markdown_table(out['rows'])}\n"
+        f"Results table: `{out['table']}` · gallery: `{out['gallery']}`\n"
+    )
+    report = monitor.write_report(ws.root, f"batch-generate-{job}", text)
+    print(f"batch-generate {job}: {counts}")
+    if out["failed"]:
+        print(f"{out['failed']} prompt(s) failed — rerun the job to retry only those")
+    return {**counts, "job_dir": out["job_dir"], "table": out["table"], "report": report}

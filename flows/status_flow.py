@@ -1,0 +1,91 @@
+"""`workspace-status`: what a workspace holds, as Prefect artifacts (a cheap scheduled check).
+
+One task per corpus counts manifest rows, rejects, embedding parts done/pending and
+quarantined videos; the index folders are listed with their manifests. The result is a table
+artifact and a markdown report an MLOps engineer can glance at in the UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow.parquet as pq
+from prefect import flow, task
+
+from ragvid.flows import monitor
+from ragvid.flows.preflight import check_workspace
+from ragvid.schemas.io import exists, fs_and_path, is_done, list_parts, read_json
+from ragvid.schemas.workspace import Workspace
+
+
+def _rows(parts: list[str]) -> int:
+    total = 0
+    for uri in parts:
+        fs, path = fs_and_path(uri)
+        with fs.open(path, "rb") as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def _children(uri: str) -> list[str]:
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+
+
+@task(name="corpus-status", task_run_name="status-{corpus}", retries=1)
+def corpus_status(workspace: str, corpus: str) -> dict[str, Any]:
+    ws = Workspace.at(workspace)
+    row: dict[str, Any] = {"corpus": corpus}
+    row["manifest_rows"] = _rows(list_parts(ws.manifest(corpus)))
+    row["rejected_rows"] = _rows(list_parts(ws.rejects(corpus)))
+    row["failed_videos"] = _rows(list_parts(ws.failures(corpus)))
+    enc_root = ws.corpus(corpus) + "/embeddings"
+    encoders = _children(enc_root)
+    parts = [p for e in encoders for p in list_parts(f"{enc_root}/{e}")]
+    row["encoders"] = ",".join(encoders) or "-"
+    row["embed_parts_done"] = sum(is_done(p) for p in parts)
+    row["embed_parts_pending"] = len(parts) - row["embed_parts_done"]
+    return row
+
+
+@task(name="index-status", task_run_name="status-indexes")
+def index_status(workspace: str) -> list[dict[str, Any]]:
+    ws = Workspace.at(workspace)
+    out = []
+    for name in _children(ws.root + "/indexes"):
+        manifest = ws.index(name) + "/index.json"
+        info = read_json(manifest) if exists(manifest) else {}
+        out.append(
+            {
+                "index": name,
+                "built": bool(info),
+                "ntotal": info.get("ntotal", info.get("num_vectors", "")),
+                "factory": info.get("factory", ""),
+            }
+        )
+    return out
+
+
+@flow(
+    name="workspace-status",
+    flow_run_name="workspace-status",
+    description="Counts of what a ragvid workspace holds (manifests, embeddings, indexes).",
+    log_prints=True,
+)
+def workspace_status_flow(workspace: str) -> dict[str, Any]:
+    ws = check_workspace(workspace)
+    corpora = _children(ws.root + "/corpora")
+    rows = [corpus_status.submit(ws.root, c) for c in corpora]
+    corpora_rows = [r.result() for r in rows]
+    indexes = index_status(ws.root)
+    monitor.table("workspace-corpora", corpora_rows, f"corpora in {ws.root}")
+    monitor.table("workspace-indexes", indexes, f"indexes in {ws.root}")
+    text = (
+        f"# Workspace status: `{ws.root}`\n\n## Corpora\n\n{monitor.markdown_table(corpora_rows)}"
+        f"\n## Indexes\n\n{monitor.markdown_table(indexes)}"
+    )
+    report = monitor.write_report(ws.root, "workspace-status", text)
+    print(f"workspace status report: {report}")
+    return {"corpora": corpora_rows, "indexes": indexes, "report": report}

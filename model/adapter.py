@@ -1,0 +1,233 @@
+"""The RAGME adapter — time enhancer + RagCA layers — and its files, apart from the base.
+
+On disk: `adapter.safetensors` (enhancer.* and mca.* weights) and `adapter_config.json`
+(enhancer + RagCA configs and the temporal-layer channel map of the base it was built for).
+Loading checks that map against the target UNet, so an adapter saved for another base fails
+with the layer and channel counts that differ instead of a shape error deep in torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ragvid.schemas.config import EnhancerConfig, RagCAConfig
+
+from .enhancer import TimeEnhancer
+from .ragca import (
+    RagCALayers,
+    RetrievalTokens,
+    check_layers_match,
+    disable_block_checkpointing,
+    enable_block_checkpointing,
+    ragca_tokens,
+    temporal_layer_channels,
+)
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+FORMAT = "ragvid-ragme-adapter"
+FORMAT_VERSION = 1
+
+
+class RagmeAdapter(nn.Module):
+    """Everything RAGME adds to the base T2V model: the only trainable parameters."""
+
+    def __init__(self, enhancer: TimeEnhancer, ragca: RagCALayers, ragca_config: RagCAConfig):
+        super().__init__()
+        if enhancer.config.dim != ragca.token_dim:
+            raise ValueError(
+                f"enhancer dim {enhancer.config.dim} != RagCA token_dim {ragca.token_dim}"
+            )
+        self.enhancer = enhancer
+        self.ragca = ragca
+        self.ragca_config = ragca_config
+
+    @classmethod
+    def create(
+        cls,
+        unet: nn.Module,
+        input_dim: int,
+        enhancer: EnhancerConfig | None = None,
+        ragca: RagCAConfig | None = None,
+    ) -> RagmeAdapter:
+        """A fresh adapter for `unet` (zero-initialised RagCA ⇒ output equals the base)."""
+        enhancer = enhancer or EnhancerConfig()
+        ragca = ragca or RagCAConfig(token_dim=enhancer.dim)
+        if ragca.token_dim != enhancer.dim:
+            raise ValueError(
+                f"RagCAConfig.token_dim={ragca.token_dim} must equal EnhancerConfig.dim="
+                f"{enhancer.dim} (the MCA keys/values are the enhancer's CLS outputs)"
+            )
+        device = next(unet.parameters()).device
+        with torch.device(device):
+            enh = TimeEnhancer.from_config_model(enhancer, input_dim)
+            layers = RagCALayers(temporal_layer_channels(unet), ragca.token_dim, ragca.num_heads)
+        return cls(enh, layers, ragca)
+
+    @property
+    def input_dim(self) -> int:
+        return self.enhancer.config.input_dim
+
+    def encode(
+        self,
+        frame_emb: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        slot_mask: torch.Tensor,
+    ) -> RetrievalTokens:
+        """Per-frame CLIP embeddings of the K neighbours → RagCA tokens z (b, K, dim) + mask."""
+        if tuple(slot_mask.shape) != tuple(frame_emb.shape[:2]):
+            raise ValueError(
+                f"retrieval mask shape {tuple(slot_mask.shape)} does not match the frame "
+                f"embeddings' (batch, K) = {tuple(frame_emb.shape[:2])}"
+            )
+        z = self.enhancer(frame_emb, frame_mask)
+        mask = slot_mask.to(device=z.device, dtype=torch.bool)
+        if frame_mask is not None:
+            mask = mask & frame_mask.to(z.device).bool().any(dim=-1)
+        return RetrievalTokens(z, mask)
+
+    def config_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "enhancer": dict(self.enhancer.config),
+            "ragca": self.ragca_config.model_dump(),
+            "layers": self.ragca.layer_channels,
+        }
+
+
+def save_adapter(adapter: RagmeAdapter, folder: str | Path) -> Path:
+    """Write `adapter.safetensors` + `adapter_config.json` into `folder` (atomic renames)."""
+    from ragvid.schemas.io import write_json_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
+    tmp = folder / f".{ADAPTER_WEIGHTS}.tmp"
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    tmp.replace(folder / ADAPTER_WEIGHTS)
+    write_json_atomic(str(folder / ADAPTER_CONFIG), adapter.config_dict())
+    return folder
+
+
+def load_adapter(folder: str | Path, unet: nn.Module | None = None) -> RagmeAdapter:
+    """Read an adapter folder; with `unet`, check it was built for that base and attach it."""
+    from ragvid.schemas.io import read_json
+
+    folder = Path(folder)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a RAGME adapter folder: {name} is missing "
+                f"(write one with save_adapter or RagmePipeline.save_pretrained)"
+            )
+    cfg = read_json(str(folder / ADAPTER_CONFIG))
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} is not a {FORMAT} config")
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{folder} uses adapter format {cfg['format_version']}; this ragvid reads up to "
+            f"{FORMAT_VERSION} — upgrade ragvid"
+        )
+    layers = {str(k): int(v) for k, v in cfg["layers"].items()}
+    if unet is not None:
+        check_layers_match(layers, temporal_layer_channels(unet))
+    ragca_cfg = RagCAConfig(**cfg["ragca"])
+    enhancer = TimeEnhancer(**{k: v for k, v in cfg["enhancer"].items() if not k.startswith("_")})
+    adapter = RagmeAdapter(
+        enhancer, RagCALayers(layers, ragca_cfg.token_dim, ragca_cfg.num_heads), ragca_cfg
+    )
+    state = load_file(str(folder / ADAPTER_WEIGHTS))
+    missing, unexpected = adapter.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder / ADAPTER_WEIGHTS} does not match its config: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    if unet is not None:
+        param = next(unet.parameters())
+        adapter.to(device=param.device)
+    return adapter
+
+
+@dataclass
+class RagmeUNetOutput:
+    sample: torch.Tensor
+
+
+class RagmeUNet(nn.Module):
+    """Base `UNet3DConditionModel` (frozen) + a `RagmeAdapter` attached to it.
+
+    `forward(sample, t, encoder_hidden_states, retrieval=RetrievalTokens)` runs the base UNet
+    with the RagCA hooks fed by `retrieval`; `retrieval=None` is exactly the base model.
+    """
+
+    def __init__(self, unet: nn.Module, adapter: RagmeAdapter):
+        super().__init__()
+        self.unet = unet
+        self.adapter = adapter
+        unet.requires_grad_(False)
+        adapter.ragca.attach(unet)
+
+    @classmethod
+    def create(
+        cls,
+        unet: nn.Module,
+        input_dim: int,
+        enhancer: EnhancerConfig | None = None,
+        ragca: RagCAConfig | None = None,
+    ) -> RagmeUNet:
+        return cls(unet, RagmeAdapter.create(unet, input_dim, enhancer, ragca))
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.adapter.parameters() if p.requires_grad]
+
+    def encode_retrieval(
+        self,
+        frame_emb: torch.Tensor,
+        frame_mask: torch.Tensor | None,
+        slot_mask: torch.Tensor,
+    ) -> RetrievalTokens:
+        return self.adapter.encode(frame_emb, frame_mask, slot_mask)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        encoder_hidden_states: torch.Tensor,
+        retrieval: RetrievalTokens | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Noise prediction (b, C, F, h, w)."""
+        if retrieval is not None and retrieval.tokens.shape[0] != sample.shape[0]:
+            raise ValueError(
+                f"retrieval tokens have batch {retrieval.tokens.shape[0]}, the latents "
+                f"{sample.shape[0]} (under CFG use RetrievalTokens.for_cfg)"
+            )
+        with ragca_tokens(retrieval):
+            return self.unet(sample, timestep, encoder_hidden_states, return_dict=False, **kwargs)[
+                0
+            ]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Checkpoint the UNet blocks and the RagCA layers (recompute in backward)."""
+        enable_block_checkpointing(self.unet)
+        self.adapter.ragca.gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        disable_block_checkpointing(self.unet)
+        self.adapter.ragca.gradient_checkpointing = False
+
+    def detach_adapter(self) -> nn.Module:
+        """Remove the hooks and return the untouched base UNet."""
+        self.adapter.ragca.detach()
+        return self.unet

@@ -1,0 +1,339 @@
+"""RAGME §4 evaluation: the comparison table (base / base+FreeInit / RagInit only / full
+RAGME from the same prompts and seeds), metrics to the METRICS table, plots, an HTML report.
+
+Per method: FVD and KVD against reference (real) videos on a pluggable video feature net,
+the mean max cosine similarity between each generated video and its retrieved set on a
+pluggable frame feature net (copy detection; lower is better), dynamic degree (optical flow,
+estimator named) and latency per phase. Every figure carries its setup string; a metric with
+too few videos is recorded with value null and the reason — never a number that means nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from ragvid.schemas import METRICS, GenerationConfig, write_table
+
+from .batch_generate import batch_generate
+from .features import FrameFeatures, VideoFeatures
+from .metrics import (
+    FlowEstimator,
+    InsufficientSamplesError,
+    dynamic_degree,
+    frechet_distance,
+    max_retrieved_similarity,
+    polynomial_mmd,
+    video_descriptor,
+)
+from .video_io import read_video
+
+PAPER_METHODS = ("base", "freeinit", "raginit", "ragme")
+LABELS = {
+    "base": "base model",
+    "freeinit": "base + FreeInit",
+    "raginit": "RagInit only",
+    "ragca": "RagCA only",
+    "ragme": "RAGME (full)",
+}
+LOWER_IS_BETTER = {"fvd": True, "kvd": True, "max_similarity": True, "latency_s": True}
+
+
+@dataclass
+class EvalReport:
+    out_dir: str
+    metrics: pa.Table
+    comparison: list[dict]
+    plots: dict[str, str] = field(default_factory=dict)
+    report: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _resize_videos(videos: Sequence[np.ndarray], frames: int, height: int, width: int):
+    """Bring videos to one (frames, height, width) so a feature net sees the same setup."""
+    from .raginit import prepare_video
+
+    out = []
+    for v in videos:
+        x = prepare_video(np.asarray(v), frames, height, width)  # (3, F, H, W) in [-1, 1]
+        out.append(((x.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().clip(0, 255))
+    return np.stack(out).astype(np.uint8)
+
+
+def _load(path_or_frames) -> np.ndarray:
+    return read_video(path_or_frames) if isinstance(path_or_frames, str) else path_or_frames
+
+
+def method_metrics(
+    run: str,
+    method: str,
+    generated: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    retrieved: Sequence[Sequence[np.ndarray]],
+    timings: Sequence[Mapping[str, float]],
+    *,
+    video_features: VideoFeatures,
+    frame_features: FrameFeatures,
+    flow: FlowEstimator | None,
+    size: tuple[int, int, int],
+) -> tuple[list[dict], list[str]]:
+    """METRICS rows for one method's videos (all uint8 (F, H, W, 3))."""
+    rows, notes = [], []
+    frames, height, width = size
+    setup_v = f"{video_features.setup}; videos at {frames}x{height}x{width}"
+
+    def add(metric: str, value: float | None, n: int, setup: str) -> None:
+        rows.append(
+            {"run": run, "method": method, "metric": metric, "value": value, "n": n, "setup": setup}
+        )
+
+    gen = _resize_videos(generated, frames, height, width) if generated else None
+    ref = _resize_videos(reference, frames, height, width) if reference else None
+    if gen is not None and ref is not None:
+        fg, fr = video_features(gen), video_features(ref)
+        extra = ""
+        if min(len(fg), len(fr)) <= fg.shape[1]:
+            extra = (
+                f"; n_gen={len(fg)}, n_ref={len(fr)} ≤ feature dim {fg.shape[1]}: "
+                "rank-deficient covariance, indicative only"
+            )
+        for metric, fn in (("fvd", frechet_distance), ("kvd", polynomial_mmd)):
+            try:
+                add(metric, fn(fr, fg), len(fg), setup_v + extra)
+            except InsufficientSamplesError as exc:
+                add(metric, None, len(fg), f"{setup_v}; not computed: {exc}")
+                notes.append(f"{method} {metric}: {exc}")
+    else:
+        for metric in ("fvd", "kvd"):
+            add(metric, None, len(generated), f"{setup_v}; not computed: no reference videos")
+    sims = []
+    for g, rset in zip(generated, retrieved, strict=True):
+        if not rset:
+            continue
+        dg = video_descriptor(frame_features(g))
+        dr = np.stack([video_descriptor(frame_features(r)) for r in rset])
+        s = max_retrieved_similarity(dg, dr)
+        if s is not None:
+            sims.append(s)
+    if sims:
+        add("max_similarity", float(np.mean(sims)), len(sims), frame_features.setup)
+    else:
+        add("max_similarity", None, 0, f"{frame_features.setup}; not computed: no retrieved set")
+    dyn = [dynamic_degree(g, flow) for g in generated]
+    if dyn:
+        est = dyn[0].estimator
+        add(
+            "dynamic_degree",
+            float(np.mean([d.dynamic for d in dyn])),
+            len(dyn),
+            f"VBench rule (top-5% flow > 6·min_side/256), flow: {est}",
+        )
+    phases = sorted({k for t in timings for k in t})
+    for phase in phases:
+        vals = [t[phase] for t in timings if phase in t]
+        name = "latency_s" if phase == "total" else f"latency_{phase}_s"
+        add(name, float(np.mean(vals)), len(vals), "wall seconds per video, this machine")
+    return rows, notes
+
+
+def label(method: str) -> str:
+    name, _, opt = method.partition("@")
+    return LABELS.get(name, name) + (f" ({opt.replace('k=', 'K=')})" if opt else "")
+
+
+def comparison_rows(metrics: pa.Table, methods: Sequence[str]) -> list[dict]:
+    """One dict per method: the paper's table columns."""
+    by = {(r["method"], r["metric"]): r["value"] for r in metrics.to_pylist()}
+    cols = ("fvd", "kvd", "max_similarity", "dynamic_degree", "latency_s")
+    return [{"method": m, "label": label(m), **{c: by.get((m, c)) for c in cols}} for m in methods]
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def plot_fvd_vs_similarity(rows: list[dict], path: str) -> str:
+    """RAGME Fig. 1/4: FVD (↓) against max similarity to the retrieved set (↓)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for r in rows:
+        if r["fvd"] is None or r["max_similarity"] is None:
+            continue
+        ax.scatter(r["max_similarity"], r["fvd"], s=60)
+        ax.annotate(
+            r["label"],
+            (r["max_similarity"], r["fvd"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
+    ax.set_xlabel("max cosine similarity to retrieved set (copying ↓)")
+    ax.set_ylabel("FVD ↓")
+    ax.set_title("FVD vs similarity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_frame_grid(videos: Mapping[str, np.ndarray], path: str, max_frames: int = 6) -> str:
+    """Side-by-side frames: one row per method (same prompt, same seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(videos)
+    cols = min(max_frames, min(len(v) for v in videos.values()))
+    fig, axes = plt.subplots(
+        len(names), cols, figsize=(1.6 * cols, 1.6 * len(names)), squeeze=False
+    )
+    for i, name in enumerate(names):
+        v = videos[name]
+        idx = np.linspace(0, len(v) - 1, cols).round().astype(int)
+        for j, t in enumerate(idx):
+            ax = axes[i][j]
+            ax.imshow(v[t])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label(name), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_html_report(
+    out_dir: str,
+    run: str,
+    rows: list[dict],
+    metrics: pa.Table,
+    plots: Mapping[str, str],
+    notes: Sequence[str],
+    prompts: Sequence[str],
+):
+    cols = ("fvd", "kvd", "max_similarity", "dynamic_degree", "latency_s")
+    head = "".join(f"<th>{c}{' ↓' if LOWER_IS_BETTER.get(c) else ''}</th>" for c in cols)
+    body = "".join(
+        f"<tr><td>{html.escape(r['label'])}</td>"
+        + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols)
+        + "</tr>"
+        for r in rows
+    )
+    setups = sorted({(r["metric"], r["setup"]) for r in metrics.to_pylist()})
+    setup_html = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(s)}</li>" for m, s in setups)
+    imgs = "".join(
+        f"<h3>{html.escape(k)}</h3><img src='{html.escape(os.path.basename(p))}'>"
+        for k, p in plots.items()
+    )
+    note_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes) or "<li>none</li>"
+    title = f"ragvid eval {html.escape(run)}"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+<h1>Evaluation: {html.escape(run)}</h1>
+<p>{len(prompts)} prompts, same prompts and seeds for every method (RAGME §4 comparison).</p>
+<table><tr><th>method</th>{head}</tr>{body}</table>
+<h2>Setup behind each figure</h2><ul>{setup_html}</ul>
+<h2>Notes</h2><ul>{note_html}</ul>
+<h2>Plots</h2>{imgs}
+</body></html>"""
+    path = Path(out_dir) / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+
+def evaluate_methods(
+    out_dir: str | os.PathLike,
+    prompts: Sequence[str],
+    pipe,
+    retrieval,
+    config: GenerationConfig,
+    *,
+    run: str,
+    reference: Sequence[np.ndarray | str],
+    video_lookup: Callable[[str], np.ndarray | str],
+    video_features: VideoFeatures,
+    frame_features: FrameFeatures,
+    flow: FlowEstimator | None = None,
+    methods: Sequence[str] = PAPER_METHODS,
+    eval_frames: int | None = None,
+) -> EvalReport:
+    """Generate every method's videos (idempotent jobs under ``out_dir/generations/<method>``),
+    compute the metrics, write ``metrics.parquet``, the plots and ``report.html``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    size = (eval_frames or config.num_frames, config.height, config.width)
+    ref_videos = [_load(r) for r in reference]
+    all_rows, notes, grid = [], [], {}
+    for method in methods:
+        rep = batch_generate(
+            out / "generations" / method,
+            list(prompts),
+            pipe,
+            retrieval,
+            config,
+            method=method,
+            model_id=run,
+        )
+        ok = [r for r in rep.table.to_pylist() if r["status"] == "ok"]
+        if len(ok) < len(rep.table):
+            notes.append(f"{method}: {len(rep.table) - len(ok)} generation(s) failed — excluded")
+        order = {p: i for i, p in enumerate(prompts)}
+        ok.sort(key=lambda r: order.get(r["prompt"], 0))
+        gen = [read_video(r["video_path"]) for r in ok]
+        retrieved = [
+            [
+                _load(video_lookup(i))
+                for i, m in zip(r["retrieved_ids"], r["retrieved_mask"], strict=True)
+                if m and i
+            ]
+            for r in ok
+        ]
+        rows, n = method_metrics(
+            run,
+            method,
+            gen,
+            ref_videos,
+            retrieved,
+            [dict(r["timings"]) for r in ok],
+            video_features=video_features,
+            frame_features=frame_features,
+            flow=flow,
+            size=size,
+        )
+        all_rows += rows
+        notes += n
+        if gen:
+            grid[method] = gen[0]
+    metrics = write_table(
+        out / "metrics.parquet",
+        pa.Table.from_pylist(all_rows, schema=METRICS.schema()),
+        METRICS,
+        config={"generation": config.model_dump(), "methods": list(methods)},
+    )
+    rows = comparison_rows(metrics, methods)
+    plots = {}
+    if any(r["fvd"] is not None and r["max_similarity"] is not None for r in rows):
+        plots["FVD vs similarity"] = plot_fvd_vs_similarity(
+            rows, str(out / "fvd_vs_similarity.png")
+        )
+    else:
+        notes.append("FVD vs similarity plot skipped: no method has both figures")
+    if grid:
+        plots["frames (first prompt)"] = plot_frame_grid(grid, str(out / "frame_grid.png"))
+    report = write_html_report(str(out), run, rows, metrics, plots, notes, prompts)
+    return EvalReport(str(out), metrics, rows, plots, report, notes)

@@ -1,0 +1,579 @@
+"""Fine-tune the RAGME adapter (time enhancer + RagCA) on neighbour lists, with accelerate.
+
+The base T2V model is frozen; only adapter parameters reach the optimiser. accelerate gives
+DDP across GPUs (``accelerate launch -m ragvid.flows.cli train …``), bf16/fp16 autocast and
+the gradient scaler; gradient accumulation reaches ``effective_batch_size`` =
+micro_batch × accumulation × processes.
+
+Resume is exact: every random draw of a step (diffusion timesteps, noise, VAE sampling,
+caption/retrieval dropout) comes from a generator seeded by (seed, step, micro-step, rank),
+and the data order is a pure function of (seed, position) — so a checkpoint only needs the
+adapter weights (safetensors), the optimiser and LR-scheduler states, the global RNG states
+(for any dropout inside modules) and the data position. A run killed at any point and
+restarted continues the loss curve of an uninterrupted run bit for bit (tested on CPU).
+
+Layout under ``<run>/``: ``checkpoints/step-XXXXXXXX/`` (adapter.safetensors,
+adapter_config.json, optimizer.pt, scheduler.pt, rng.pt, state.json written last),
+``adapter.safetensors`` + ``adapter_config.json`` (latest), ``config.json``,
+``train_log.parquet`` (TRAIN_LOG) and ``samples/step-XXXXXXXX/*.mp4``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from ragvid.schemas import TRAIN_LOG, EnhancerConfig, RagCAConfig, TrainConfig, write_table
+from ragvid.schemas.io import write_json_atomic
+
+from .adapter import RagmeAdapter, RagmeUNet, save_adapter
+from .train_data import ResumableOrder, RetrievalTrainingSet, apply_dropout, collate
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    "tiny": TrainConfig(
+        height=32,
+        width=32,
+        num_frames=4,
+        effective_batch_size=2,
+        micro_batch_size=1,
+        max_steps=20,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        caption_dropout=0.1,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        checkpoint_every=5,
+        sample_every=0,
+    ),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}. Available: {sorted(TRAIN_PRESETS)}")
+    return TRAIN_PRESETS[name]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete, corrupt or from an incompatible run."""
+
+
+@dataclass
+class BaseModel:
+    """The frozen components of a diffusers T2V folder that training needs."""
+
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    unet: Any
+    scheduler: Any
+    path: str = ""
+
+
+def load_base(folder: str, device: str | torch.device = "cpu") -> BaseModel:
+    """Load vae/text_encoder/tokenizer/unet/scheduler from a local diffusers folder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = Path(folder)
+    need = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
+    missing = [n for n in need if not (root / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"base model folder {folder} lacks {missing} — point --base at a diffusers "
+            "text-to-video folder (ZeroScope layout) or create one with save_tiny_base"
+        )
+    base = BaseModel(
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(str(root / "text_encoder")),
+        tokenizer=CLIPTokenizer.from_pretrained(str(root / "tokenizer")),
+        unet=UNet3DConditionModel.from_pretrained(folder, subfolder="unet"),
+        scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        path=str(folder),
+    )
+    for m in (base.vae, base.text_encoder, base.unet):
+        m.requires_grad_(False).eval().to(device)
+    return base
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    step: int
+    resumed_from: int | None
+    log: pa.Table
+    stopped_early: bool = False
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def _fresh_accelerator_state(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state; a second run in the same process (a Prefect
+    worker, a notebook) with another precision would be refused — reset it between runs."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and (
+        AcceleratorState._shared_state.get("_mixed_precision") != mixed_precision
+    ):
+        AcceleratorState._reset_state()
+
+
+def _step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    key = np.random.SeedSequence([seed, step, micro, rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(key) & (2**63 - 1))
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _lr_lambda(warmup: int) -> Callable[[int], float]:
+    return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _resume_keys(config: TrainConfig) -> dict:
+    """Settings that must not change across a resume (max_steps may grow)."""
+    d = config.model_dump()
+    for k in ("max_steps", "checkpoint_every", "sample_every", "sample_steps", "keep_checkpoints"):
+        d.pop(k)
+    return d
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (state.json present), oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.glob("step-*") if (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+class Trainer:
+    """One fine-tuning run: build, (resume,) loop, checkpoint, log."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        base: BaseModel,
+        dataset: RetrievalTrainingSet,
+        config: TrainConfig,
+        *,
+        enhancer: EnhancerConfig | None = None,
+        ragca: RagCAConfig | None = None,
+        sample_fn: Callable[[int, RagmeUNet, Path], list[str]] | None = None,
+    ):
+        from accelerate import Accelerator
+
+        self.run_dir = Path(run_dir)
+        self.config, self.base, self.dataset, self.sample_fn = config, base, dataset, sample_fn
+        _fresh_accelerator_state(config.mixed_precision)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        acc = self.accelerator
+        world = acc.num_processes
+        per_step = config.micro_batch_size * world
+        if config.effective_batch_size % per_step:
+            raise ValueError(
+                f"effective_batch_size={config.effective_batch_size} is not a multiple of "
+                f"micro_batch_size × processes = {config.micro_batch_size} × {world}"
+            )
+        self.accum = config.effective_batch_size // per_step
+        for m in (base.vae, base.text_encoder, base.unet):
+            m.to(acc.device)
+        torch.manual_seed(config.seed)  # adapter init: same weights in every run of a config
+        self.model = RagmeUNet.create(base.unet, dataset.dim, enhancer, ragca)
+        if config.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        params = self.model.trainable_parameters()
+        frozen = [n for n, p in base.unet.named_parameters() if p.requires_grad]
+        if frozen:
+            raise RuntimeError(f"base UNet parameters still trainable: {frozen[:3]}")
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(config.warmup_steps)
+        )
+        # The LR scheduler is stepped by us once per optimiser step (accelerate's wrapper
+        # would step it once per process).
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        self.order = ResumableOrder(len(dataset), config.seed, config.shuffle)
+        self.step = 0
+        self.position = 0
+        self.log_rows: list[dict] = []
+        self.resumed_from: int | None = None
+        self._stop_signal = False
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def adapter(self) -> RagmeAdapter:
+        return self.accelerator.unwrap_model(self.model).adapter
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        final = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        if acc.is_main_process:
+            tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_adapter(self.adapter, tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(_rng_state(), tmp / "rng.pt")
+            if acc.scaler is not None:  # fp16 loss scale, part of exact resume
+                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+            state = {
+                "step": self.step,
+                "position": self.position,
+                "log": self.log_rows,
+                "resume_keys": _resume_keys(self.config),
+                "world_size": acc.num_processes,
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            save_adapter(self.adapter, self.run_dir)
+            self._write_log()
+            for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = json.loads((folder / "state.json").read_text())
+            weights = load_file(str(folder / "adapter.safetensors"))
+            opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+            sched = torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False)
+            rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
+        except (OSError, SafetensorError, json.JSONDecodeError, RuntimeError, EOFError) as exc:
+            raise CheckpointError(
+                f"checkpoint {folder} is corrupt or incomplete ({exc.__class__.__name__}: "
+                f"{str(exc)[:200]}) — delete that folder to resume from the previous one, "
+                "or pass --no-resume to start over"
+            ) from exc
+        if state.get("resume_keys") != _resume_keys(self.config):
+            theirs, ours = state.get("resume_keys", {}), _resume_keys(self.config)
+            diff = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
+            raise CheckpointError(
+                f"checkpoint {folder} was trained with other settings {diff} (saved, now) — "
+                "resume with the same config or start a new run"
+            )
+        if state.get("world_size") != self.accelerator.num_processes:
+            raise CheckpointError(
+                f"checkpoint {folder} was written by {state.get('world_size')} processes, this "
+                f"run has {self.accelerator.num_processes}: the data order would change"
+            )
+        missing, unexpected = self.adapter.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{folder / 'adapter.safetensors'} does not fit this adapter: missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        self.optimizer.load_state_dict(opt)
+        if self.accelerator.scaler is not None and (folder / "scaler.pt").is_file():
+            self.accelerator.scaler.load_state_dict(
+                torch.load(folder / "scaler.pt", map_location="cpu", weights_only=False)
+            )
+        self.lr_scheduler.load_state_dict(sched)
+        _set_rng_state(rng)
+        self.step, self.position = int(state["step"]), int(state["position"])
+        self.log_rows = list(state["log"])
+        self.resumed_from = self.step
+
+    def _write_log(self) -> pa.Table:
+        table = pa.Table.from_pylist(self.log_rows, schema=TRAIN_LOG.schema())
+        return write_table(
+            self.run_dir / "train_log.parquet", table, TRAIN_LOG, config=self.config.model_dump()
+        )
+
+    # --- one step -------------------------------------------------------------------------
+
+    def _encode_text(self, captions: list[str]) -> torch.Tensor:
+        tok = self.base.tokenizer
+        ids = tok(
+            captions,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.accelerator.device)
+        with torch.no_grad():
+            return self.base.text_encoder(ids)[0]
+
+    def _latents(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        if "latents" in batch:
+            return batch["latents"].to(self.accelerator.device)
+        video = batch["video"].to(self.accelerator.device)  # (b, C, T, H, W)
+        b, c, t, h, w = video.shape
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        vae = self.base.vae
+        with torch.no_grad():
+            dist = vae.encode(frames.to(vae.dtype)).latent_dist
+            eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+            lat = (dist.mean + dist.std * eps) * vae.config.scaling_factor
+        return lat.reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4).float()
+
+    def _micro_loss(self, indices: list[int], gen: torch.Generator) -> torch.Tensor:
+        cfg, dev = self.config, self.accelerator.device
+        batch = collate([self.dataset[i] for i in indices])
+        batch = apply_dropout(batch, cfg.caption_dropout, cfg.retrieval_dropout, gen)
+        latents = self._latents(batch, gen)
+        sched = self.base.scheduler
+        b = latents.shape[0]
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        noisy = sched.add_noise(latents, noise, t)
+        text = self._encode_text(batch["caption"])
+        model = self.accelerator.unwrap_model(self.model)
+        retrieval = model.encode_retrieval(
+            batch["frame_emb"].to(dev), batch["frame_mask"].to(dev), batch["mask"].to(dev)
+        )
+        with self.accelerator.autocast():
+            pred = self.model(noisy, t, text, retrieval=retrieval)
+        if sched.config.prediction_type == "v_prediction":
+            target = sched.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        return F.mse_loss(pred.float(), target.float())
+
+    def train_step(self) -> float:
+        """One optimiser step over `accum` micro-batches; returns the mean loss."""
+        acc, cfg = self.accelerator, self.config
+        world, rank = acc.num_processes, acc.process_index
+        total = 0.0
+        for micro in range(self.accum):
+            gen = _step_generator(cfg.seed, self.step, micro, rank)
+            size = cfg.micro_batch_size * world
+            indices = self.order.batch(self.position, size, rank, world)
+            self.position += size
+            sync = micro == self.accum - 1
+            ctx = acc.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with ctx:
+                loss = self._micro_loss(indices, gen)
+                acc.backward(loss / self.accum)
+            total += float(loss.detach())
+        acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = torch.tensor(total / self.accum, device=acc.device)
+        return float(acc.reduce(mean, reduction="mean"))
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def fit(
+        self,
+        *,
+        resume: bool = True,
+        stop_after: int | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> TrainResult:
+        """Train to ``config.max_steps`` (or stop after ``stop_after`` steps, checkpointed).
+
+        SIGTERM/SIGINT save a checkpoint at the current step and return (preemption).
+        """
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            str(self.run_dir / "config.json"),
+            {
+                "train": cfg.model_dump(),
+                "base": self.base.path,
+                "adapter": self.adapter.config_dict(),
+            },
+        )
+        if self.accelerator.is_main_process:  # half-written checkpoints of a killed run
+            for tmp in (self.run_dir / "checkpoints").glob(".tmp-step-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        if resume and (ckpts := list_checkpoints(self.run_dir)):
+            self.load_checkpoint(ckpts[-1])
+        handlers = self._install_signals()
+        stopped = False
+        try:
+            while self.step < cfg.max_steps:
+                started = time.perf_counter()
+                self.model.train()
+                lr = float(self.lr_scheduler.get_last_lr()[0])  # the rate this step uses
+                loss = self.train_step()
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss} at step {self.step + 1} — lower the learning rate "
+                        "or use bf16 instead of fp16"
+                    )
+                self.step += 1
+                self.log_rows.append(
+                    {
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": lr,
+                        "seconds": time.perf_counter() - started,
+                        "samples": self.position,
+                    }
+                )
+                if on_step:
+                    on_step(self.step, loss)
+                if cfg.sample_every and self.sample_fn and self.step % cfg.sample_every == 0:
+                    out = self.run_dir / "samples" / f"step-{self.step:08d}"
+                    self.sample_fn(self.step, self.accelerator.unwrap_model(self.model), out)
+                done = self.step >= cfg.max_steps
+                stop = (stop_after is not None and self.step >= stop_after) or self._stop_signal
+                if done or stop or self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if stop and not done:
+                    stopped = True
+                    break
+        finally:
+            self._restore_signals(handlers)
+        log = self._write_log() if self.accelerator.is_main_process else pa.table({})
+        return TrainResult(
+            str(self.run_dir),
+            self.step,
+            self.resumed_from,
+            log,
+            stopped_early=stopped,
+            checkpoints=[str(p) for p in list_checkpoints(self.run_dir)],
+        )
+
+    def _install_signals(self) -> dict:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._stop_signal = True
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _restore_signals(handlers: dict) -> None:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def train(
+    run_dir: str | Path,
+    base_dir: str,
+    dataset: RetrievalTrainingSet,
+    config: TrainConfig,
+    *,
+    enhancer: EnhancerConfig | None = None,
+    ragca: RagCAConfig | None = None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    sample_fn: Callable[[int, RagmeUNet, Path], list[str]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Load the base from ``base_dir``, fine-tune the adapter into ``run_dir`` (resuming)."""
+    base = load_base(base_dir)
+    if sample_fn is None and config.sample_every:
+        sample_fn = dataset_sample_fn(
+            base, dataset, config, num_inference_steps=config.sample_steps
+        )
+    trainer = Trainer(
+        run_dir, base, dataset, config, enhancer=enhancer, ragca=ragca, sample_fn=sample_fn
+    )
+    return trainer.fit(resume=resume, stop_after=stop_after, on_step=on_step)
+
+
+def dataset_sample_fn(
+    base: BaseModel,
+    dataset: RetrievalTrainingSet,
+    config: TrainConfig,
+    *,
+    num_samples: int = 2,
+    num_inference_steps: int = 25,
+    guidance_scale: float = 7.5,
+) -> Callable[[int, RagmeUNet, Path], list[str]]:
+    """Periodic samples: the first ``num_samples`` training captions, each conditioned on its
+    own neighbour list (RagInit from the neighbours' videos when the manifest gives them).
+
+    The pipeline shares the training UNet (hooks already attached) and the live adapter, so
+    sampling costs no copies; it runs under no_grad and the loop puts the model back in train.
+    """
+    from diffusers import DDIMScheduler
+
+    from .pipeline_ragme import RagmePipeline
+    from .retrieval_source import RetrievedBatch
+
+    n = min(num_samples, len(dataset))
+    items = [dataset[i] for i in range(n)]
+    uris = [[dataset._uri.get(v) if v else None for v in dataset.neigh[i]] for i in range(n)]
+    batch = RetrievedBatch(
+        ids=np.asarray([dataset.neigh[i] for i in range(n)], dtype=object),
+        scores=np.asarray([it["mask"].numpy().astype(np.float32) for it in items]),
+        mask=np.stack([it["mask"].numpy() for it in items]),
+        frame_emb=np.stack([it["frame_emb"].numpy() for it in items]),
+        frame_mask=np.stack([it["frame_mask"].numpy() for it in items]),
+        videos=uris
+        if all(
+            u is not None
+            for row, m in zip(uris, items, strict=True)
+            for u, ok in zip(row, m["mask"].tolist(), strict=True)
+            if ok
+        )
+        else None,
+    )
+    captions = [it["caption"] or "a video" for it in items]
+
+    def sample(step: int, model: RagmeUNet, out_dir: Path) -> list[str]:
+        pipe = RagmePipeline(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            tokenizer=base.tokenizer,
+            unet=base.unet,
+            scheduler=DDIMScheduler.from_config(base.scheduler.config),
+        )
+        pipe.adapter = model.adapter  # already attached to this UNet by the trainer
+        pipe.set_progress_bar_config(disable=True)
+        model.eval()
+        gen = torch.Generator().manual_seed(config.seed)
+        out = pipe(
+            captions,
+            retrieval=batch,
+            k=batch.k,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            rag_init=batch.videos is not None,
+            num_frames=config.num_frames,
+            height=config.height,
+            width=config.width,
+            generator=gen,
+            output_type="mp4",
+            output_dir=out_dir,
+        )
+        return list(out.video_paths or [])
+
+    return sample

@@ -1,0 +1,460 @@
+"""Frame decoding: decord first, PyAV when decord can't open a file, every failure classified.
+
+``decode_video`` samples T frames (uniform over the frame indices, every n-th frame, or a fixed
+rate in seconds — the last uses the real timestamps, so variable-frame-rate files sample
+correctly) and returns them with their timestamps. Large videos are decoded at reduced size
+(``short_side``), which is where decode time goes on a real corpus (DESIGN.md "Scale").
+
+Failures raise :class:`DecodeError` whose ``error_class`` is one of :data:`ERROR_CLASSES`. The
+time limit is real: with ``timeout_s`` set, decoding runs in a persistent helper process
+(``python -m ragvid.pipelines.decode --serve``) that is killed and restarted when a video
+overruns, so a decoder stuck (or crashing) inside C code never hangs or kills the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+ERROR_CLASSES = ("missing", "empty", "truncated", "undecodable", "too_short", "timeout")
+Sampling = Literal["uniform", "every_n", "fps"]
+STARTUP_LIMIT_S = 120.0
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; ``error_class`` says why (see ``ERROR_CLASSES``)."""
+
+    def __init__(self, error_class: str, message: str):
+        if error_class not in ERROR_CLASSES:
+            raise ValueError(
+                f"unknown decode error class '{error_class}'. Available: {ERROR_CLASSES}"
+            )
+        super().__init__(f"{error_class}: {message}")
+        self.error_class = error_class
+        self.message = message
+
+    def __reduce__(self):
+        return (DecodeError, (self.error_class, self.message))
+
+
+@dataclass
+class DecodedVideo:
+    """Sampled frames of one video: ``frames`` uint8 (T, H, W, 3), ``timestamps`` seconds."""
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    indices: np.ndarray
+    total_frames: int
+    fps: float
+    native_size: tuple[int, int]  # (width, height) of the stream
+    backend: str
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+
+def _spread(indices: np.ndarray, k: int) -> np.ndarray:
+    """At most ``k`` of ``indices``, evenly spread."""
+    if len(indices) <= k:
+        return indices
+    pick = ((np.arange(k) + 0.5) * len(indices) / k).astype(np.int64)
+    return indices[pick]
+
+
+def sample_indices(
+    total: int,
+    num_frames: int,
+    sampling: Sampling = "uniform",
+    *,
+    every_n: int = 1,
+    fps: float = 1.0,
+    timestamps: np.ndarray | None = None,
+) -> np.ndarray:
+    """Frame indices to decode: T uniform segment centres, every n-th, or one per 1/fps s.
+
+    Fewer frames than T gives every frame once (no repeats); ``fps`` needs the timestamps.
+    """
+    if total <= 0:
+        return np.zeros(0, np.int64)
+    if sampling == "uniform":
+        if total <= num_frames:
+            return np.arange(total, dtype=np.int64)
+        return ((np.arange(num_frames) + 0.5) * total / num_frames).astype(np.int64)
+    if sampling == "every_n":
+        return _spread(np.arange(0, total, max(1, every_n), dtype=np.int64), num_frames)
+    if sampling == "fps":
+        if timestamps is None or len(timestamps) != total:
+            raise ValueError("sampling='fps' needs the timestamps of every frame")
+        targets = np.arange(0.0, float(timestamps[-1]) + 1e-9, 1.0 / fps)
+        nearest = np.abs(timestamps[None, :] - targets[:, None]).argmin(1)
+        return _spread(np.unique(nearest).astype(np.int64), num_frames)
+    raise ValueError(f"unknown sampling '{sampling}'. Available: uniform, every_n, fps")
+
+
+# --- source checks ---------------------------------------------------------------------------
+
+
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return None if "://" in uri else uri
+
+
+def _open_source(uri: str) -> tuple[str | io.BytesIO, int]:
+    """A path (local) or an in-memory copy (remote fsspec URI) and its size in bytes."""
+    path = _local_path(uri)
+    if path is not None:
+        if not os.path.exists(path):
+            raise DecodeError("missing", f"{uri}: no such file")
+        if os.path.isdir(path):
+            raise DecodeError("undecodable", f"{uri}: is a directory, not a video file")
+        return path, os.path.getsize(path)
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise DecodeError("missing", f"{uri}: no such object") from None
+    return io.BytesIO(data), len(data)
+
+
+def _read_head(src: str | io.BytesIO, n: int, offset: int = 0) -> bytes:
+    if isinstance(src, io.BytesIO):
+        return src.getbuffer()[offset : offset + n].tobytes()
+    with open(src, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(n)
+
+
+def mp4_truncation(src: str | io.BytesIO, size: int) -> str | None:
+    """If ``src`` is an ISO-BMFF (mp4/mov) file whose top-level boxes run past the end of the
+    file, say which box is cut; ``None`` if complete or not an mp4."""
+    if _read_head(src, 8)[4:8] != b"ftyp":
+        return None
+    offset = 0
+    while offset + 8 <= size:
+        head = _read_head(src, 16, offset)
+        box_size, kind = struct.unpack(">I", head[:4])[0], head[4:8].decode("latin-1")
+        if box_size == 1 and len(head) >= 16:
+            box_size = struct.unpack(">Q", head[8:16])[0]
+        elif box_size == 0:
+            return None  # box extends to the end of the file by definition
+        if box_size < 8:
+            return f"corrupt '{kind}' box at byte {offset}"
+        if offset + box_size > size:
+            return f"'{kind}' box at byte {offset} needs {box_size} bytes, file ends at {size}"
+        offset += box_size
+    return None
+
+
+# --- backends --------------------------------------------------------------------------------
+
+
+def _probe(src: str | io.BytesIO, uri: str) -> tuple[int, int, int]:
+    """(width, height, frames-in-header) of the first video stream, via PyAV (header only)."""
+    import av
+
+    try:
+        with av.open(src) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise DecodeError(
+                    "undecodable", f"{uri}: no video stream (streams: {', '.join(kinds)})"
+                )
+            stream = container.streams.video[0]
+            return stream.codec_context.width, stream.codec_context.height, int(stream.frames)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any open failure is "undecodable"
+        raise DecodeError("undecodable", f"{uri}: not a readable video ({exc})") from None
+    finally:
+        if isinstance(src, io.BytesIO):
+            src.seek(0)
+
+
+def _target_size(
+    native: tuple[int, int], size: tuple[int, int] | None, short_side: int | None
+) -> tuple[int, int] | None:
+    if size is not None:
+        return size
+    w, h = native
+    if short_side is None or min(w, h) <= short_side:
+        return None
+    scale = short_side / min(w, h)
+    return max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2)
+
+
+def _decode_decord(src, target, sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    import decord
+
+    w, h = target if target else (-1, -1)
+    vr = decord.VideoReader(src, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+    total = len(vr)
+    ts_all = vr.get_frame_timestamp(np.arange(total))[:, 0].astype(np.float32) if total else None
+    idx = sample(total, ts_all)
+    if len(idx) == 0:
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.float32), idx, total, 0.0
+    frames = vr.get_batch(list(idx)).asnumpy()
+    return frames, ts_all[idx], idx, total, float(vr.get_avg_fps())
+
+
+def _decode_pyav(src, target, sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """Decode every frame sequentially (a fallback, for files decord can't open)."""
+    import av
+
+    if isinstance(src, io.BytesIO):
+        src.seek(0)
+    frames, stamps = [], []
+    with av.open(src) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+        kwargs = {"format": "rgb24"}
+        if target:
+            kwargs.update(width=target[0], height=target[1])
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(**kwargs))
+            t = frame.time if frame.time is not None else len(stamps) / max(rate, 1.0)
+            stamps.append(float(t))
+    total = len(frames)
+    ts_all = np.asarray(stamps, np.float32) - (stamps[0] if stamps else 0.0)
+    idx = sample(total, ts_all)
+    if len(idx) == 0:
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.float32), idx, total, rate
+    return np.stack([frames[i] for i in idx]), ts_all[idx], idx, total, rate
+
+
+def decode_inprocess(
+    uri: str,
+    num_frames: int = 8,
+    sampling: Sampling = "uniform",
+    *,
+    every_n: int = 1,
+    fps: float = 1.0,
+    size: tuple[int, int] | None = None,
+    short_side: int | None = None,
+    min_frames: int = 2,
+) -> DecodedVideo:
+    """``decode_video`` without the time limit (runs in the calling process)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames}: must be ≥ 1")
+    started = time.perf_counter()
+    src, nbytes = _open_source(uri)
+    if nbytes == 0:
+        raise DecodeError("empty", f"{uri}: file is empty (0 bytes)")
+    cut = mp4_truncation(src, nbytes)
+    if cut:
+        raise DecodeError("truncated", f"{uri}: mp4 is truncated ({cut})")
+    width, height, _ = _probe(src, uri)
+    target = _target_size((width, height), size, short_side)
+    notes = [] if target is None else [f"decoded at {target[0]}x{target[1]}"]
+
+    def sample(total: int, ts: np.ndarray | None) -> np.ndarray:
+        return sample_indices(total, num_frames, sampling, every_n=every_n, fps=fps, timestamps=ts)
+
+    try:
+        frames, ts, idx, total, rate = _decode_decord(src, target, sample)
+        backend = "decord"
+    except Exception as exc:  # noqa: BLE001 - decord's errors are untyped; fall back
+        notes.append(f"decord failed ({str(exc).splitlines()[0][:200]}); used PyAV")
+        try:
+            frames, ts, idx, total, rate = _decode_pyav(src, target, sample)
+        except Exception as exc2:  # noqa: BLE001
+            raise DecodeError("undecodable", f"{uri}: PyAV could not decode it ({exc2})") from None
+        backend = "pyav"
+    if total < min_frames:
+        raise DecodeError(
+            "too_short", f"{uri}: {total} decodable frame(s), need at least {min_frames}"
+        )
+    return DecodedVideo(
+        frames=np.ascontiguousarray(frames),
+        timestamps=np.asarray(ts, np.float32),
+        indices=np.asarray(idx, np.int64),
+        total_frames=int(total),
+        fps=float(rate),
+        native_size=(int(width), int(height)),
+        backend=backend,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+# --- the time limit: a persistent helper process ----------------------------------------------
+
+
+def _send(fh, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    fh.write(struct.pack(">Q", len(data)) + data)
+    fh.flush()
+
+
+def _recv_exact(fd: int, n: int, deadline: float | None) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(n - got, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class _Helper:
+    """One decode helper process per calling process, restarted after a kill or a crash."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ragvid.pipelines.decode", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        try:  # start-up (imports) is not counted against a video's time limit
+            fd = proc.stdout.fileno()
+            n = struct.unpack(">Q", _recv_exact(fd, 8, time.monotonic() + STARTUP_LIMIT_S))[0]
+            pickle.loads(_recv_exact(fd, n, None))
+        except (TimeoutError, EOFError):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(
+                "the decode helper process did not start (python -m ragvid.pipelines.decode "
+                "--serve); check that decord and av import in this environment"
+            ) from None
+        return proc
+
+    def _kill(self) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        return proc.wait()
+
+    def call(self, kwargs: dict, timeout_s: float) -> DecodedVideo:
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = self._start()
+            proc = self.proc
+            try:
+                _send(proc.stdin, kwargs)
+            except (BrokenPipeError, OSError):
+                self._kill()
+                self.proc = proc = self._start()
+                _send(proc.stdin, kwargs)
+            deadline = time.monotonic() + timeout_s
+            try:
+                n = struct.unpack(">Q", _recv_exact(proc.stdout.fileno(), 8, deadline))[0]
+                reply = pickle.loads(_recv_exact(proc.stdout.fileno(), n, None))
+            except TimeoutError:
+                self._kill()
+                raise DecodeError(
+                    "timeout", f"{kwargs['uri']}: decoding took longer than {timeout_s:g} s"
+                ) from None
+            except EOFError:
+                code = self._kill()
+                raise DecodeError(
+                    "undecodable", f"{kwargs['uri']}: the decoder crashed (exit code {code})"
+                ) from None
+        if reply[0] == "ok":
+            return reply[1]
+        if reply[0] == "decode_error":
+            raise DecodeError(reply[1], reply[2])
+        raise ValueError(reply[1])
+
+
+_HELPER = _Helper()
+
+
+def _serve() -> None:
+    """Helper-process loop: read kwargs, decode, write the result; exit on EOF."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
+    import av  # noqa: F401 - pay the imports once, before the first deadline
+    import decord  # noqa: F401
+
+    _send(stdout, ("ready",))
+    while True:
+        head = stdin.read(8)
+        if len(head) < 8:
+            return
+        kwargs = pickle.loads(stdin.read(struct.unpack(">Q", head)[0]))
+        delay = kwargs.pop("_test_delay_s", 0.0)
+        try:
+            if delay:
+                time.sleep(delay)
+            reply = ("ok", decode_inprocess(**kwargs))
+        except DecodeError as exc:
+            reply = ("decode_error", exc.error_class, exc.message)
+        except ValueError as exc:
+            reply = ("value_error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else is an undecodable file
+            reply = ("decode_error", "undecodable", f"{kwargs['uri']}: {exc!r}")
+        _send(stdout, reply)
+
+
+def decode_video(
+    uri: str,
+    num_frames: int = 8,
+    sampling: Sampling = "uniform",
+    *,
+    every_n: int = 1,
+    fps: float = 1.0,
+    size: tuple[int, int] | None = None,
+    short_side: int | None = None,
+    min_frames: int = 2,
+    timeout_s: float | None = 60.0,
+    _test_delay_s: float = 0.0,
+) -> DecodedVideo:
+    """Decode ``num_frames`` frames of the video at ``uri`` (a path or fsspec URI).
+
+    ``size=(w, h)`` decodes at exactly that size; ``short_side=s`` scales down (never up) so
+    the shorter side is ``s``, keeping the aspect ratio. Fewer than ``min_frames`` decodable
+    frames is ``too_short``. ``timeout_s`` bounds the wall time per video (helper process);
+    ``None`` decodes in-process with no limit.
+    """
+    kwargs = dict(
+        uri=str(uri),
+        num_frames=num_frames,
+        sampling=sampling,
+        every_n=every_n,
+        fps=fps,
+        size=size,
+        short_side=short_side,
+        min_frames=min_frames,
+    )
+    if timeout_s is None:
+        return decode_inprocess(**kwargs)
+    if _test_delay_s:
+        kwargs["_test_delay_s"] = _test_delay_s
+    return _HELPER.call(kwargs, timeout_s)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    # Serve from the importable module, so replies pickle as ragvid.pipelines.decode.* types.
+    from ragvid.pipelines.decode import _serve as serve
+
+    serve()

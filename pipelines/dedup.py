@@ -1,0 +1,204 @@
+"""Corpus-level near-duplicate groups: all pairs with cosine ≥ δ_dedup, connected components.
+
+Pairs come from a FAISS range search — exact (Flat) up to ``exact_max_n`` videos, IVF
+cluster-then-pairwise above (near-duplicates at 0.965 share a cell or a neighbouring one, so
+a few probes find them). The canonical member of a group is its smallest video_id
+(deterministic, independent of part order). Singletons get no row: a video absent from the
+table is its own canonical member. A histogram of every video's top-1 similarity, with the
+threshold drawn in, is written next to the table to help choose δ_dedup on a new corpus.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ragvid.schemas import DUPLICATES, read_table, write_table
+from ragvid.schemas.io import write_bytes_atomic
+
+from .index import load_vectors
+
+
+@dataclass
+class DuplicateReport:
+    n_videos: int
+    n_pairs: int
+    n_groups: int
+    n_in_groups: int
+    n_non_canonical: int
+    delta_dedup: float
+    method: str
+    table_path: str
+    histogram_path: str
+    seconds: float
+
+
+def similar_pairs(
+    x: np.ndarray,
+    delta: float,
+    *,
+    exact_max_n: int = 20_000,
+    nprobe: int = 16,
+    batch: int = 4096,
+    hist_sample: int = 20_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """All pairs (i < j) with x_i·x_j ≥ delta, plus the top-1 similarity to another row for
+    up to ``hist_sample`` rows (-1 for rows outside the sample). Returns (i, j, sim, top1,
+    method)."""
+    n, dim = x.shape
+    if n <= exact_max_n:
+        index: faiss.Index = faiss.IndexFlatIP(dim)
+        method = "exact range search (Flat)"
+    else:
+        nlist = 2 ** int(round(math.log2(4 * math.sqrt(n))))
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        index.train(x[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))])
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        method = f"IVF{nlist} range search, nprobe={nprobe}"
+    index.add(x)
+    ii, jj, ss = [], [], []
+    top1 = np.full(n, -1.0, dtype=np.float32)
+    for a in range(0, n, batch):
+        q = x[a : a + batch]
+        lims, d, j = index.range_search(q, float(delta))
+        i = np.repeat(np.arange(a, a + len(q)), np.diff(lims.astype(np.int64)))
+        keep = i < j
+        ii.append(i[keep])
+        jj.append(j[keep])
+        ss.append(d[keep])
+    sample = np.arange(n)
+    if n > hist_sample:
+        sample = np.sort(np.random.default_rng(1).choice(n, hist_sample, replace=False))
+    for a in range(0, len(sample), batch):
+        rows = sample[a : a + batch]
+        dk, jk = index.search(x[rows], 2)
+        top1[rows] = np.where(jk != rows[:, None], dk, -1.0).max(axis=1)
+    cat = np.concatenate
+    return cat(ii), cat(jj), cat(ss).astype(np.float32), top1, method
+
+
+def group_pairs(ids: np.ndarray, i: np.ndarray, j: np.ndarray, s: np.ndarray) -> pa.Table:
+    """Connected components of the pair graph as a DUPLICATES table (members of groups ≥ 2)."""
+    n = len(ids)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    sizes = np.bincount(label, minlength=label.max() + 1 if n else 0)
+    member = sizes[label] > 1
+    max_sim = np.full(n, -1.0, dtype=np.float32)
+    np.maximum.at(max_sim, i, s)
+    np.maximum.at(max_sim, j, s)
+    rows = np.flatnonzero(member)
+    sid = ids.astype(str)
+    canon: dict[int, str] = {}
+    for r in rows:  # groups only: small next to the corpus
+        lab = int(label[r])
+        if lab not in canon or sid[r] < canon[lab]:
+            canon[lab] = sid[r]
+    gid = {lab: g for g, (c, lab) in enumerate(sorted((c, lab) for lab, c in canon.items()))}
+    order = sorted(rows, key=lambda r: (gid[int(label[r])], sid[r]))
+    return pa.table(
+        {
+            "video_id": pa.array([sid[r] for r in order], pa.string()),
+            "group_id": pa.array([gid[int(label[r])] for r in order], pa.int64()),
+            "canonical_id": pa.array([canon[int(label[r])] for r in order], pa.string()),
+            "is_canonical": pa.array([sid[r] == canon[int(label[r])] for r in order]),
+            "group_size": pa.array([int(sizes[label[r]]) for r in order], pa.int32()),
+            "max_sim": pa.array([float(max_sim[r]) for r in order], pa.float32()),
+        }
+    )
+
+
+def write_histogram(top1: np.ndarray, delta: float, uri: str, title: str = "") -> None:
+    """PNG histogram of each video's top-1 similarity, with δ_dedup drawn in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    vals = top1[top1 > -1]
+    ax.hist(
+        vals, bins=np.linspace(max(-1.0, float(vals.min(initial=0.0))), 1.0, 81), color="#4C72B0"
+    )
+    ax.axvline(delta, color="#C44E52", ls="--", label=f"δ_dedup = {delta:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("cosine similarity to the nearest other video")
+    ax.set_ylabel("videos")
+    above = int((vals >= delta).sum())
+    ax.set_title(title or f"top-1 similarity, {above}/{len(vals)} videos at or above δ_dedup")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(uri, buf.getvalue())
+
+
+def histogram_path(out_path: str) -> str:
+    return str(out_path).removesuffix(".parquet") + "_hist.png"
+
+
+def find_duplicates(
+    embeddings: str | pa.Table,
+    out_path: str,
+    delta_dedup: float = 0.965,
+    *,
+    exact_max_n: int = 20_000,
+    nprobe: int = 16,
+) -> DuplicateReport:
+    """Find near-duplicate groups, write the DUPLICATES table and its histogram PNG."""
+    if not -1.0 < delta_dedup <= 1.0:
+        raise ValueError(f"delta_dedup={delta_dedup} must be in (-1, 1] (paper: 0.965)")
+    t0 = time.perf_counter()
+    vec = load_vectors(embeddings)
+    i, j, s, top1, method = similar_pairs(
+        vec.x, delta_dedup, exact_max_n=exact_max_n, nprobe=nprobe
+    )
+    table = group_pairs(vec.ids, i, j, s)
+    write_table(
+        out_path,
+        table,
+        DUPLICATES,
+        encoder=vec.encoder,
+        config={"delta_dedup": delta_dedup, "method": method, "n_videos": len(vec.ids)},
+    )
+    hist = histogram_path(out_path)
+    write_histogram(top1, delta_dedup, hist)
+    canon = table.column("is_canonical").to_numpy(zero_copy_only=False)
+    return DuplicateReport(
+        n_videos=len(vec.ids),
+        n_pairs=len(i),
+        n_groups=len(set(table.column("group_id").to_pylist())),
+        n_in_groups=len(table),
+        n_non_canonical=int((~canon).sum()),
+        delta_dedup=delta_dedup,
+        method=method,
+        table_path=str(out_path),
+        histogram_path=hist,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+
+
+def read_duplicates(path: str) -> dict[str, list]:
+    """The duplicates table as columns (video_id, group_id, canonical_id, is_canonical, …)."""
+    return read_table(path, DUPLICATES).to_pydict()
+
+
+def group_of_rows(path: str, row_of: dict[str, int], n: int) -> np.ndarray:
+    """For each index row, its duplicate group id (-1 when it is in no group)."""
+    d = read_duplicates(path)
+    out = np.full(n, -1, dtype=np.int64)
+    for v, g in zip(d["video_id"], d["group_id"], strict=True):
+        r = row_of.get(v)
+        if r is not None:
+            out[r] = g
+    return out

@@ -1,0 +1,212 @@
+"""Training neighbour lists (RAGME §3): K retrieved videos per training video, q ∉ Z.
+
+The query is the video's own embedding; the query is excluded by id, its whole near-duplicate
+group is excluded (duplicates table), and so is any candidate with cosine ≥ δ_dedup to the
+query — otherwise training learns to copy the target. Then the usual filters: δ_min (video),
+mutual dedup, keep K, pad + mask. Output: Parquet parts with ``.done`` markers (resume skips
+finished parts; a rerun with other parameters is refused instead of mixing lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ragvid.schemas import NEIGHBOURS, RetrievalConfig, is_done, mark_done, write_table
+from ragvid.schemas.io import join, list_parts, output_lock, read_done, read_json
+
+from .dedup import read_duplicates
+from .index import INDEX_JSON
+from .retrieval import Retriever, batch_dot
+
+
+@dataclass
+class NeighbourReport:
+    out_dir: str
+    n_videos: int
+    n_parts: int
+    parts_written: int
+    parts_skipped: int
+    mean_valid: float
+    fully_padded: int
+    seconds: float
+    search_seconds: float
+    videos_per_s: float
+
+
+def _list_array(values: pa.Array, n: int, k: int) -> pa.ListArray:
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), values)
+
+
+def neighbours_table(
+    video_ids: Sequence[str], ids: np.ndarray, scores: np.ndarray, mask: np.ndarray
+) -> pa.Table:
+    n, k = ids.shape
+    return pa.table(
+        {
+            "video_id": pa.array(list(video_ids), pa.string()),
+            "neighbour_ids": _list_array(pa.array(ids.ravel().tolist(), pa.string()), n, k),
+            "scores": _list_array(pa.array(scores.ravel(), pa.float32()), n, k),
+            "mask": _list_array(pa.array(mask.ravel()), n, k),
+        }
+    )
+
+
+class _Exclusion:
+    """Vectorised q ∉ Z: same row, same duplicate group, or cosine ≥ δ_dedup with the query."""
+
+    def __init__(
+        self, r: Retriever, groups: dict[str, int], delta_dedup: float, exact_scores: bool
+    ):
+        self.r = r
+        self.exact_scores = exact_scores
+        self.delta = delta_dedup
+        self.group_of_row = np.array([groups.get(v, -1) for v in r.ids], np.int64)
+        self.groups = groups
+
+    def bind(self, video_ids: Sequence[str], q: np.ndarray):
+        qrow = self.r.rows_for(video_ids)
+        qgroup = np.array([self.groups.get(v, -1) for v in video_ids], np.int64)
+
+        def exclude(todo: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            safe = np.where(rows >= 0, rows, 0)
+            g = self.group_of_row[safe]
+            qg = qgroup[todo][:, None]
+            same = (rows == qrow[todo][:, None]) | ((g == qg) & (qg >= 0))
+            if self.exact_scores:  # the candidate scores are the exact cosines already
+                cos = scores
+            else:
+                v = np.asarray(self.r.vectors[safe.ravel()], np.float32)
+                cos = batch_dot(q[todo], v.reshape(*rows.shape, -1))
+            return same | (cos >= self.delta)
+
+        return exclude
+
+
+def _params(
+    index_dir: str, config: RetrievalConfig, duplicates: str | None, ids_hash: str, part_size: int
+) -> dict:
+    man = read_json(join(index_dir, INDEX_JSON))
+    return {
+        "index": str(index_dir),
+        "index_shards_sha256": [s.get("sha256") for s in man["shards"]],
+        "retrieval": config.model_dump(),
+        "duplicates": duplicates,
+        "video_ids_sha256": ids_hash,
+        "part_size": part_size,
+    }
+
+
+def materialize_neighbours(
+    index_dir: str,
+    out_dir: str,
+    config: RetrievalConfig,
+    *,
+    video_ids: Sequence[str] | None = None,
+    duplicates: str | None = None,
+    part_size: int = 10_000,
+    batch_size: int = 4096,
+    progress=None,
+) -> NeighbourReport:
+    """Write ``out_dir/part-NNNNN.parquet`` (NEIGHBOURS) for ``video_ids`` (default: every
+    video of the index). ``duplicates`` defaults to the one the index records. ``progress``
+    is an optional callable ``(done_videos, total_videos)``."""
+    t0 = time.perf_counter()
+    r = Retriever.open(index_dir)
+    ids = list(r.ids) if video_ids is None else [str(v) for v in video_ids]
+    if not ids:
+        raise ValueError("no training videos given — pass video_ids or build a non-empty index")
+    duplicates = duplicates or r.man.duplicates
+    groups: dict[str, int] = {}
+    if duplicates:
+        d = read_duplicates(duplicates)
+        groups = dict(zip(d["video_id"], d["group_id"], strict=True))
+    ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    params = _params(index_dir, config, duplicates, ids_hash, part_size)
+    excl = _Exclusion(r, groups, config.delta_dedup, not r.man.compressed or config.rerank_exact)
+    extra = max_group(groups) + 1
+    n_parts = (len(ids) + part_size - 1) // part_size
+    written = skipped = fully_padded = 0
+    valid_sum, search_s = 0.0, 0.0
+    with output_lock(out_dir):
+        for p in list_parts(out_dir):
+            if is_done(p) and read_done(p).get("params_sha256") != _sha(params):
+                raise ValueError(
+                    f"{out_dir} holds neighbour lists made with other parameters ({p}) — pick "
+                    "another name, or delete the folder to recompute"
+                )
+        for part in range(n_parts):
+            uri = join(out_dir, f"part-{part:05d}.parquet")
+            lo, hi = part * part_size, min(len(ids), (part + 1) * part_size)
+            if is_done(uri):
+                skipped += 1
+                stats = read_done(uri)
+                valid_sum += stats["valid_slots"]
+                fully_padded += stats["fully_padded"]
+                if progress:
+                    progress(hi, len(ids))
+                continue
+            chunks = []
+            for a in range(lo, hi, batch_size):
+                batch = ids[a : min(hi, a + batch_size)]
+                x, found = r.vectors_for(batch)
+                if not found.all():
+                    miss = [v for v, f in zip(batch, found, strict=True) if not f][:5]
+                    raise KeyError(f"video_id(s) {miss} are not in the index or its embeddings")
+                ts = time.perf_counter()
+                res = r._filtered(
+                    x,
+                    "video",
+                    config,
+                    None,
+                    extra,
+                    extra_exclude=excl.bind(batch, x),
+                )
+                search_s += time.perf_counter() - ts
+                chunks.append((batch, res))
+                if progress:
+                    progress(a + len(batch), len(ids))
+            vids = [v for b, _ in chunks for v in b]
+            nids = np.concatenate([c.ids for _, c in chunks])
+            sc = np.concatenate([c.scores for _, c in chunks])
+            mk = np.concatenate([c.mask for _, c in chunks])
+            write_table(uri, neighbours_table(vids, nids, sc, mk), NEIGHBOURS, config=params)
+            stats = {
+                "rows": len(vids),
+                "valid_slots": int(mk.sum()),
+                "fully_padded": int((~mk.any(axis=1)).sum()),
+                "params_sha256": _sha(params),
+            }
+            mark_done(uri, stats)
+            written += 1
+            valid_sum += stats["valid_slots"]
+            fully_padded += stats["fully_padded"]
+    secs = time.perf_counter() - t0
+    return NeighbourReport(
+        out_dir=str(out_dir),
+        n_videos=len(ids),
+        n_parts=n_parts,
+        parts_written=written,
+        parts_skipped=skipped,
+        mean_valid=round(valid_sum / len(ids), 4),
+        fully_padded=fully_padded,
+        seconds=round(secs, 3),
+        search_seconds=round(search_s, 3),
+        videos_per_s=round(len(ids) / secs, 1) if secs else 0.0,
+    )
+
+
+def max_group(groups: dict[str, int]) -> int:
+    if not groups:
+        return 0
+    return int(np.bincount(np.fromiter(groups.values(), np.int64)).max())
+
+
+def _sha(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

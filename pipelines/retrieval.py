@@ -1,0 +1,444 @@
+"""Query-time retrieval with RAGME's filters (App. A) over a built index.
+
+Per query: over-fetch candidates from the shards (re-scored with the exact stored vectors
+when the index compresses them), drop excluded ids, drop scores under δ_min (which depends
+on the query's modality: ``RetrievalConfig.delta_min``), drop a candidate whose cosine with
+an already-kept one is ≥ δ_dedup, keep the first K, pad to K and mask the padded slots.
+When the filters leave fewer than K and more candidates could qualify, the fetch widens.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
+
+from ragvid.schemas import EMBEDDINGS, INDEX_IDS, MANIFEST, RetrievalConfig, read_table
+from ragvid.schemas.io import fs_and_path, join, list_parts, read_parts
+
+from .index import BM25_DIR, IDS_FILE, IndexManifest
+from .shard_search import RayShardSet, ShardSet, read_verified, verify_file
+
+Modality = Literal["text", "video", "vector"]
+TextMode = Literal["dense", "bm25", "hybrid-rerank", "rrf"]
+TEXT_MODES = ("dense", "bm25", "hybrid-rerank", "rrf")
+
+
+@dataclass
+class RetrievalResult:
+    """K results per query; padded slots have id None, score 0 and mask False."""
+
+    ids: np.ndarray  # object (n, K)
+    scores: np.ndarray  # float32 (n, K)
+    mask: np.ndarray  # bool (n, K)
+    delta_min: float | None  # the minimum similarity that applied (None: off)
+    modality: str
+    rows: np.ndarray  # int64 (n, K) index rows, -1 where padded
+    mode: str = "dense"
+
+
+def select_filtered(
+    rows: np.ndarray,
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    *,
+    delta_min: float | None,
+    delta_dedup: float | None,
+    exclude: np.ndarray | None = None,
+    chunk_elems: int = 1 << 25,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The RAGME filters over candidate lists sorted by score (vectorised over queries).
+
+    ``rows`` (n, C) int64 (-1 = none), ``scores`` (n, C), ``vectors`` the exact normalised
+    vectors indexed by row, ``exclude`` (n, C) bool. Returns (rows, scores, mask), each (n, k).
+    """
+    n, c = rows.shape
+    valid = rows >= 0
+    if exclude is not None:
+        valid &= ~exclude
+    if delta_min is not None:
+        valid &= scores >= delta_min
+    # valid candidates first (score order kept), then greedy mutual dedup on a narrow window;
+    # only rows that the window leaves short of K get the full width
+    first = np.argsort(~valid, axis=1, kind="stable")
+    rows, scores = np.take_along_axis(rows, first, 1), np.take_along_axis(scores, first, 1)
+    valid = np.take_along_axis(valid, first, 1)
+    if delta_dedup is None or c <= 1:
+        kept = valid
+    else:
+        kept = np.zeros_like(valid)
+        w = min(c, k + 4)
+        kept[:, :w] = _greedy_dedup(rows[:, :w], valid[:, :w], vectors, k, delta_dedup, chunk_elems)
+        short = np.flatnonzero((kept.sum(axis=1) < k) & valid[:, w:].any(axis=1))
+        if len(short):
+            kept[short] = _greedy_dedup(
+                rows[short], valid[short], vectors, k, delta_dedup, chunk_elems
+            )
+    order = np.argsort(~kept, axis=1, kind="stable")[:, :k]
+    mask = np.take_along_axis(kept, order, 1)
+    out_rows = np.where(mask, np.take_along_axis(rows, order, 1), -1)
+    out_scores = np.where(mask, np.take_along_axis(scores, order, 1), 0).astype(np.float32)
+    if out_rows.shape[1] < k:  # fewer candidates than K: pad
+        pad = k - out_rows.shape[1]
+        out_rows = np.pad(out_rows, ((0, 0), (0, pad)), constant_values=-1)
+        out_scores = np.pad(out_scores, ((0, 0), (0, pad)))
+        mask = np.pad(mask, ((0, 0), (0, pad)))
+    return out_rows, out_scores, mask
+
+
+def _greedy_dedup(
+    rows: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int, delta: float, chunk: int
+) -> np.ndarray:
+    """Keep a valid candidate unless an earlier kept one has cosine ≥ delta with it."""
+    n, c = rows.shape
+    kept = np.zeros_like(valid)
+    step = max(1, chunk // max(1, c * vectors.shape[1]))
+    for a in range(0, n, step):
+        r = rows[a : a + step]
+        v = np.asarray(vectors[np.where(r >= 0, r, 0).ravel()], dtype=np.float32)
+        v = v.reshape(len(r), c, -1)
+        close = np.matmul(v, np.ascontiguousarray(v.transpose(0, 2, 1))) >= delta  # (m, C, C)
+        ok, kp = valid[a : a + step], kept[a : a + step]
+        for j in range(c):
+            hit = (kp[:, :j] & close[:, j, :j]).any(axis=1) if j else False
+            kp[:, j] = ok[:, j] & ~hit
+            if j + 1 >= k and (kp[:, : j + 1].sum(axis=1) >= k).all():
+                break
+    return kept
+
+
+def batch_dot(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(n, d) · (n, c, d) → (n, c) through BLAS (einsum and strided matmul are 10–40× slower)."""
+    return np.matmul(np.ascontiguousarray(v), np.ascontiguousarray(q)[:, :, None])[..., 0]
+
+
+def l2_normalise(q: np.ndarray, dim: int, what: str) -> np.ndarray:
+    q = np.atleast_2d(np.asarray(q, dtype=np.float32))
+    if q.shape[1] != dim:
+        raise ValueError(
+            f"{what} have dimension {q.shape[1]}, the index has dimension {dim} — query with "
+            "the encoder the index was built with, or select another index"
+        )
+    norms = np.linalg.norm(q, axis=1, keepdims=True)
+    if (~np.isfinite(norms) | (norms < 1e-6)).any():
+        raise ValueError(f"{what}: some query vectors are NaN or zero — cannot search with them")
+    return q / norms
+
+
+class Retriever:
+    """An opened index: shards, id map, exact vectors, captions, and its embeddings source."""
+
+    def __init__(
+        self,
+        man: IndexManifest,
+        shards: ShardSet | RayShardSet,
+        ids_table: pa.Table,
+        vectors: np.ndarray,
+    ):
+        self.man = man
+        self.shards = shards
+        self.ids = np.asarray(ids_table.column("video_id").to_pylist(), dtype=object)
+        self.captions = np.asarray(ids_table.column("caption").to_pylist(), dtype=object)
+        self.vectors = vectors
+        self._row_of: dict[str, int] | None = None
+        self._bm25 = None
+        self._frames_map: dict[str, tuple[int, int]] | None = None
+        self._part_cache: OrderedDict[int, pa.Table] = OrderedDict()
+        self._uris: dict[str, str] | None = None
+
+    @classmethod
+    def open(cls, index_dir: str, *, backend: Literal["threads", "ray"] = "threads") -> Retriever:
+        """Open ``index_dir``, verifying every shard's and the vectors' checksums."""
+        man = IndexManifest.load(index_dir)
+        shards = ShardSet.open(man) if backend == "threads" else RayShardSet(man)
+        ids_table = read_table(join(index_dir, IDS_FILE), INDEX_IDS)
+        vuri = join(index_dir, man.vectors.get("file", "vectors.npy"))
+        fs, vpath = fs_and_path(vuri)
+        if isinstance(fs, LocalFileSystem):  # memory-map: 1M × 512 float32 is 2 GB
+            verify_file(vuri, man.vectors.get("sha256"), "vectors file")
+            vectors = np.load(vpath, mmap_mode="r")
+        else:
+            data = read_verified(vuri, man.vectors.get("sha256"), "vectors file")
+            vectors = np.load(io.BytesIO(data))
+        if vectors.shape != (man.ntotal, man.dim):
+            raise ValueError(f"{vuri}: shape {vectors.shape} ≠ ({man.ntotal}, {man.dim})")
+        return cls(man, shards, ids_table, vectors)
+
+    # --- ids -------------------------------------------------------------------------
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        if self._row_of is None:
+            self._row_of = {v: i for i, v in enumerate(self.ids)}
+        return self._row_of
+
+    def rows_for(self, ids: Sequence[str]) -> np.ndarray:
+        return np.array([self.row_of.get(v, -1) if v is not None else -1 for v in ids], np.int64)
+
+    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(rows >= 0, self.ids[np.where(rows >= 0, rows, 0)], None)
+
+    # --- dense search ----------------------------------------------------------------
+
+    def candidates(self, q: np.ndarray, c: int, *, rerank: bool = True):
+        """Top-c (rows, scores) for normalised queries; exact re-rank on compressed indexes."""
+        c = max(1, min(int(c), self.man.ntotal))
+        scores, rows = self.shards.search(q, c)
+        if rerank and self.man.compressed:
+            v = np.asarray(self.vectors[np.where(rows >= 0, rows, 0)], dtype=np.float32)
+            exact = batch_dot(q, v)
+            exact = np.where(rows >= 0, exact, -np.inf)
+            order = np.argsort(-exact, axis=1, kind="stable")
+            rows = np.take_along_axis(rows, order, 1)
+            scores = np.take_along_axis(exact, order, 1)
+        return rows, scores.astype(np.float32)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        *,
+        modality: Modality,
+        config: RetrievalConfig,
+        exclude_ids: Sequence[Sequence[str]] | None = None,
+    ) -> RetrievalResult:
+        """K filtered results per query vector (see the module docstring for the filters)."""
+        if modality not in ("text", "video", "vector"):
+            raise ValueError(f"modality={modality!r}: use 'text', 'video' or 'vector'")
+        q = l2_normalise(queries, self.man.dim, f"{modality} queries")
+        excl_rows = None
+        if exclude_ids is not None:
+            if len(exclude_ids) != len(q):
+                raise ValueError(f"exclude_ids has {len(exclude_ids)} lists for {len(q)} queries")
+            excl_rows = [self.rows_for(list(e)) for e in exclude_ids]
+        extra = max((len(e) for e in excl_rows), default=0) if excl_rows else 0
+        return self._filtered(q, modality, config, excl_rows, extra)
+
+    def _filtered(self, q, modality, config, excl_rows, extra, extra_exclude=None):
+        k, dmin = config.k, config.delta_min(modality)
+        n = len(q)
+        out_rows = np.full((n, k), -1, np.int64)
+        out_sc = np.zeros((n, k), np.float32)
+        out_mask = np.zeros((n, k), bool)
+        todo = np.arange(n)
+        c = config.overfetch * k + extra + 1
+        while len(todo):
+            rows, scores = self.candidates(q[todo], c, rerank=config.rerank_exact)
+            exclude = np.zeros(rows.shape, bool)
+            if excl_rows is not None:
+                for t, qi in enumerate(todo):
+                    if len(excl_rows[qi]):
+                        exclude[t] = np.isin(rows[t], excl_rows[qi])
+            if extra_exclude is not None:
+                exclude |= extra_exclude(todo, rows, scores)
+            r, s, m = select_filtered(
+                rows,
+                scores,
+                self.vectors,
+                k,
+                delta_min=dmin,
+                delta_dedup=config.delta_dedup,
+                exclude=exclude,
+            )
+            out_rows[todo], out_sc[todo], out_mask[todo] = r, s, m
+            # widen where the filters left < K but the last candidate could still qualify
+            last = scores[:, -1]
+            more = (m.sum(1) < k) & (rows[:, -1] >= 0)
+            if dmin is not None:
+                more &= last >= dmin
+            if c >= self.man.ntotal or not more.any():
+                break
+            todo, c = todo[more], min(self.man.ntotal, c * 4)
+        return RetrievalResult(self._ids_of(out_rows), out_sc, out_mask, dmin, modality, out_rows)
+
+    def search_video_ids(
+        self, ids: Sequence[str], config: RetrievalConfig, *, exclude_self: bool = True
+    ) -> RetrievalResult:
+        """Video→video retrieval for videos of the corpus (the query itself excluded)."""
+        x, found = self.vectors_for(ids)
+        if not found.all():
+            missing = [v for v, f in zip(ids, found, strict=True) if not f][:5]
+            raise KeyError(f"video_id(s) {missing} are neither in the index nor its embeddings")
+        excl = [[v] for v in ids] if exclude_self else None
+        return self.search(x, modality="video", config=config, exclude_ids=excl)
+
+    def vectors_for(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact vectors for video_ids: from the index, else from its embeddings source."""
+        rows = self.rows_for(ids)
+        x = np.zeros((len(ids), self.man.dim), np.float32)
+        x[rows >= 0] = self.vectors[rows[rows >= 0]]
+        found = rows >= 0
+        if not found.all():
+            src = self._frames_index()
+            for i in np.flatnonzero(~found):
+                loc = src.get(ids[i])
+                if loc is not None:
+                    t = self._part(loc[0])
+                    v = np.asarray(t.column("video_emb")[loc[1]].as_py(), np.float32)
+                    x[i], found[i] = v / max(np.linalg.norm(v), 1e-12), True
+        return x, found
+
+    # --- text search -----------------------------------------------------------------
+
+    def bm25(self):
+        from .bm25 import Bm25Index
+
+        if self._bm25 is None:
+            self._bm25 = Bm25Index.load(join(self.man.path, BM25_DIR))
+        return self._bm25
+
+    def search_text(
+        self,
+        texts: Sequence[str],
+        encoder: Any,
+        config: RetrievalConfig,
+        *,
+        mode: TextMode = "dense",
+    ) -> RetrievalResult:
+        """Text→video search. ``mode``: ``dense`` (CLIP), ``bm25`` (captions), ``hybrid-rerank``
+        (BM25 candidates re-scored by CLIP, then the text filters) or ``rrf`` (reciprocal-rank
+        fusion of dense and BM25 rankings). ``encoder`` may be None for ``bm25``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if mode not in TEXT_MODES:
+            raise ValueError(f"mode={mode!r}: use one of {list(TEXT_MODES)}")
+        k = config.k
+        c = max(50, config.overfetch * k)
+        q = None
+        if mode != "bm25":
+            self.check_encoder(encoder)
+            q = l2_normalise(encoder.encode_text(list(texts)), self.man.dim, "text embeddings")
+        if mode == "dense":
+            res = self.search(q, modality="text", config=config)
+            res.mode = mode
+            return res
+        b_ids, b_sc = self.bm25().search(texts, c)
+        b_rows = self.rows_for(b_ids.ravel().tolist()).reshape(b_ids.shape)
+        if mode == "bm25":
+            rows, scores, dmin = b_rows, b_sc, None
+        elif mode == "hybrid-rerank":
+            v = np.asarray(self.vectors[np.where(b_rows >= 0, b_rows, 0)], np.float32)
+            cos = np.where(b_rows >= 0, batch_dot(q, v), -np.inf)
+            order = np.argsort(-cos, axis=1, kind="stable")
+            rows, scores = np.take_along_axis(b_rows, order, 1), np.take_along_axis(cos, order, 1)
+            dmin = config.delta_min("text")
+        else:
+            from .bm25 import rrf_fuse
+
+            d_rows, _ = self.candidates(q, c, rerank=config.rerank_exact)
+            f_ids, scores = rrf_fuse([self._ids_of(d_rows), b_ids], c)
+            rows, dmin = self.rows_for(f_ids.ravel().tolist()).reshape(f_ids.shape), None
+        r, s, m = select_filtered(
+            rows,
+            np.asarray(scores, np.float32),
+            self.vectors,
+            k,
+            delta_min=dmin,
+            delta_dedup=config.delta_dedup,
+        )
+        return RetrievalResult(self._ids_of(r), s, m, dmin, "text", r, mode)
+
+    def check_encoder(self, encoder: Any) -> None:
+        if encoder is None:
+            raise ValueError("this search mode needs a text encoder (pass --encoder)")
+        enc_id, dim = getattr(encoder, "id", None), getattr(encoder, "dim", self.man.dim)
+        if dim != self.man.dim:
+            raise ValueError(
+                f"encoder '{enc_id}' has dimension {dim}, index {self.man.path} has {self.man.dim}"
+                f" (built with '{self.man.encoder}') — use that encoder"
+            )
+        if enc_id is not None and self.man.encoder not in ("unknown", enc_id):
+            raise ValueError(
+                f"encoder '{enc_id}' differs from the index's encoder '{self.man.encoder}' — "
+                "query with the encoder the index was built with"
+            )
+
+    # --- what the model pipeline reads ------------------------------------------------
+
+    def _source_uri(self) -> str:
+        uri = self.man.source.get("uri") or join(self.man.path, "embeddings")
+        return uri
+
+    def _frames_index(self) -> dict[str, tuple[int, int]]:
+        if self._frames_map is None:
+            uri = self._source_uri()
+            self._parts = [uri] if uri.endswith(".parquet") else list_parts(uri)
+            if not self._parts:
+                raise FileNotFoundError(f"{uri}: the index's embeddings source is gone")
+            m: dict[str, tuple[int, int]] = {}
+            for p, path in enumerate(self._parts):
+                vids = read_table(path, EMBEDDINGS, columns=["video_id"]).column("video_id")
+                m.update({v: (p, r) for r, v in enumerate(vids.to_pylist())})
+            self._frames_map = m
+        return self._frames_map
+
+    def _part(self, p: int, max_cached: int = 8) -> pa.Table:
+        if p in self._part_cache:
+            self._part_cache.move_to_end(p)
+            return self._part_cache[p]
+        t = read_table(self._parts[p], EMBEDDINGS, columns=["video_id", "frame_emb", "video_emb"])
+        self._part_cache[p] = t
+        while len(self._part_cache) > max_cached:
+            self._part_cache.popitem(last=False)
+        return t
+
+    def frame_embeddings(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame vectors of retrieved videos: (n, K, T, dim) float32 and a (n, K, T) mask
+        (zeros/False for padded ids and missing frames; T = the longest of the videos)."""
+        ids = np.asarray(ids, dtype=object)
+        flat = ids.ravel()
+        src = self._frames_index()
+        found: list[np.ndarray | None] = [None] * len(flat)
+        for i, v in enumerate(flat):
+            loc = src.get(v) if v is not None else None
+            if loc is not None:
+                cell = self._part(loc[0]).column("frame_emb")[loc[1]]
+                found[i] = np.asarray(
+                    cell.values.flatten().to_numpy(zero_copy_only=False), np.float32
+                )
+        t = max((f.size // self.man.dim for f in found if f is not None), default=1)
+        out = np.zeros((len(flat), t, self.man.dim), np.float32)
+        mask = np.zeros((len(flat), t), bool)
+        for i, f in enumerate(found):
+            if f is not None:
+                f = f.reshape(-1, self.man.dim)
+                out[i, : len(f)], mask[i, : len(f)] = f, True
+        return out.reshape(*ids.shape, t, self.man.dim), mask.reshape(*ids.shape, t)
+
+    def manifest_uri(self) -> str | None:
+        """The corpus manifest: recorded at build, or the workspace's layout next to the
+        embeddings (``corpora/<c>/embeddings/<enc>`` → ``corpora/<c>/manifest``)."""
+        if self.man.source.get("manifest"):
+            return self.man.source["manifest"]
+        uri = self._source_uri().rstrip("/")
+        if "/embeddings/" in uri:
+            cand = uri.rsplit("/embeddings/", 1)[0] + "/manifest"
+            if list_parts(cand):
+                return cand
+        return None
+
+    def uris(self, ids: np.ndarray) -> np.ndarray:
+        """Video file locations for ids (None where padded or unknown)."""
+        if self._uris is None:
+            m = self.manifest_uri()
+            t = read_parts(m, MANIFEST, columns=["video_id", "uri"]) if m else None
+            self._uris = (
+                dict(zip(*(t.column(c).to_pylist() for c in ("video_id", "uri")), strict=True))
+                if t is not None
+                else {}
+            )
+        ids = np.asarray(ids, dtype=object)
+        return np.vectorize(
+            lambda v: self._uris.get(v) if v is not None else None, otypes=[object]
+        )(ids)
+
+    def captions_for(self, ids: np.ndarray) -> np.ndarray:
+        rows = self.rows_for(np.asarray(ids, dtype=object).ravel().tolist())
+        out = np.where(rows >= 0, self.captions[np.where(rows >= 0, rows, 0)], None)
+        return out.reshape(np.shape(ids))

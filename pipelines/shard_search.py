@@ -1,0 +1,158 @@
+"""Fan a query batch out over an index's shards and merge the per-shard top-k lists.
+
+Each shard holds a disjoint slice of the rows (global row ids), so the merged top-k of the
+shards' top-k lists is the unsharded top-k — exactly so for Flat shards. Locally the shards
+are searched from a thread pool (FAISS releases the GIL); ``RayShardSet`` keeps each shard
+in a Ray actor for indexes that outgrow one process. faiss-gpu is used when present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faiss
+import numpy as np
+
+from ragvid.schemas.io import fs_and_path, join
+
+from .index import CorruptShardError, IndexManifest
+
+
+def _missing(uri: str, what: str) -> CorruptShardError:
+    return CorruptShardError(
+        f"{what} {uri} is missing — the index is incomplete; rebuild it with `ragvid index build`"
+    )
+
+
+def _mismatch(uri: str, what: str, size: int) -> CorruptShardError:
+    return CorruptShardError(
+        f"{what} {uri} is corrupted or truncated (checksum mismatch: {size} bytes, sha256 "
+        "differs from index.json) — rebuild the index with `ragvid index build`"
+    )
+
+
+def read_verified(uri: str, sha256: str | None, what: str) -> bytes:
+    """Read a file and check its sha256; a mismatch names the file and the fix."""
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        raise _missing(uri, what)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise _mismatch(uri, what, len(data))
+    return data
+
+
+def verify_file(uri: str, sha256: str | None, what: str, chunk: int = 1 << 24) -> None:
+    """Stream a file through sha256 (no full copy in memory) and check it."""
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        raise _missing(uri, what)
+    h, size = hashlib.sha256(), 0
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            size += len(block)
+    if sha256 is not None and h.hexdigest() != sha256:
+        raise _mismatch(uri, what, size)
+
+
+def load_shard(man: IndexManifest, i: int) -> faiss.Index:
+    rec = man.shards[i]
+    data = read_verified(join(man.path, rec["file"]), rec.get("sha256"), f"shard {i}")
+    try:
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:  # pragma: no cover - checksum catches this first
+        raise CorruptShardError(f"shard {rec['file']} of {man.path} is unreadable: {exc}") from None
+
+
+def set_params(index: faiss.Index, params: dict[str, Any]) -> None:
+    if params:
+        text = ",".join(f"{k}={v}" for k, v in params.items())
+        faiss.ParameterSpace().set_index_parameters(index, text)
+
+
+def merge_topk(ds: list[np.ndarray], ix: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (scores, ids) lists: highest score first, ties broken by row id."""
+    d = np.concatenate(ds, axis=1)
+    i = np.concatenate(ix, axis=1)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), -d), axis=-1)[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+
+
+def _to_gpu(index: faiss.Index) -> faiss.Index:
+    if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_all_gpus(index)  # pragma: no cover - needs faiss-gpu
+    return index
+
+
+class ShardSet:
+    """The shards of one index, searched in parallel threads and merged."""
+
+    def __init__(self, man: IndexManifest, indexes: list[faiss.Index]):
+        self.man = man
+        self.indexes = indexes
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(indexes), 8)))
+        self.set_params(man.search_params)
+
+    @classmethod
+    def open(cls, man: IndexManifest, *, gpu: bool = True) -> ShardSet:
+        idx = [load_shard(man, i) for i in range(len(man.shards))]
+        if gpu:
+            idx = [_to_gpu(x) for x in idx]
+        return cls(man, idx)
+
+    @property
+    def ntotal(self) -> int:
+        return int(sum(x.ntotal for x in self.indexes))
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        for x in self.indexes:
+            set_params(x, params)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores float32, row ids int64; -1 where fewer than k exist) over all shards."""
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        k = max(1, int(k))
+        if len(self.indexes) == 1:
+            return self.indexes[0].search(q, k)
+        parts = list(self._pool.map(lambda x: x.search(q, k), self.indexes))
+        return merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
+
+
+class _ShardActor:
+    def __init__(self, path: str, shard: int):
+        man = IndexManifest.load(path)
+        self.index = load_shard(man, shard)
+        set_params(self.index, man.search_params)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(q, k)
+
+
+class RayShardSet:
+    """Each shard held by a Ray actor; same ``search`` contract as :class:`ShardSet`."""
+
+    def __init__(self, man: IndexManifest, num_cpus: float = 0.5):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        actor = ray.remote(num_cpus=num_cpus)(_ShardActor)
+        self.man = man
+        self.actors = [actor.remote(man.path, i) for i in range(len(man.shards))]
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import ray
+
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        parts = ray.get([a.search.remote(q, k) for a in self.actors])
+        return merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
