@@ -36,26 +36,6 @@ from ragvid.schemas.workspace import Workspace
 Engine = Literal["ray", "local"]
 
 
-class StageUnavailable(RuntimeError):
-    """A stage module another area owns is not installed yet (the step is skipped)."""
-
-
-def stage(module: str, name: str):
-    """Import a stage function, or raise StageUnavailable naming the missing module."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            raise StageUnavailable(f"{module} is not available in this installation") from None
-        raise
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise StageUnavailable(f"{module}.{name} is not available in this installation")
-    return fn
-
-
 # --- ingest ----------------------------------------------------------------------------
 
 
@@ -63,7 +43,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry crashes and flaky I/O, not bad input (it would only fail again, slower)."""
     try:
         state.result()
-    except (ValueError, FileNotFoundError, KeyError, StageUnavailable):
+    except (ValueError, FileNotFoundError, KeyError):
         return False
     except Exception:  # noqa: BLE001
         return True
@@ -79,7 +59,8 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 )
 def ingest_task(workspace: str, corpus: str, input_path: str, shards: int = 4) -> dict[str, Any]:
     """Beam manifest ETL; a corpus none of whose rows survive fails the flow here."""
-    ingest = stage("ragvid.pipelines.beam_manifest", "ingest")
+    from ragvid.pipelines.beam_manifest import ingest
+
     ws = Workspace.at(workspace)
     if not exists(input_path):
         raise FileNotFoundError(
@@ -128,7 +109,8 @@ def part_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str |
 
 @functools.lru_cache(maxsize=2)
 def _local_encoder(spec: str, batch_size: int):
-    load_encoder = stage("ragvid.pipelines.encoder", "load_encoder")
+    from ragvid.pipelines.encoder import load_encoder
+
     return load_encoder(spec, batch_size=batch_size)
 
 
@@ -155,8 +137,7 @@ def embed_part_task(
     engine: Engine = "ray",
 ) -> dict[str, Any]:
     """One manifest part: decode + CLIP (a Ray task, or in this process for ``local``)."""
-    embed_part = stage("ragvid.pipelines.embed", "embed_part")
-    from ragvid.pipelines.embed import PartStats
+    from ragvid.pipelines.embed import PartStats, embed_part
     from ragvid.schemas.io import is_done
 
     if is_done(part_uri):  # finished by an earlier run: no Ray round trip, no encoder load
@@ -219,7 +200,8 @@ def embed_parts(
 
 @task(name="dedup", task_run_name="dedup-{index}", retries=1, cache_policy=NO_CACHE)
 def dedup_task(embeddings: str, index_dir: str, index: str, delta_dedup: float) -> dict:
-    find_duplicates = stage("ragvid.pipelines.dedup", "find_duplicates")
+    from ragvid.pipelines.dedup import find_duplicates
+
     report = find_duplicates(embeddings, join(index_dir, "duplicates.parquet"), delta_dedup)
     return asdict(report)
 
@@ -234,7 +216,8 @@ def index_task(
     manifest: str | None,
     use_ray: bool,
 ) -> dict:
-    build_index = stage("ragvid.pipelines.index", "build_index")
+    from ragvid.pipelines.index import build_index
+
     man = build_index(
         embeddings, index_dir, config, duplicates=duplicates, ray=use_ray, manifest=manifest
     )
@@ -243,7 +226,8 @@ def index_task(
 
 @task(name="inspection-pages", task_run_name="inspect-{index}", cache_policy=NO_CACHE)
 def inspect_task(index_dir: str, index: str, queries: list[str], encoder: str, k: int) -> list:
-    write_inspection = stage("ragvid.pipelines.inspect_page", "write_inspection")
+    from ragvid.pipelines.inspect_page import write_inspection
+
     enc = _local_encoder(encoder, 64)
     out = []
     for q in queries:

@@ -15,14 +15,15 @@ from .cli_common import app  # noqa: E402
 
 
 def _register() -> None:
-    from . import cli_corpus, cli_demo  # noqa: F401
-
-    for optional in ("cli_embed", "cli_index", "cli_model", "cli_jobs", "cli_serve"):
-        try:
-            __import__(f"{__package__}.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{optional}":
-                raise
+    """Import every area's CLI module; each registers its commands on ``app``."""
+    from . import (  # noqa: F401
+        cli_corpus,
+        cli_demo,
+        cli_embed,
+        cli_index,
+        cli_jobs,
+        cli_serve,
+    )
 
 
 _register()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -11,20 +10,6 @@ from rich.table import Table
 from .cli_common import WorkspaceOpt, app, console, encoder_app, progress, user_errors
 
 CorpusOpt = Annotated[str, typer.Option("--corpus", "-c", help="Corpus name in the workspace.")]
-
-
-def resolve_encoder(spec: str, workspace: str) -> str:
-    """A bare name of a fitted encoder in the workspace (``<ws>/encoders/<name>``) becomes its
-    ``open_clip:local-dir:`` spec; presets and full specs pass through."""
-    from ragvid.pipelines.encoder import CONFIG_NAME, PRESETS
-    from ragvid.schemas import Workspace
-
-    if spec in PRESETS or ":" in spec:
-        return spec
-    folder = Workspace.at(workspace).encoders(spec)
-    if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-        return f"open_clip:local-dir:{os.path.abspath(folder)}"
-    return spec
 
 
 @app.command("embed")
@@ -64,7 +49,7 @@ def embed(
     """Embed a corpus: decode T frames per video, CLIP-encode frames and captions, Eq. 3 video
     vectors, written as resumable parts; undecodable videos are quarantined with a reason."""
     from ragvid.pipelines.embed import embed_part, plan_parts, summarize
-    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.encoder import load_encoder, resolve_encoder_spec
     from ragvid.pipelines.ray_embed import embed_corpus
     from ragvid.schemas import EmbedConfig, Workspace
     from ragvid.schemas.io import output_lock
@@ -73,7 +58,7 @@ def embed(
         raise ValueError(f"--engine {engine!r}: choose ray or local")
     ws = Workspace.at(workspace).ensure_writable()
     config = EmbedConfig(
-        encoder=resolve_encoder(encoder, workspace),
+        encoder=resolve_encoder_spec(encoder, workspace),
         num_frames=num_frames,
         sampling=sampling,
         part_size=part_size,

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ragvid.schemas import IndexConfig, RetrievalConfig, Workspace, list_parts, slug
+from ragvid.schemas import IndexConfig, RetrievalConfig, Workspace, list_parts
 from ragvid.schemas.io import exists, join
 
 from .cli_common import WorkspaceOpt, app, console, index_app, progress, user_errors
@@ -26,7 +26,10 @@ MODES = {
 
 
 def _embeddings_dir(ws: Workspace, corpus: str, encoder: str) -> str:
-    path = ws.embeddings(corpus, slug(encoder))
+    from ragvid.pipelines.embed import embeddings_dir
+    from ragvid.pipelines.encoder import resolve_encoder_spec
+
+    path = embeddings_dir(ws, corpus, resolve_encoder_spec(encoder, ws.root))
     if not list_parts(path):
         raise FileNotFoundError(
             f"no embeddings for corpus '{corpus}' with encoder '{encoder}' at {path} — run "
@@ -45,11 +48,13 @@ def _index_dir(ws: Workspace, name: str) -> str:
     return path
 
 
-def _encoder(spec: str | None, index_dir: str):
-    from ragvid.pipelines.encoder import load_encoder
+def _encoder(spec: str | None, index_dir: str, workspace: str):
+    from ragvid.pipelines.encoder import load_encoder, resolve_encoder_spec
     from ragvid.pipelines.index import IndexManifest
 
-    return load_encoder(spec or IndexManifest.load(index_dir).encoder)
+    return load_encoder(
+        resolve_encoder_spec(spec or IndexManifest.load(index_dir).encoder, workspace)
+    )
 
 
 @index_app.command("build")
@@ -166,7 +171,7 @@ def search(
         raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
     path = _index_dir(Workspace.at(workspace), index)
     r = Retriever.open(path)
-    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path)
+    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path, workspace)
     cfg = RetrievalConfig(k=k, delta_min_text=delta_min)
     res = r.search_text([query], enc, cfg, mode=MODES[mode])
     caps = r.captions_for(res.ids)[0]
@@ -234,7 +239,7 @@ def inspect(
     if mode not in MODES:
         raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
     path = _index_dir(Workspace.at(workspace), index)
-    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path)
+    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path, workspace)
     html, png = write_inspection(
         path, query, enc, out or join(path, "inspect"), k, mode=MODES[mode]
     )

@@ -16,7 +16,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
-from ragvid.flows.build_index import stage
 from ragvid.flows.finetune_flow import resolve_base
 from ragvid.flows.generate_flow import TINY_GENERATION, demo_prompts
 from ragvid.flows.preflight import check_workspace
@@ -47,7 +46,7 @@ def evaluate_task(
     frame_features: str,
     reference_videos: int,
 ) -> dict[str, Any]:
-    evaluate_methods = stage("ragvid.model.evaluate", "evaluate_methods")
+    from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
     from ragvid.model.pipeline_ragme import RagmePipeline
     from ragvid.model.retrieval_source import RetrieverSource
@@ -123,7 +122,8 @@ def evaluate_flow(
     if run and not exists(join(ws.run(run), "adapter.safetensors")):
         raise FileNotFoundError(f"no trained adapter for run {run!r} in {ws.run(run)}")
     if prompts is not None:
-        read_prompts = stage("ragvid.model.batch_generate", "read_prompts")
+        from ragvid.model.batch_generate import read_prompts
+
         prompt_list = read_prompts(prompts).prompts
     else:
         prompt_list = demo_prompts(ws.root, corpus, num_prompts)

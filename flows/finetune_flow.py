@@ -15,7 +15,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
-from ragvid.flows.build_index import stage
 from ragvid.flows.preflight import check_workspace
 from ragvid.schemas.io import exists, join
 from ragvid.schemas.workspace import Workspace
@@ -24,7 +23,8 @@ from ragvid.schemas.workspace import Workspace
 @task(name="tiny-base-model", task_run_name="tiny-base", cache_policy=NO_CACHE)
 def tiny_base_task(workspace: str) -> str:
     """A tiny random-init text-to-video base saved in the diffusers layout (offline demos)."""
-    save_tiny_base = stage("ragvid.model.presets", "save_tiny_base")
+    from ragvid.model.presets import save_tiny_base
+
     folder = join(Workspace.at(workspace).root, "models", "tiny-base")
     if not exists(join(folder, "model_index.json")):
         save_tiny_base(folder)
@@ -61,10 +61,9 @@ def train_task(
     model_preset: str,
     max_steps: int | None,
 ) -> dict[str, Any]:
-    train_preset = stage("ragvid.model.trainer", "train_preset")
-    train = stage("ragvid.model.trainer", "train")
-    load_training_set = stage("ragvid.model.train_data", "load_training_set")
-    get_preset = stage("ragvid.model.presets", "get_preset")
+    from ragvid.model.presets import get_preset
+    from ragvid.model.train_data import load_training_set
+    from ragvid.model.trainer import train, train_preset
     from ragvid.pipelines.embed import embeddings_dir
 
     ws = Workspace.at(workspace)

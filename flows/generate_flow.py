@@ -17,7 +17,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
-from ragvid.flows.build_index import stage
 from ragvid.flows.finetune_flow import resolve_base
 from ragvid.flows.preflight import check_workspace
 from ragvid.schemas import GenerationConfig, RetrievalConfig
@@ -67,8 +66,7 @@ def generate_task(
     method: str,
     config: GenerationConfig,
 ) -> dict[str, Any]:
-    batch_generate = stage("ragvid.model.batch_generate", "batch_generate")
-    read_prompts = stage("ragvid.model.batch_generate", "read_prompts")
+    from ragvid.model.batch_generate import batch_generate, read_prompts
     from ragvid.model.pipeline_ragme import RagmePipeline
 
     ws = Workspace.at(workspace)

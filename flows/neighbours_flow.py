@@ -15,7 +15,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
-from ragvid.flows.build_index import stage
 from ragvid.flows.preflight import check_ray_address, check_workspace, ensure_ray
 from ragvid.schemas import RetrievalConfig
 from ragvid.schemas.io import exists, join
@@ -31,7 +30,8 @@ from ragvid.schemas.io import exists, join
 def neighbours_task(
     index_dir: str, out_dir: str, name: str, config: RetrievalConfig, part_size: int
 ) -> dict[str, Any]:
-    materialize = stage("ragvid.pipelines.neighbours", "materialize_neighbours")
+    from ragvid.pipelines.neighbours import materialize_neighbours as materialize
+
     progress: monitor.Progress | None = None
 
     def on_progress(done: int, total: int) -> None:

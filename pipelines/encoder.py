@@ -245,6 +245,20 @@ def _load_local_dir(folder: str, device: str):
     return model, open_clip.get_tokenizer(f"local-dir:{path}")
 
 
+def resolve_encoder_spec(spec: str, workspace: str | None = None) -> str:
+    """A bare name of an encoder fitted into the workspace (``<ws>/encoders/<name>``) becomes
+    its ``open_clip:local-dir:`` spec; presets and full specs pass through unchanged."""
+    spec = spec.strip()
+    if spec in PRESETS or ":" in spec or workspace is None:
+        return spec
+    from ragvid.schemas import Workspace
+
+    folder = Workspace.at(workspace).encoders(spec)
+    if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        return LOCAL_DIR + os.path.abspath(folder)
+    return spec
+
+
 def load_encoder(spec: str, device: str | None = None, batch_size: int = 256) -> ClipEncoder:
     """Load the encoder named by ``spec`` (see the module docstring for the forms)."""
     import open_clip
