@@ -51,14 +51,25 @@ def fit_encoder(
     holdout_fraction: float = 0.2,
     seed: int = 0,
     batch_videos: int = 64,
-    frames_per_step: int = 2,
+    frames_per_step: int = 1,
     num_frames: int = 8,
     lr: float = 2e-3,
     word_dropout: float = 0.2,
+    instance_weight: float = 0.0,
+    instance_temperature: float = 0.1,
+    view_noise: float = 0.03,
     threads: int | None = 1,
     progress=None,
 ) -> str:
     """Fit ``preset`` on ``corpus`` and save it to ``out_dir``; returns the encoder spec.
+
+    Each step samples two views of every video in the batch (``frames_per_step`` frames each,
+    disjoint, plus ``view_noise`` Gaussian pixel noise); the caption loss uses their mean.
+    ``instance_weight`` > 0 adds an instance-discrimination InfoNCE between the two views (at
+    ``instance_temperature``) so distinct videos separate while re-encoded copies stay close —
+    with the tiny preset at this budget it trades held-out retrieval for that separation
+    (weight 0.5: median pair cosine 0.14 → 0.0, yet top-5 retrieval a few points lower), so it
+    is off by default.
 
     ``progress(step, steps, loss)`` is called after every step (the CLI's bar). ``threads``
     caps torch's CPU threads while fitting: a model this small spends more on thread
@@ -77,7 +88,8 @@ def fit_encoder(
     try:
         return _fit(
             workspace, corpus, out_dir, preset, steps, holdout_fraction, seed, batch_videos,
-            frames_per_step, num_frames, lr, word_dropout, progress,
+            frames_per_step, num_frames, lr, word_dropout, instance_weight,
+            instance_temperature, view_noise, progress,
         )  # fmt: skip
     finally:
         torch.set_num_threads(old_threads)
@@ -85,7 +97,8 @@ def fit_encoder(
 
 def _fit(
     workspace, corpus, out_dir, preset, steps, holdout_fraction, seed, batch_videos,
-    frames_per_step, num_frames, lr, word_dropout, progress,
+    frames_per_step, num_frames, lr, word_dropout, instance_weight, instance_temperature,
+    view_noise, progress,
 ) -> str:  # fmt: skip
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -122,16 +135,27 @@ def _fit(
         clips = []
         for i in idx:
             frames = train[i][0]
-            pick = rng.choice(len(frames), size=min(frames_per_step, len(frames)), replace=False)
-            clips.append(frames[np.sort(pick)])
-        counts = [len(c) for c in clips]
-        x = torch.cat(clips)
+            k = min(2 * frames_per_step, len(frames))
+            pick = rng.permutation(len(frames))[:k]
+            # two views of the video: disjoint frame subsets (when there are enough frames)
+            a, b = np.sort(pick[: max(1, k // 2)]), np.sort(pick[k // 2 :] if k > 1 else pick)
+            clips.append((frames[a], frames[b]))
+        x = torch.cat([v for pair in clips for v in pair])
+        if view_noise:
+            x = x + view_noise * torch.randn_like(x)
+        counts = [len(v) for pair in clips for v in pair]
         img = F.normalize(model.encode_image(x), dim=-1)
-        vids = torch.stack([c.mean(0) for c in torch.split(img, counts)])
-        vids = F.normalize(vids, dim=-1)
+        views = F.normalize(torch.stack([c.mean(0) for c in torch.split(img, counts)]), dim=-1)
+        va, vb = views[0::2], views[1::2]
+        vids = F.normalize(va + vb, dim=-1)
         caps = [_word_dropout(train[i][1], word_dropout, rng) for i in idx]
         txt = F.normalize(model.encode_text(encoder.tokenizer(caps)), dim=-1)
         loss = loss_fn(vids, txt, model.logit_scale.exp().clamp(max=100))
+        if instance_weight:
+            logits = va @ vb.T / instance_temperature
+            labels = torch.arange(len(idx))
+            inst = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss = loss + instance_weight * inst
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

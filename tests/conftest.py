@@ -141,8 +141,17 @@ def prefect_server(tmp_path_factory):
     prefect = Path(sys.executable).with_name("prefect")
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
-        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--no-scheduler", "--no-late-runs"],
+        [
+            str(prefect),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-scheduler",
+            "--no-late-runs",
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
