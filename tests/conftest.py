@@ -518,28 +518,18 @@ def jobs_pipe(tiny_base):
 
 
 def synth_manifest(report, ws, corpus: str) -> None:
-    """Write a MANIFEST part straight from a synth corpus's CSV (absolute uris, truth columns
-    carried), for tests that should not pay for a Beam ingest."""
-    import csv
+    """Ingest a synth corpus with the real Beam stage, keeping rows whose file is missing
+    (``check_files=False``) so the embedding stage meets every planted bad file."""
+    from ragvid.pipelines.beam_manifest import ingest
+    from ragvid.schemas import ManifestConfig
 
-    import pyarrow as pa
-
-    from ragvid.schemas import MANIFEST, part_name, write_table
-
-    with open(report.csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = {
-        "video_id": [r["videoid"] for r in rows],
-        "uri": [f"{report.out_dir}/{r['contentUrl']}" for r in rows],
-        "caption": [r["name"] for r in rows],
-        "duration_s": pa.array([None] * len(rows), pa.float64()),
-        "source": ["webvid"] * len(rows),
-        "source_file": [report.csv_path] * len(rows),
-        "source_row": list(range(len(rows))),
-    }
-    for extra in ("shape", "colour", "motion", "background", "planted", "duplicate_of"):
-        cols[extra] = [r[extra] for r in rows]
-    write_table(f"{ws.manifest(corpus)}/{part_name(0)}", pa.table(cols), MANIFEST)
+    ingest(
+        report.out_dir,
+        ws.manifest(corpus),
+        ws.rejects(corpus),
+        ManifestConfig(num_shards=1, check_files=False),
+        source="synth",
+    )
 
 
 @pytest.fixture(scope="session")
