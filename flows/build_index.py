@@ -199,10 +199,14 @@ def embed_parts(
 
 
 @task(name="dedup", task_run_name="dedup-{index}", retries=1, cache_policy=NO_CACHE)
-def dedup_task(embeddings: str, index_dir: str, index: str, delta_dedup: float) -> dict:
+def dedup_task(
+    embeddings: str, index_dir: str, index: str, delta_dedup: float, delta_frame: float | None
+) -> dict:
     from ragvid.pipelines.dedup import find_duplicates
 
-    report = find_duplicates(embeddings, join(index_dir, "duplicates.parquet"), delta_dedup)
+    report = find_duplicates(
+        embeddings, join(index_dir, "duplicates.parquet"), delta_dedup, delta_frame=delta_frame
+    )
     return asdict(report)
 
 
@@ -313,6 +317,7 @@ def build_index_flow(
     part_size: int = 64,
     num_shards: int = 1,
     delta_dedup: float = 0.965,
+    delta_frame: float | None = 0.92,
     canonical_only: bool = False,
     inspect_queries: list[str] | None = None,
     k: int = 5,
@@ -348,13 +353,16 @@ def build_index_flow(
             )
 
         index_dir = ws.index(index)
-        dedup = dedup_task(report.output, index_dir, index, delta_dedup)
+        dedup = dedup_task(report.output, index_dir, index, delta_dedup, delta_frame)
         man = index_task(
             report.output,
             index_dir,
             index,
             IndexConfig(
-                num_shards=num_shards, canonical_only=canonical_only, delta_dedup=delta_dedup
+                num_shards=num_shards,
+                canonical_only=canonical_only,
+                delta_dedup=delta_dedup,
+                delta_frame=delta_frame,
             ),
             dedup["table_path"],
             ws.manifest(corpus),

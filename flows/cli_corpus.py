@@ -7,8 +7,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ragvid.schemas import SynthConfig
+
 from .cli_common import WorkspaceOpt, console, corpus_app, progress, user_errors
 
+_SYNTH = {k: f.default for k, f in SynthConfig.model_fields.items()}  # one set of defaults
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="Corpus name in the workspace.")]
 
 
@@ -17,14 +20,18 @@ NameOpt = Annotated[str, typer.Option("--name", "-n", help="Corpus name in the w
 def synth(
     name: NameOpt = "demo",
     workspace: WorkspaceOpt = "ragvid-workspace",
-    num_videos: Annotated[int, typer.Option(help="Distinct clips.")] = 240,
-    num_duplicates: Annotated[int, typer.Option(help="Planted near-duplicate copies.")] = 24,
-    num_bad: Annotated[int, typer.Option(help="Planted bad files (zero-byte, truncated…).")] = 8,
-    width: Annotated[int, typer.Option(help="Frame width (even).")] = 96,
-    height: Annotated[int, typer.Option(help="Frame height (even).")] = 64,
-    num_frames: Annotated[int, typer.Option(help="Frames per clip.")] = 24,
-    fps: Annotated[int, typer.Option(help="Frames per second.")] = 12,
-    seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = 0,
+    num_videos: Annotated[int, typer.Option(help="Distinct clips.")] = _SYNTH["num_videos"],
+    num_duplicates: Annotated[int, typer.Option(help="Planted near-duplicate copies.")] = _SYNTH[
+        "num_duplicates"
+    ],
+    num_bad: Annotated[
+        int, typer.Option(help="Planted bad files (zero-byte, truncated…).")
+    ] = _SYNTH["num_bad"],
+    width: Annotated[int, typer.Option(help="Frame width (even).")] = _SYNTH["width"],
+    height: Annotated[int, typer.Option(help="Frame height (even).")] = _SYNTH["height"],
+    num_frames: Annotated[int, typer.Option(help="Frames per clip.")] = _SYNTH["num_frames"],
+    fps: Annotated[int, typer.Option(help="Frames per second.")] = _SYNTH["fps"],
+    seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = _SYNTH["seed"],
 ) -> None:
     """Generate the demo corpus (moving shapes, WebVid layout) into <workspace>/raw/<name>.
 

@@ -7,7 +7,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ragvid.schemas import EncoderFitConfig
+
 from .cli_common import WorkspaceOpt, app, console, encoder_app, progress, user_errors
+
+_FIT = {k: f.default for k, f in EncoderFitConfig.model_fields.items()}
 
 CorpusOpt = Annotated[str, typer.Option("--corpus", "-c", help="Corpus name in the workspace.")]
 
@@ -141,8 +145,10 @@ def encoder_fit(
     ),
     workspace: WorkspaceOpt = "ragvid-workspace",
     preset: Annotated[str, typer.Option(help="Architecture preset to fit.")] = "tiny",
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 200,
-    holdout: Annotated[float, typer.Option(help="Fraction of videos held out.")] = 0.2,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = _FIT["steps"],
+    holdout: Annotated[float, typer.Option(help="Fraction of videos held out.")] = _FIT[
+        "holdout_fraction"
+    ],
     seed: Annotated[int, typer.Option(help="Seed (holdout split and init).")] = 0,
 ) -> None:
     """Fit a small CLIP on the corpus's (video, caption) pairs; prints the encoder spec."""

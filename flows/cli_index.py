@@ -103,6 +103,10 @@ def dedup(
     corpus: Annotated[str, typer.Option(help="Corpus whose embeddings to scan.")],
     encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
     threshold: Annotated[float, typer.Option(help="δ_dedup: cosine for a near-duplicate.")] = 0.965,
+    frame_threshold: Annotated[
+        float,
+        typer.Option(help="Aligned-frame agreement a pair must also reach (-1: skip the check)."),
+    ] = 0.92,
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     workspace: WorkspaceOpt = "ragvid-workspace",
 ) -> None:
@@ -113,10 +117,12 @@ def dedup(
     emb = _embeddings_dir(ws, corpus, encoder)
     out = join(ws.index(name or corpus), "duplicates.parquet")
     with console.status(f"range search at cosine ≥ {threshold} over {emb}"):
-        rep = find_duplicates(emb, out, threshold)
+        delta_frame = None if frame_threshold <= -1 else frame_threshold
+        rep = find_duplicates(emb, out, threshold, delta_frame=delta_frame)
     console.print(
         f"[green]duplicates[/] {rep.table_path}: {rep.n_groups} group(s), {rep.n_in_groups} "
-        f"videos in groups, {rep.n_non_canonical} non-canonical, of {rep.n_videos} "
+        f"videos in groups, {rep.n_non_canonical} non-canonical, of {rep.n_videos}; "
+        f"{rep.n_rejected_by_frames} candidate pair(s) failed the frame check "
         f"({rep.method}, {rep.seconds:.1f}s); histogram {rep.histogram_path}"
     )
 

@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "ragvid-tiny",
         None,
-        "4M-param CLIP (ResNet [1,1,1,1]×16 on 48×48 squashed frames; text 2×64; dim 64), "
+        "4M-param CLIP (ResNet [1,1,1,1]×16 on 64×64 squashed frames; text 2×64; dim 64), "
         "random init (seed 0); fit it with `ragvid encoder fit`",
         preprocess={"resize_mode": "squash"},
     ),

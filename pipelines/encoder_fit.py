@@ -1,12 +1,14 @@
-"""`ragvid encoder fit`: contrastive (CLIP loss) fitting of a small CLIP on a corpus's
-(video, caption) pairs, saved in open_clip's hub layout and loaded back by ``load_encoder``.
+"""`ragvid encoder fit`: fitting a small CLIP on a corpus's (video, caption) pairs, saved in
+open_clip's hub layout and loaded back by ``load_encoder``.
 
-No pretrained weights can be fetched on an offline box, so the demo corpus gets its own CLIP:
-the video side is exactly the retrieval embedding (Eq. 3: frame-wise L2, mean, L2 over
-``frames_per_step`` sampled frames), the text side the caption, and the symmetric InfoNCE loss
-of open_clip's ``ClipLoss`` pulls each video towards its caption. A deterministic hash of the
-``video_id`` holds out ``holdout_fraction`` of the videos (listed in ``holdout.json``) so
-text→video retrieval can be measured on videos the encoder never saw.
+No pretrained weights can be fetched on an offline box, so the demo corpus gets its own CLIP.
+The video side is exactly the retrieval embedding (Eq. 3: frame-wise L2, mean, L2 over the
+views' frames), the text side the caption. The losses are in
+:class:`~ragvid.schemas.EncoderFitConfig`: the caption InfoNCE for retrieval, plus the two
+hinges a near-duplicate detector needs (distinct videos apart, a clip's neighbouring frames
+together). A deterministic hash of the ``video_id`` holds out ``holdout_fraction`` of the
+videos (listed in ``holdout.json``), so text→video retrieval can be measured on videos the
+encoder never saw.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ragvid.schemas import EmbedConfig
+from ragvid.schemas import EmbedConfig, EncoderFitConfig
 from ragvid.schemas.workspace import Workspace
 
 from .embed import decode_row, load_manifest
@@ -45,76 +47,41 @@ def fit_encoder(
     workspace: Workspace,
     corpus: str,
     out_dir: str,
+    config: EncoderFitConfig | None = None,
     *,
-    preset: str = "tiny",
-    steps: int = 200,
-    holdout_fraction: float = 0.2,
-    seed: int = 0,
-    batch_videos: int = 64,
-    frames_per_step: int = 1,
-    num_frames: int = 8,
-    lr: float = 2e-3,
-    word_dropout: float = 0.2,
-    instance_weight: float = 0.0,
-    instance_temperature: float = 0.1,
-    view_noise: float = 0.03,
-    threads: int | None = 1,
     progress=None,
+    **overrides,
 ) -> str:
-    """Fit ``preset`` on ``corpus`` and save it to ``out_dir``; returns the encoder spec.
+    """Fit ``config.preset`` on ``corpus`` and save it to ``out_dir``; returns the encoder spec.
 
-    Each step samples two views of every video in the batch (``frames_per_step`` frames each,
-    disjoint, plus ``view_noise`` Gaussian pixel noise); the caption loss uses their mean.
-    ``instance_weight`` > 0 adds an instance-discrimination InfoNCE between the two views (at
-    ``instance_temperature``) so distinct videos separate while re-encoded copies stay close —
-    with the tiny preset at this budget it trades held-out retrieval for that separation
-    (weight 0.5: median pair cosine 0.14 → 0.0, yet top-5 retrieval a few points lower), so it
-    is off by default.
-
-    ``progress(step, steps, loss)`` is called after every step (the CLI's bar). ``threads``
-    caps torch's CPU threads while fitting: a model this small spends more on thread
-    synchronisation than it gains (5-10× slower with 2 threads on a busy 2-core box).
+    ``overrides`` replace single config fields (``fit_encoder(ws, c, out, steps=50)``).
+    ``progress(step, steps, loss)`` is called after every step (the CLI's bar). Decoding and
+    fitting run in this process; ``config.threads`` caps torch's threads meanwhile.
     """
-    if preset not in PRESETS or PRESETS[preset].pretrained:
+    config = (config or EncoderFitConfig()).model_copy(update=overrides)
+    config = EncoderFitConfig.model_validate(config.model_dump())
+    if config.preset not in PRESETS or PRESETS[config.preset].pretrained:
         fit_ok = [n for n, p in PRESETS.items() if not p.pretrained]
-        raise KeyError(f"preset '{preset}' cannot be fitted here. Available: {fit_ok}")
-    if not 0 <= holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction={holdout_fraction}: must be in [0, 1)")
-    if steps < 1:
-        raise ValueError(f"steps={steps}: must be ≥ 1")
+        raise KeyError(f"preset '{config.preset}' cannot be fitted here. Available: {fit_ok}")
     old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     try:
-        return _fit(
-            workspace, corpus, out_dir, preset, steps, holdout_fraction, seed, batch_videos,
-            frames_per_step, num_frames, lr, word_dropout, instance_weight,
-            instance_temperature, view_noise, progress,
-        )  # fmt: skip
+        return _fit(workspace, corpus, out_dir, config, progress)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _fit(
-    workspace, corpus, out_dir, preset, steps, holdout_fraction, seed, batch_videos,
-    frames_per_step, num_frames, lr, word_dropout, instance_weight, instance_temperature,
-    view_noise, progress,
-) -> str:  # fmt: skip
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    encoder = load_encoder(preset, device="cpu")
-    model, arch = encoder.model, PRESETS[preset].arch
-
-    manifest = load_manifest(workspace, corpus).to_pylist()
-    config = EmbedConfig(encoder=preset, num_frames=num_frames)
+def _load_train(workspace: Workspace, corpus: str, encoder, c: EncoderFitConfig):
+    """Decoded, preprocessed training videos with captions, and the held-out ids."""
+    decode = EmbedConfig(encoder=c.preset, num_frames=c.num_frames)
     short = encoder.decode_short_side()
     train, held, skipped = [], [], 0
-    for row in manifest:
-        if is_holdout(row["video_id"], holdout_fraction, seed):
+    for row in load_manifest(workspace, corpus).to_pylist():
+        if is_holdout(row["video_id"], c.holdout_fraction, c.seed):
             held.append(row["video_id"])
             continue
-        dec = decode_row(row, config, short)
+        dec = decode_row(row, decode, short)
         if dec["error_class"] is not None:
             skipped += 1
             continue
@@ -123,55 +90,73 @@ def _fit(
         raise ValueError(
             f"corpus '{corpus}': only {len(train)} decodable training video(s) — need at least 2"
         )
+    return train, held, skipped
+
+
+def _views(train, idx, view_gap: int, rng: np.random.Generator) -> torch.Tensor:
+    """Two frames per video, at most ``view_gap`` apart: [a0, b0, a1, b1, …]."""
+    out = []
+    for i in idx:
+        frames = train[i][0]
+        a = int(rng.integers(len(frames)))
+        b = int(rng.integers(max(0, a - view_gap), min(len(frames) - 1, a + view_gap) + 1))
+        out += [frames[a], frames[b]]
+    return torch.stack(out)
+
+
+def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, progress) -> str:
+    started = time.perf_counter()
+    torch.manual_seed(c.seed)
+    rng = np.random.default_rng(c.seed)
+    encoder = load_encoder(c.preset, device="cpu")
+    model = encoder.model
+    train, held, skipped = _load_train(workspace, corpus, encoder, c)
     from open_clip.loss import ClipLoss
 
     loss_fn = ClipLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=c.lr, total_steps=c.steps, pct_start=0.1
+    )
+    captions = [cap for _, cap in train]
+    same_cap = torch.tensor([[a == b for b in captions] for a in captions])
+    bank = torch.zeros(len(train), model.text_projection.shape[1])  # latest video embeddings
     model.train()
     losses = []
-    for step in range(steps):
-        idx = rng.choice(len(train), size=min(batch_videos, len(train)), replace=False)
-        clips = []
-        for i in idx:
-            frames = train[i][0]
-            k = min(2 * frames_per_step, len(frames))
-            pick = rng.permutation(len(frames))[:k]
-            # two views of the video: disjoint frame subsets (when there are enough frames)
-            a, b = np.sort(pick[: max(1, k // 2)]), np.sort(pick[k // 2 :] if k > 1 else pick)
-            clips.append((frames[a], frames[b]))
-        x = torch.cat([v for pair in clips for v in pair])
-        if view_noise:
-            x = x + view_noise * torch.randn_like(x)
-        counts = [len(v) for pair in clips for v in pair]
-        img = F.normalize(model.encode_image(x), dim=-1)
-        views = F.normalize(torch.stack([c.mean(0) for c in torch.split(img, counts)]), dim=-1)
-        va, vb = views[0::2], views[1::2]
+    for step in range(c.steps):
+        mine = c.hard_negatives and step >= c.steps // 5  # once the bank means something
+        idx = _batch(rng, len(train), c.batch_videos, bank if mine else None, same_cap)
+        x = _views(train, idx, c.view_gap, rng)
+        if c.view_noise:
+            x = x + c.view_noise * torch.randn_like(x)
+        frames = F.normalize(model.encode_image(x), dim=-1)
+        va, vb = frames[0::2], frames[1::2]
         vids = F.normalize(va + vb, dim=-1)
-        caps = [_word_dropout(train[i][1], word_dropout, rng) for i in idx]
+        caps = [_word_dropout(train[i][1], c.word_dropout, rng) for i in idx]
         txt = F.normalize(model.encode_text(encoder.tokenizer(caps)), dim=-1)
         loss = loss_fn(vids, txt, model.logit_scale.exp().clamp(max=100))
-        if instance_weight:
-            logits = va @ vb.T / instance_temperature
-            labels = torch.arange(len(idx))
-            inst = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-            loss = loss + instance_weight * inst
+        if c.separation_weight:
+            t = torch.as_tensor(idx)
+            distinct = ~same_cap[t][:, t]  # an identical caption may well be the same video
+            over = F.relu((vids @ vids.T)[distinct] - c.separation_margin)
+            loss = loss + c.separation_weight * over.pow(2).mean()
+        if c.consistency_weight:
+            under = F.relu(c.consistency_margin - (va * vb).sum(-1))
+            loss = loss + c.consistency_weight * under.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        bank[torch.as_tensor(idx)] = vids.detach()
         losses.append(float(loss.detach()))
         if progress:
-            progress(step + 1, steps, losses[-1])
+            progress(step + 1, c.steps, losses[-1])
     model.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "corpus": corpus,
-        "preset": preset,
-        "steps": steps,
-        "seed": seed,
-        "holdout_fraction": holdout_fraction,
+        **c.model_dump(),
         "train_videos": len(train),
         "holdout_videos": len(held),
         "skipped_undecodable": skipped,
@@ -180,7 +165,22 @@ def _fit(
     }
     (out / "holdout.json").write_text(json.dumps({"video_ids": sorted(held)}, indent=2))
     (out / "fit.json").write_text(json.dumps(info, indent=2))
-    return save_encoder(model, arch, str(out), extra=info)
+    return save_encoder(model, PRESETS[c.preset].arch, str(out), extra=info)
+
+
+def _batch(rng, n: int, size: int, bank, same_cap) -> np.ndarray:
+    """A random batch, or (with a bank of current embeddings) a quarter random anchors plus
+    each one's nearest distinct-caption videos: the pairs a near-duplicate detector confuses."""
+    size = min(size, n)
+    if bank is None:
+        return rng.choice(n, size=size, replace=False)
+    anchors = rng.choice(n, size=max(1, size // 4), replace=False)
+    sims = (bank[anchors] @ bank.T).masked_fill(same_cap[anchors], -2.0)
+    near = sims.topk(min(3, n - 1), dim=1).indices.flatten().tolist()
+    chosen = list(dict.fromkeys([*anchors.tolist(), *near]))[:size]
+    rest = np.setdiff1d(np.arange(n), chosen)
+    fill = rng.choice(rest, size=size - len(chosen), replace=False)
+    return np.asarray([*chosen, *fill.tolist()])
 
 
 def read_holdout(spec_or_dir: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from .config import (
     EmbedConfig,
+    EncoderFitConfig,
     EnhancerConfig,
     FCAConfig,
     GenerationConfig,
@@ -54,6 +55,7 @@ __all__ = [
     "REJECTS",
     "TRAIN_LOG",
     "EmbedConfig",
+    "EncoderFitConfig",
     "EnhancerConfig",
     "FCAConfig",
     "GenerationConfig",

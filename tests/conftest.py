@@ -346,7 +346,7 @@ def make_clustered_embeddings(
         f"a {_COLOURS[c % 8]} {_SHAPES[(c // 8) % 5]} moving {_MOTIONS[c % 4]} clip {i}"
         for i, c in enumerate(all_cl)
     ]
-    fr = x[:, None, :] + rng.standard_normal((n, frames, dim)).astype(np.float32) * 0.05
+    fr = x[:, None, :] + rng.standard_normal((n, frames, dim)).astype(np.float32) * 0.02
     fr /= np.linalg.norm(fr, axis=2, keepdims=True)
 
     def fixed(a):
@@ -534,9 +534,9 @@ def synth_manifest(report, ws, corpus: str) -> None:
 
 @pytest.fixture(scope="session")
 def demo_embeddings(tmp_path_factory):
-    """The embedded demo corpus: ``SynthConfig()`` (240 clips, 24 planted near-duplicates, 8 bad
-    files), the tiny CLIP fitted on it (``fit_encoder``, ~55 held-out videos) and every part
-    embedded in-process with it (~60 s on the busy 2-core box, once per session).
+    """The embedded demo corpus: ``SynthConfig()`` (480 clips, 48 planted near-duplicates, 8 bad
+    files), the tiny CLIP fitted on it (``fit_encoder`` defaults, ~100 held-out videos) and
+    every part embedded in-process with it (~85 s on the 2-core box, once per session).
 
     Returns a namespace: ``ws`` (Workspace), ``root``, ``corpus`` ("demo"), ``encoder`` (the
     spec to pass to load_encoder / EmbedConfig), ``embeddings_dir``, ``failures_dir``,
@@ -551,10 +551,10 @@ def demo_embeddings(tmp_path_factory):
     from ragvid.schemas import EmbedConfig, SynthConfig, Workspace
 
     root = tmp_path_factory.mktemp("demo_embeddings")
-    raw = synth_corpus(str(root / "raw"), SynthConfig())  # the demo corpus: 240 + 24 + 8
+    raw = synth_corpus(str(root / "raw"), SynthConfig())  # the demo corpus: 480 + 48 + 8
     ws = Workspace.at(root / "ws")
     synth_manifest(raw, ws, "demo")
-    spec = fit_encoder(ws, "demo", ws.encoders("demo-tiny"), steps=200, holdout_fraction=0.2)
+    spec = fit_encoder(ws, "demo", ws.encoders("demo-tiny"))
     config = EmbedConfig(encoder=spec, part_size=64)
     encoder = load_encoder(spec)
     for plan in plan_parts(ws, "demo", config):

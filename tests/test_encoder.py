@@ -82,13 +82,10 @@ def test_video_embedding_is_eq3():
 
 
 def test_fitted_encoder_retrieves_by_shape_and_colour(demo_embeddings):
-    """Held-out captions find a same shape+colour video in the top 5 (all videos indexed);
-    planted re-encoded / resized copies ≥ 0.965 to their originals.
-
-    Issue 3 asks for ≥ 90% top-5; the fitted tiny encoder measures 0.81–0.95 from run to run
-    (the synth's x264 output is not bit-reproducible and the fit amplifies it), so 90% is not
-    yet met reliably and the issue stays open for it. The floor asserted here, 0.75, holds in
-    every run measured; chance is ~0.16 (30 shape×colour pairs, top 5)."""
+    """Issue 3's bar: held-out captions find a same shape+colour video in the top 5 for ≥ 90%
+    (all videos indexed; chance is ~0.16), and every planted copy (re-encoded, resized,
+    trimmed) scores ≥ 0.965 against its original. Measured 0.98–1.0 top-5 over fresh runs
+    (the synth's x264 bytes vary slightly between processes; BENCHMARKS.md)."""
     from ragvid.schemas import EMBEDDINGS, MANIFEST, read_parts
 
     d = demo_embeddings
@@ -100,9 +97,9 @@ def test_fitted_encoder_retrieves_by_shape_and_colour(demo_embeddings):
     t = np.asarray(emb.column("text_emb").to_pylist(), np.float32)
     key = [(truth[i]["shape"], truth[i]["colour"]) for i in ids]
     held = [k for k, i in enumerate(ids) if i in set(d.holdout)]
-    assert len(held) >= 30
+    assert len(held) >= 80
     hits = [any(key[j] == key[q] for j in np.argsort(-(v @ t[q]))[:5]) for q in held]
-    assert np.mean(hits) >= 0.75, f"held-out shape+colour top-5 = {np.mean(hits):.3f}"
+    assert np.mean(hits) >= 0.90, f"held-out shape+colour top-5 = {np.mean(hits):.3f}"
     pos = {i: k for k, i in enumerate(ids)}
     vn = v / np.linalg.norm(v, axis=1, keepdims=True)
     dup_sims = []

@@ -176,6 +176,50 @@ def test_canonical_only_index(built_index, clustered_embeddings, tmp_path):
     assert man.ntotal == len(table) - n_copies and man.dropped == {"non_canonical": n_copies}
 
 
+def test_dedup_frame_check_splits_a_clip_from_its_reverse(tmp_path):
+    """Same frames in reverse order: identical frame means (video cosine 1.0), so only the
+    aligned-frame check can tell them apart; a re-encoded copy (small noise) passes it."""
+    from ragvid.pipelines.dedup import aligned_frame_agreement
+
+    rng = np.random.default_rng(0)
+    dim, t = 16, 8
+    clip = rng.normal(size=(t, dim)).astype(np.float32)
+    clip /= np.linalg.norm(clip, axis=1, keepdims=True)
+    other = rng.normal(size=(t, dim)).astype(np.float32)
+    copy = clip + rng.normal(size=clip.shape).astype(np.float32) * 0.01
+    frames = {"a": clip, "a-reversed": clip[::-1], "a-copy": copy, "b": other}
+
+    def mean(f):
+        v = (f / np.linalg.norm(f, axis=1, keepdims=True)).mean(0)
+        return v / np.linalg.norm(v)
+
+    ids = list(frames)
+    table = pa.table(
+        {
+            "video_id": ids,
+            "caption": ids,
+            "frame_emb": [f.astype(np.float16).tolist() for f in frames.values()],
+            "video_emb": [mean(f).astype(np.float16).tolist() for f in frames.values()],
+            "text_emb": [mean(f).astype(np.float16).tolist() for f in frames.values()],
+            "n_frames": [t] * 4,
+            "frame_ts": [list(map(float, range(t)))] * 4,
+            "encoder": ["test-random-16"] * 4,
+        }
+    )
+    path = str(tmp_path / "emb.parquet")
+    write_table(path, table, EMBEDDINGS, dim=dim, encoder="test-random-16")
+    assert (
+        aligned_frame_agreement(clip, clip[::-1]) < 0.5 < 0.99 < aligned_frame_agreement(clip, copy)
+    )
+
+    rep = find_duplicates(path, str(tmp_path / "d.parquet"))
+    groups = read_duplicates(rep.table_path)
+    assert sorted(groups["video_id"]) == ["a", "a-copy"] and rep.n_rejected_by_frames == 2
+    off = find_duplicates(path, str(tmp_path / "off.parquet"), delta_frame=None)
+    assert sorted(read_duplicates(off.table_path)["video_id"]) == ["a", "a-copy", "a-reversed"]
+    assert off.n_rejected_by_frames == 0
+
+
 def test_dedup_refuses_bad_threshold(clustered_embeddings, tmp_path):
     with pytest.raises(ValueError, match="delta_dedup=1.5"):
         find_duplicates(clustered_embeddings[1], str(tmp_path / "d.parquet"), 1.5)
