@@ -96,7 +96,7 @@ class EncoderFitConfig(_Config):
     separation_margin: float = Field(0.7, description="distinct pairs above this are pushed")
     hard_negatives: bool = Field(True, description="batches around nearest distinct videos")
     consistency_weight: float = Field(300.0, ge=0, description="0 turns the hinge off")
-    consistency_margin: float = Field(0.99, description="neighbouring frames pulled above this")
+    consistency_margin: float = Field(0.995, description="neighbouring frames pulled above this")
     threads: int | None = Field(
         2, ge=1, description="torch CPU threads while fitting (None: torch's default)"
     )
