@@ -6,8 +6,8 @@ an encoder actor that batches across videos. Reported: videos/s and frames/s of 
 end (Ray's figure includes starting the pipeline and its actors, not ``ray.init``) and in
 steady state (Ray: from the first finished part to the last), and their ratios.
 
-    .venv/bin/python bench/embed.py --quick          # 240 videos, tiny encoder
-    .venv/bin/python bench/embed.py --videos 1500    # long enough to amortise Ray's start-up
+    .venv/bin/python bench/embed.py --quick          # 240 videos, tiny encoder (smoke)
+    .venv/bin/python bench/embed.py --videos 5000    # the headline: Ray's start-up amortised
     .venv/bin/python bench/embed.py --encoder vit-b-32-random --videos 2000   # on a GPU box
 """
 
@@ -87,11 +87,11 @@ def ray_pipeline(ws, corpus: str, config) -> dict:
     from ragvid.pipelines.ray_embed import embed_corpus
 
     finished: list[tuple[float, int, int]] = []
+    started = time.perf_counter()
 
     def on_part(_done, _total, stats):
         finished.append((time.perf_counter(), stats.rows, stats.frames))
 
-    started = time.perf_counter()
     report = embed_corpus(ws, corpus, config, progress=on_part)
     seconds = time.perf_counter() - started
     steady = {}
@@ -108,6 +108,7 @@ def ray_pipeline(ws, corpus: str, config) -> dict:
         "frames": report.frames,
         "seconds": round(seconds, 2),
         "steady": steady,
+        "first_part_after_s": round(finished[0][0] - started, 2) if finished else None,
         "quarantined": report.quarantined,
     }
 
@@ -118,8 +119,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=240)
     parser.add_argument("--encoder", default="tiny")
     parser.add_argument("--num-frames", type=int, default=8)
-    parser.add_argument("--part-size", type=int, default=16)
-    parser.add_argument("--num-encoders", type=int, default=1)
+    parser.add_argument("--part-size", type=int, default=64)
+    parser.add_argument("--num-encoders", type=int, default=None)
     parser.add_argument("--num-decoders", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(

@@ -34,7 +34,9 @@ def embed(
     sampling: Annotated[str, typer.Option(help="uniform | every_n | fps")] = "uniform",
     part_size: Annotated[int, typer.Option(help="Manifest rows per output part.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.")] = 64,
-    num_encoders: Annotated[int, typer.Option(help="Encoder actors (one GPU each).")] = 1,
+    num_encoders: Annotated[
+        int | None, typer.Option(help="Encoder actors (default: one per GPU, else per CPU).")
+    ] = None,
     num_decoders: Annotated[int | None, typer.Option(help="Decode tasks (default: CPUs).")] = None,
     decode_timeout: Annotated[float, typer.Option(help="Seconds per video before quarantine.")] = (
         60.0

@@ -23,9 +23,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ragvid.schemas import EmbedConfig
 
 ERROR_CLASSES = ("missing", "empty", "truncated", "undecodable", "too_short", "timeout")
 Sampling = Literal["uniform", "every_n", "fps"]
@@ -451,6 +454,31 @@ def decode_video(
     if _test_delay_s:
         kwargs["_test_delay_s"] = _test_delay_s
     return _HELPER.call(kwargs, timeout_s)
+
+
+DECODE_STAGE = "decode"
+
+
+def decode_row(row: dict, config: EmbedConfig, short_side: int | None) -> dict:
+    """Decode one manifest row; failures come back as a row with ``error_class`` set."""
+    started = time.perf_counter()
+    out = {k: row[k] for k in ("video_id", "uri", "caption")}
+    try:
+        video = decode_video(
+            row["uri"],
+            num_frames=config.num_frames,
+            sampling=config.sampling,
+            every_n=config.every_n,
+            fps=config.fps,
+            short_side=short_side,
+            timeout_s=config.decode_timeout_s,
+        )
+        out.update(frames=video.frames, frame_ts=video.timestamps, error_class=None, message="")
+    except DecodeError as exc:
+        out.update(frames=None, frame_ts=None, error_class=exc.error_class, message=str(exc))
+    out["decode_s"] = time.perf_counter() - started
+    out["stage"] = DECODE_STAGE
+    return out
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:

@@ -39,10 +39,10 @@ from ragvid.schemas.io import (
 )
 from ragvid.schemas.workspace import Workspace, slug
 
-from .decode import DecodeError, decode_video
+from .decode import DECODE_STAGE, decode_row
 from .encoder import LOCAL_DIR, PRESETS, ClipEncoder, load_encoder
 
-DECODE_STAGE, ENCODE_STAGE = "decode", "encode"
+ENCODE_STAGE = "encode"
 
 
 def video_embedding(frame_emb: np.ndarray) -> np.ndarray:
@@ -170,28 +170,6 @@ def plan_parts(
 
 
 # --- row functions (shared by the in-process and the Ray paths) ------------------------------
-
-
-def decode_row(row: dict, config: EmbedConfig, short_side: int | None) -> dict:
-    """Decode one manifest row; failures come back as a row with ``error_class`` set."""
-    started = time.perf_counter()
-    out = {k: row[k] for k in ("video_id", "uri", "caption")}
-    try:
-        video = decode_video(
-            row["uri"],
-            num_frames=config.num_frames,
-            sampling=config.sampling,
-            every_n=config.every_n,
-            fps=config.fps,
-            short_side=short_side,
-            timeout_s=config.decode_timeout_s,
-        )
-        out.update(frames=video.frames, frame_ts=video.timestamps, error_class=None, message="")
-    except DecodeError as exc:
-        out.update(frames=None, frame_ts=None, error_class=exc.error_class, message=str(exc))
-    out["decode_s"] = time.perf_counter() - started
-    out["stage"] = DECODE_STAGE
-    return out
 
 
 def encode_rows(encoder: ClipEncoder, rows: list[dict]) -> list[dict]:

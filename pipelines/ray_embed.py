@@ -26,7 +26,6 @@ from ragvid.schemas.workspace import Workspace
 from .embed import (
     EmbedReport,
     PartStats,
-    decode_row,
     embed_rows,
     embeddings_dir,
     encode_rows,
@@ -38,43 +37,9 @@ from .embed import (
     write_part,
 )
 from .encoder import load_encoder
+from .ray_decode import decode_batch, pack, unpack
 
 ProgressFn = Callable[[int, int, PartStats], None]
-
-
-def _pack(a: np.ndarray | None) -> tuple[bytes, bytes]:
-    """(data, shape) as two byte strings: plain binary columns whatever the shapes."""
-    if a is None:
-        return b"", b""
-    a = np.ascontiguousarray(a)
-    return a.tobytes(), np.asarray(a.shape, np.int64).tobytes()
-
-
-def _unpack(data: bytes, shape: bytes, dtype) -> np.ndarray | None:
-    if not data:
-        return None
-    return np.frombuffer(data, dtype=dtype).reshape(np.frombuffer(shape, np.int64))
-
-
-def _decode_batch(batch: dict, config: dict, short_side: int | None) -> dict:
-    """Ray task: decode the batch's rows (uint8 frames out as bytes + shape)."""
-    cfg = EmbedConfig(**config)
-    out = defaultdict(list)
-    for i in range(len(batch["video_id"])):
-        row = {k: batch[k][i] for k in ("video_id", "uri", "caption")}
-        dec = decode_row(row, cfg, short_side)
-        data, shape = _pack(dec["frames"])
-        out["video_id"].append(row["video_id"])
-        out["uri"].append(row["uri"])
-        out["caption"].append(row["caption"])
-        out["part"].append(int(batch["part"][i]))
-        out["frames"].append(data)
-        out["shape"].append(shape)
-        out["frame_ts"].append(b"" if dec["frame_ts"] is None else dec["frame_ts"].tobytes())
-        out["error_class"].append(dec["error_class"] or "")
-        out["message"].append(dec["message"])
-        out["decode_s"].append(dec["decode_s"])
-    return {k: np.array(v, dtype=object) for k, v in out.items()}
 
 
 class _EncodeActor:
@@ -99,7 +64,7 @@ class _EncodeActor:
                     "part": int(batch["part"][i]),
                     "frames": None
                     if err
-                    else _unpack(batch["frames"][i], batch["shape"][i], np.uint8),
+                    else unpack(batch["frames"][i], batch["shape"][i], np.uint8),
                     "frame_ts": None if err else np.frombuffer(batch["frame_ts"][i], np.float32),
                     "error_class": err,
                     "message": batch["message"][i],
@@ -116,7 +81,7 @@ class _EncodeActor:
             out["error_class"].append(r.get("error_class") or "")
             out["encode_s"].append(float(r.get("encode_s", 0.0)))
             fe = r["frame_emb"] if ok else None
-            out["frame_emb"].append(_pack(None if fe is None else fe.astype(np.float32))[0])
+            out["frame_emb"].append(pack(None if fe is None else fe.astype(np.float32))[0])
             out["n_frames"].append(0 if fe is None else len(fe))
             out["video_emb"].append(b"" if not ok else r["video_emb"].astype(np.float32).tobytes())
             out["text_emb"].append(b"" if not ok else r["text_emb"].astype(np.float32).tobytes())
@@ -221,13 +186,18 @@ def _run_ray(manifest, todo, config: EmbedConfig, ray_address: str | None):
     for p in todo:
         for row in manifest.slice(p.start, p.rows).to_pylist():
             items.append({**row, "part": p.index})
-    decode_batch = max(4, min(32, config.part_size))  # rows per decode task: amortise overhead
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // decode_batch))
-    gpus = 1 if torch.cuda.is_available() or ray.cluster_resources().get("GPU", 0) else 0
-    num_decoders = config.num_decoders or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    rows_per_task = max(4, min(32, config.part_size))  # amortise per-task overhead
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // rows_per_task))
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) or (1 if torch.cuda.is_available() else 0)
+    cpus = max(1, int(resources.get("CPU", 1)))
+    # on CPUs, decode and encode share the cores: half a logical CPU each lets one decode task
+    # and one encoder actor per core interleave (encode costs ~2× decode with the tiny preset)
+    num_decoders = config.num_decoders or cpus
+    num_encoders = config.num_encoders or (gpus if gpus else cpus)
     ds = ds.map_batches(
-        _decode_batch,
-        batch_size=decode_batch,
+        decode_batch,
+        batch_size=rows_per_task,
         fn_kwargs={"config": config.model_dump(), "short_side": short},
         compute=ray.data.TaskPoolStrategy(size=num_decoders),
         num_cpus=0.5,
@@ -236,9 +206,9 @@ def _run_ray(manifest, todo, config: EmbedConfig, ray_address: str | None):
         _EncodeActor,
         batch_size=max(1, config.batch_size // config.num_frames),
         fn_constructor_kwargs={"spec": config.encoder, "batch_size": config.batch_size},
-        compute=ray.data.ActorPoolStrategy(size=config.num_encoders),
-        num_cpus=0 if gpus else 1,
-        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(size=num_encoders),
+        num_cpus=0 if gpus else 0.5,
+        num_gpus=1 if gpus else 0,
     )
     by_part = {p.index: p for p in todo}
     pending: dict[int, list[dict]] = defaultdict(list)

@@ -64,7 +64,9 @@ class EmbedConfig(_Config):
     batch_size: int = Field(64, ge=1, description="frames per encoder batch")
     storage_dtype: Literal["float16", "float32"] = "float16"
     num_decoders: int | None = Field(None, description="Ray decode tasks in flight (None: CPUs)")
-    num_encoders: int = Field(1, ge=1, description="Ray encoder actors")
+    num_encoders: int | None = Field(
+        None, ge=1, description="Ray encoder actors (None: one per GPU, else one per CPU)"
+    )
 
 
 class EncoderFitConfig(_Config):
