@@ -317,7 +317,7 @@ def build_index_flow(
     part_size: int = 64,
     num_shards: int = 1,
     delta_dedup: float = 0.965,
-    delta_frame: float | None = 0.92,
+    delta_frame: float | None = 0.95,
     canonical_only: bool = False,
     inspect_queries: list[str] | None = None,
     k: int = 5,

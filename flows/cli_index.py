@@ -106,7 +106,7 @@ def dedup(
     frame_threshold: Annotated[
         float,
         typer.Option(help="Aligned-frame agreement a pair must also reach (-1: skip the check)."),
-    ] = 0.92,
+    ] = 0.95,
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     workspace: WorkspaceOpt = "ragvid-workspace",
 ) -> None:

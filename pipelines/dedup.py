@@ -209,7 +209,7 @@ def find_duplicates(
     out_path: str,
     delta_dedup: float = 0.965,
     *,
-    delta_frame: float | None = 0.92,
+    delta_frame: float | None = 0.95,
     exact_max_n: int = 20_000,
     nprobe: int = 16,
 ) -> DuplicateReport:

@@ -104,6 +104,13 @@ def _views(train, idx, view_gap: int, rng: np.random.Generator) -> torch.Tensor:
     return torch.stack(out)
 
 
+def _rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Down-sample by ``scale`` and back: the detail a resized copy loses."""
+    size = x.shape[-2:]
+    small = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
+    return F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+
+
 def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, progress) -> str:
     started = time.perf_counter()
     torch.manual_seed(c.seed)
@@ -127,6 +134,8 @@ def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, p
         mine = c.hard_negatives and step >= c.steps // 5  # once the bank means something
         idx = _batch(rng, len(train), c.batch_videos, bank if mine else None, same_cap)
         x = _views(train, idx, c.view_gap, rng)
+        if c.view_rescale < 1:  # the second view as a resized re-upload would decode
+            x[1::2] = _rescale(x[1::2], float(rng.uniform(c.view_rescale, 1.0)))
         if c.view_noise:
             x = x + c.view_noise * torch.randn_like(x)
         frames = F.normalize(model.encode_image(x), dim=-1)

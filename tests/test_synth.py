@@ -144,6 +144,18 @@ def test_default_size_covers_every_shape_colour_several_times():
     assert len({c.caption for c in clips}) > 0.8 * len(clips)  # varied wording
 
 
+def test_distinct_clips_of_one_shape_colour_differ_in_axis_or_background():
+    """Two clips of one shape+colour sliding along one axis on one background are near-copies
+    to a frame-mean embedding; the demo corpus never makes them (its dedup truth relies on it)."""
+    from ragvid.pipelines.synth import _STYLE_AXES
+
+    axis_of = {m: a for a, ms in _STYLE_AXES.items() for m in ms}
+    seen = collections.Counter(
+        (c.shape, c.colour, axis_of[c.motion], c.background) for c in make_clips(SynthConfig())
+    )
+    assert max(seen.values()) == 1
+
+
 def test_bad_config_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="even"):
         synth_corpus(str(tmp_path), SynthConfig(width=95))
