@@ -72,7 +72,7 @@ class EmbedConfig(_Config):
 class EncoderFitConfig(_Config):
     """`ragvid encoder fit`: a small CLIP fitted on a corpus's (video, caption) pairs.
 
-    Two losses shape the embedding. The caption loss (open_clip's symmetric InfoNCE) makes
+    Three terms shape the embedding. The caption loss (open_clip's symmetric InfoNCE) makes
     text→video retrieval work. A separation hinge keeps distinct videos below the
     near-duplicate threshold. It pushes apart distinct-caption pairs above
     ``separation_margin``, and batches are built around each video's current nearest
