@@ -379,6 +379,7 @@ def build_index_flow(
             "dim": man["dim"],
             "dup_groups": dedup["n_groups"],
             "non_canonical": dedup["n_non_canonical"],
+            "pairs_failing_frame_check": dedup["n_rejected_by_frames"],
             "build_s": man["build_seconds"],
         }
         monitor.table(f"index-{index}", [index_row], "FAISS index and near-duplicate groups")

@@ -108,6 +108,8 @@ def test_demo_artifacts_readable_through_client(demo_run):
     )
     failures = by_key["embed-demo-small-failures"].data
     assert "error_class" in failures  # the planted bad files are counted by class
+    index_table = by_key["index-demo-small"].data
+    assert "dup_groups" in index_table and "pairs_failing_frame_check" in index_table
 
 
 # --- a real kill -----------------------------------------------------------------------
