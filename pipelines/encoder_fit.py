@@ -58,8 +58,9 @@ def fit_encoder(
     ``progress(step, steps, loss)`` is called after every step (the CLI's bar). Decoding and
     fitting run in this process; ``config.threads`` caps torch's threads meanwhile.
     """
-    config = (config or EncoderFitConfig()).model_copy(update=overrides)
-    config = EncoderFitConfig.model_validate(config.model_dump())
+    config = EncoderFitConfig.model_validate(
+        {**(config or EncoderFitConfig()).model_dump(), **overrides}
+    )
     if config.preset not in PRESETS or PRESETS[config.preset].pretrained:
         fit_ok = [n for n, p in PRESETS.items() if not p.pretrained]
         raise KeyError(f"preset '{config.preset}' cannot be fitted here. Available: {fit_ok}")
@@ -125,14 +126,16 @@ def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, p
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=c.lr, total_steps=c.steps, pct_start=0.1
     )
-    captions = [cap for _, cap in train]
-    same_cap = torch.tensor([[a == b for b in captions] for a in captions])
+    # one id per distinct caption: an identical caption may well be the same video re-uploaded
+    ids: dict[str, int] = {}
+    cap_id = torch.tensor([ids.setdefault(cap, len(ids)) for _, cap in train])
     bank = torch.zeros(len(train), model.text_projection.shape[1])  # latest video embeddings
     model.train()
     losses = []
     for step in range(c.steps):
         mine = c.hard_negatives and step >= c.steps // 5  # once the bank means something
-        idx = _batch(rng, len(train), c.batch_videos, bank if mine else None, same_cap)
+        idx = _batch(rng, len(train), c.batch_videos, bank if mine else None, cap_id)
+        t = torch.as_tensor(idx)
         x = _views(train, idx, c.view_gap, rng)
         if c.view_rescale < 1:  # the second view as a resized re-upload would decode
             x[1::2] = _rescale(x[1::2], float(rng.uniform(c.view_rescale, 1.0)))
@@ -145,8 +148,7 @@ def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, p
         txt = F.normalize(model.encode_text(encoder.tokenizer(caps)), dim=-1)
         loss = loss_fn(vids, txt, model.logit_scale.exp().clamp(max=100))
         if c.separation_weight:
-            t = torch.as_tensor(idx)
-            distinct = ~same_cap[t][:, t]  # an identical caption may well be the same video
+            distinct = cap_id[t][:, None] != cap_id[t][None, :]
             over = F.relu((vids @ vids.T)[distinct] - c.separation_margin)
             loss = loss + c.separation_weight * over.pow(2).mean()
         if c.consistency_weight:
@@ -156,7 +158,7 @@ def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, p
         loss.backward()
         opt.step()
         sched.step()
-        bank[torch.as_tensor(idx)] = vids.detach()
+        bank[t] = vids.detach()
         losses.append(float(loss.detach()))
         if progress:
             progress(step + 1, c.steps, losses[-1])
@@ -177,14 +179,15 @@ def _fit(workspace: Workspace, corpus: str, out_dir: str, c: EncoderFitConfig, p
     return save_encoder(model, PRESETS[c.preset].arch, str(out), extra=info)
 
 
-def _batch(rng, n: int, size: int, bank, same_cap) -> np.ndarray:
+def _batch(rng, n: int, size: int, bank, cap_id: torch.Tensor) -> np.ndarray:
     """A random batch, or (with a bank of current embeddings) a quarter random anchors plus
     each one's nearest distinct-caption videos: the pairs a near-duplicate detector confuses."""
     size = min(size, n)
     if bank is None:
         return rng.choice(n, size=size, replace=False)
     anchors = rng.choice(n, size=max(1, size // 4), replace=False)
-    sims = (bank[anchors] @ bank.T).masked_fill(same_cap[anchors], -2.0)
+    same_cap = cap_id[anchors][:, None] == cap_id[None, :]
+    sims = (bank[anchors] @ bank.T).masked_fill(same_cap, -2.0)
     near = sims.topk(min(3, n - 1), dim=1).indices.flatten().tolist()
     chosen = list(dict.fromkeys([*anchors.tolist(), *near]))[:size]
     rest = np.setdiff1d(np.arange(n), chosen)
