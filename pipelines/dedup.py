@@ -11,8 +11,8 @@ A video embedding is a frame mean (Eq. 3), blind to order: a clip and its revers
 objects moving along other paths, can share it. So a candidate pair must also agree frame by
 frame: the mean cosine of its time-aligned frame embeddings must reach ``delta_frame``.
 Re-encoded, resized or trimmed copies keep their frames; distinct clips do not (on the demo
-corpus: copies ≥ 0.96, distinct pairs above δ_dedup ≤ 0.89). Tables without frame embeddings
-skip the check.
+corpus: copies ≥ 0.974, distinct pairs above δ_dedup ≤ 0.92; BENCHMARKS.md). Tables without
+frame embeddings skip the check.
 """
 
 from __future__ import annotations
