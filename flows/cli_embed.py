@@ -146,12 +146,12 @@ def encoder_fit(
         "demo-tiny"
     ),
     workspace: WorkspaceOpt = "ragvid-workspace",
-    preset: Annotated[str, typer.Option(help="Architecture preset to fit.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Architecture preset to fit.")] = _FIT["preset"],
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = _FIT["steps"],
     holdout: Annotated[float, typer.Option(help="Fraction of videos held out.")] = _FIT[
         "holdout_fraction"
     ],
-    seed: Annotated[int, typer.Option(help="Seed (holdout split and init).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed (holdout split and init).")] = _FIT["seed"],
 ) -> None:
     """Fit a small CLIP on the corpus's (video, caption) pairs; prints the encoder spec."""
     from ragvid.pipelines.encoder_fit import fit_encoder

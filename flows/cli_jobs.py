@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ragvid.schemas import Workspace, slug
+from ragvid.schemas import GenerationConfig, Workspace, slug
 from ragvid.schemas.io import exists, join
 
 from .cli_common import WorkspaceOpt, app, console, progress, user_errors
@@ -25,6 +25,29 @@ BaseOpt = Annotated[
         help="Local diffusers text-to-video folder (ZeroScope layout; save_tiny_base for tests).",
     ),
 ]
+_GEN = GenerationConfig()  # the flags' defaults are the paper's, documented once there
+StepsOpt = Annotated[int, typer.Option(help="DDIM steps.")]
+GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
+HeightOpt = Annotated[int, typer.Option(help="Frame height.")]
+WidthOpt = Annotated[int, typer.Option(help="Frame width.")]
+FramesOpt = Annotated[int, typer.Option(help="Frames per video.")]
+KOpt = Annotated[int, typer.Option(help="Retrieved videos per prompt.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of every prompt.")]
+
+
+def _generation_config(
+    steps: int, guidance: float, height: int, width: int, frames: int, k: int, seed: int
+) -> GenerationConfig:
+    """The generation flags shared by `generate` and `evaluate` as one config."""
+    return GenerationConfig(
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
+        num_frames=frames,
+        k=k,
+        seed=seed,
+    )
 
 
 def _run_dir(ws: Workspace, run: str) -> str:
@@ -180,17 +203,16 @@ def generate(
     method: Annotated[
         str, typer.Option(help="ragme | ragca | raginit | base | freeinit")
     ] = "ragme",
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
-    height: Annotated[int, typer.Option()] = 256,
-    width: Annotated[int, typer.Option()] = 448,
-    frames: Annotated[int, typer.Option()] = 12,
-    k: Annotated[int, typer.Option(help="Retrieved videos per prompt.")] = 5,
-    seed: Annotated[int, typer.Option()] = 0,
+    steps: StepsOpt = _GEN.num_inference_steps,
+    guidance: GuidanceOpt = _GEN.guidance_scale,
+    height: HeightOpt = _GEN.height,
+    width: WidthOpt = _GEN.width,
+    frames: FramesOpt = _GEN.num_frames,
+    k: KOpt = _GEN.k,
+    seed: SeedOpt = _GEN.seed,
 ) -> None:
     """Batch generation: one mp4 + one generations-table row per prompt; reruns skip done ones."""
     from ragvid.model.batch_generate import batch_generate, read_prompts
-    from ragvid.schemas import GenerationConfig
 
     ws = Workspace.at(workspace).ensure_writable()
     if method in ("ragme", "ragca") and adapter is None:
@@ -198,15 +220,7 @@ def generate(
     if method in ("ragme", "ragca", "raginit") and index is None:
         raise ValueError(f"--method {method} needs --index <retrieval index name>")
     plist = read_prompts(prompts)
-    cfg = GenerationConfig(
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=height,
-        width=width,
-        num_frames=frames,
-        k=k,
-        seed=seed,
-    )
+    cfg = _generation_config(steps, guidance, height, width, frames, k, seed)
     adapter_dir = _adapter_dir(ws, adapter)
     pipe = _pipeline(base, adapter_dir)
     retrieval = _retrieval(ws, index, encoder, k)
@@ -243,13 +257,12 @@ def generate(
 
 def _methods(text: str) -> list[str]:
     from ragvid.model.batch_generate import parse_method
-    from ragvid.schemas import GenerationConfig
 
     out = [m.strip() for m in text.split(",") if m.strip()]
     if not out:
         raise ValueError("--methods is empty")
     for m in out:
-        parse_method(m, GenerationConfig())
+        parse_method(m, _GEN)
     return out
 
 
@@ -283,13 +296,13 @@ def evaluate(
     raft_weights: Annotated[
         str | None, typer.Option(help="torchvision RAFT state dict; default: OpenCV Farneback.")
     ] = None,
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
-    guidance: Annotated[float, typer.Option()] = 7.5,
-    height: Annotated[int, typer.Option()] = 256,
-    width: Annotated[int, typer.Option()] = 448,
-    frames: Annotated[int, typer.Option()] = 12,
-    k: Annotated[int, typer.Option()] = 5,
-    seed: Annotated[int, typer.Option()] = 0,
+    steps: StepsOpt = _GEN.num_inference_steps,
+    guidance: GuidanceOpt = _GEN.guidance_scale,
+    height: HeightOpt = _GEN.height,
+    width: WidthOpt = _GEN.width,
+    frames: FramesOpt = _GEN.num_frames,
+    k: KOpt = _GEN.k,
+    seed: SeedOpt = _GEN.seed,
 ) -> None:
     """The paper's comparison (base / FreeInit / RagInit only / RAGME): metrics, plots, HTML."""
     import numpy as np
@@ -298,22 +311,14 @@ def evaluate(
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
     from ragvid.model.metrics import FarnebackFlow, RaftFlow
-    from ragvid.schemas import MANIFEST, GenerationConfig, read_parts
+    from ragvid.schemas import MANIFEST, read_parts
 
     ws = Workspace.at(workspace).ensure_writable()
     method_list = _methods(methods)
     if any(m.split("@")[0] in ("ragme", "ragca") for m in method_list) and adapter is None:
         raise ValueError("methods ragme/ragca need --adapter <trained run>")
     plist = read_prompts(prompts)
-    cfg = GenerationConfig(
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=height,
-        width=width,
-        num_frames=frames,
-        k=k,
-        seed=seed,
-    )
+    cfg = _generation_config(steps, guidance, height, width, frames, k, seed)
     video_net, frame_net = load_video_features(fvd_features), load_frame_features(sim_features)
     flow = RaftFlow(raft_weights) if raft_weights else FarnebackFlow()
     manifest = read_parts(ws.manifest(reference_corpus), MANIFEST, columns=["uri"])
@@ -365,17 +370,16 @@ def motion_transfer_cmd(
         "zeroscope"
     ),
     caption: Annotated[str, typer.Option(help="Caption of the driving video.")] = "",
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
-    guidance: Annotated[float, typer.Option()] = 7.5,
+    steps: StepsOpt = _GEN.num_inference_steps,
+    guidance: GuidanceOpt = _GEN.guidance_scale,
     frames: Annotated[int | None, typer.Option(help="Default: the recipe's frames.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOpt = _GEN.seed,
 ) -> None:
     """Overfit the adapter on one driving video (~50 iterations), then generate new prompts."""
     from ragvid.model.motion_transfer import motion_transfer
     from ragvid.model.presets import get_preset
     from ragvid.model.trainer import train_preset
     from ragvid.pipelines.encoder import load_encoder
-    from ragvid.schemas import GenerationConfig
 
     if not video.is_file():
         raise FileNotFoundError(f"driving video {video} not found")
