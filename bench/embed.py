@@ -53,8 +53,8 @@ def plain_loop(ws, corpus: str, config, threads: int | None = None, limit: int |
     ``None`` = torch's default)."""
     import torch
 
-    from ragvid.pipelines.embed import decode_row, load_manifest, video_embedding
-    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.embed.stage import decode_row, load_manifest, video_embedding
 
     default_threads = torch.get_num_threads()
     if threads:
@@ -84,7 +84,7 @@ def plain_loop(ws, corpus: str, config, threads: int | None = None, limit: int |
 
 
 def ray_pipeline(ws, corpus: str, config) -> dict:
-    from ragvid.pipelines.ray_embed import embed_corpus
+    from ragvid.pipelines.embed.ray_data import embed_corpus
 
     finished: list[tuple[float, int, int]] = []
     started = time.perf_counter()
@@ -135,7 +135,7 @@ def main() -> None:
     import ray
     import torch
 
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
     from ragvid.schemas import EmbedConfig, SynthConfig, Workspace
 
     tmp = tempfile.mkdtemp(prefix="bench-embed-")

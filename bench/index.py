@@ -30,11 +30,11 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from ragvid.pipelines.dedup import find_duplicates, read_duplicates
-from ragvid.pipelines.index import build_index
-from ragvid.pipelines.neighbours import materialize_neighbours
-from ragvid.pipelines.retrieval import Retriever
-from ragvid.pipelines.shard_search import ShardSet
+from ragvid.pipelines.index.build import build_index
+from ragvid.pipelines.index.dedup import find_duplicates, read_duplicates
+from ragvid.pipelines.index.neighbours import materialize_neighbours
+from ragvid.pipelines.index.search import Retriever
+from ragvid.pipelines.index.shards import ShardSet
 from ragvid.schemas import EMBEDDINGS, IndexConfig, RetrievalConfig, write_table
 
 DIM = 512

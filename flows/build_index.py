@@ -59,7 +59,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 )
 def ingest_task(workspace: str, corpus: str, input_path: str, shards: int = 4) -> dict[str, Any]:
     """Beam manifest ETL; a corpus none of whose rows survive fails the flow here."""
-    from ragvid.pipelines.beam_manifest import ingest
+    from ragvid.pipelines.corpus.beam import ingest
 
     ws = Workspace.at(workspace)
     if not exists(input_path):
@@ -109,13 +109,13 @@ def part_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str |
 
 @functools.lru_cache(maxsize=2)
 def _local_encoder(spec: str, batch_size: int):
-    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.embed.encoder import load_encoder
 
     return load_encoder(spec, batch_size=batch_size)
 
 
 def _embed_in_worker(workspace: str, corpus: str, part: int, config: EmbedConfig):
-    from ragvid.pipelines.embed import embed_part
+    from ragvid.pipelines.embed.stage import embed_part
 
     return embed_part(Workspace.at(workspace), corpus, part, config)
 
@@ -137,7 +137,7 @@ def embed_part_task(
     engine: Engine = "ray",
 ) -> dict[str, Any]:
     """One manifest part: decode + CLIP (a Ray task, or in this process for ``local``)."""
-    from ragvid.pipelines.embed import PartStats, embed_part
+    from ragvid.pipelines.embed.stage import PartStats, embed_part
     from ragvid.schemas.io import is_done
 
     if is_done(part_uri):  # finished by an earlier run: no Ray round trip, no encoder load
@@ -157,7 +157,7 @@ def embed_parts(
     ws: Workspace, corpus: str, config: EmbedConfig, engine: Engine, ray_address: str | None
 ) -> dict[str, Any]:
     """Run one task per part; a failed part does not stop the others (rerun retries it)."""
-    from ragvid.pipelines.embed import PartStats, plan_parts, summarize
+    from ragvid.pipelines.embed.stage import PartStats, plan_parts, summarize
 
     started = time.perf_counter()
     plans = plan_parts(ws, corpus, config)
@@ -202,7 +202,7 @@ def embed_parts(
 def dedup_task(
     embeddings: str, index_dir: str, index: str, delta_dedup: float, delta_frame: float | None
 ) -> dict:
-    from ragvid.pipelines.dedup import find_duplicates
+    from ragvid.pipelines.index.dedup import find_duplicates
 
     report = find_duplicates(
         embeddings, join(index_dir, "duplicates.parquet"), delta_dedup, delta_frame=delta_frame
@@ -220,7 +220,7 @@ def index_task(
     manifest: str | None,
     use_ray: bool,
 ) -> dict:
-    from ragvid.pipelines.index import build_index
+    from ragvid.pipelines.index.build import build_index
 
     man = build_index(
         embeddings, index_dir, config, duplicates=duplicates, ray=use_ray, manifest=manifest
@@ -230,7 +230,7 @@ def index_task(
 
 @task(name="inspection-pages", task_run_name="inspect-{index}", cache_policy=NO_CACHE)
 def inspect_task(index_dir: str, index: str, queries: list[str], encoder: str, k: int) -> list:
-    from ragvid.pipelines.inspect_page import write_inspection
+    from ragvid.pipelines.index.inspect_page import write_inspection
 
     enc = _local_encoder(encoder, 64)
     out = []

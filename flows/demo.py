@@ -22,6 +22,7 @@ from ragvid.flows.neighbours_flow import neighbours_flow
 from ragvid.flows.preflight import check_ray_address, check_workspace
 from ragvid.schemas import SynthConfig
 from ragvid.schemas.io import exists, join, list_parts, read_json
+from ragvid.schemas.workspace import DEFAULT_WORKSPACE
 
 
 def names(small: bool) -> dict[str, str]:
@@ -56,7 +57,7 @@ def synth_task(out_dir: str, corpus: str, config: SynthConfig) -> dict[str, Any]
     """Generate the corpus, unless the same config already wrote it (synth.json)."""
     from dataclasses import asdict
 
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
 
     meta = join(out_dir, "synth.json")
     if exists(meta):
@@ -77,7 +78,7 @@ def synth_task(out_dir: str, corpus: str, config: SynthConfig) -> dict[str, Any]
 @task(name="fit-encoder", task_run_name="fit-encoder-{name}", cache_policy=NO_CACHE)
 def fit_encoder_task(workspace: str, corpus: str, name: str, steps: int) -> dict[str, Any]:
     """Fit the tiny CLIP on the corpus (once: a fitted folder is reused)."""
-    from ragvid.pipelines.encoder_fit import fit_encoder
+    from ragvid.pipelines.embed.fit import fit_encoder
     from ragvid.schemas.workspace import Workspace
 
     out_dir = Workspace.at(workspace).encoders(name)
@@ -174,7 +175,7 @@ def _run_name() -> str:
     log_prints=True,
 )
 def demo_flow(
-    workspace: str = "ragvid-workspace",
+    workspace: str = DEFAULT_WORKSPACE,
     small: bool = False,
     engine: Engine = "ray",
     ray_address: str | None = None,

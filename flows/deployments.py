@@ -166,7 +166,7 @@ def serve(specs: list[DeploymentSpec], workspace: str | None = None, limit: int 
     """Serve the deployments from this process until interrupted (blocks)."""
     from prefect import serve as prefect_serve
 
-    from .preflight import check_prefect_api
+    from ragvid.flows.preflight import check_prefect_api
 
     check_prefect_api()
     prefect_serve(*runner_deployments(specs, workspace), limit=limit)

@@ -50,8 +50,8 @@ def evaluate_task(
     from ragvid.model.features import load_frame_features, load_video_features
     from ragvid.model.pipeline_ragme import RagmePipeline
     from ragvid.model.retrieval_source import RetrieverSource
-    from ragvid.pipelines.encoder import load_encoder
-    from ragvid.pipelines.index import IndexManifest, resolve_ids
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.index.build import IndexManifest, resolve_ids
 
     ws = Workspace.at(workspace)
     adapter = ws.run(run) if run else None

@@ -25,7 +25,7 @@ def tiny_base_task(workspace: str) -> str:
     """A tiny random-init text-to-video base saved in the diffusers layout (offline demos)."""
     from ragvid.model.presets import save_tiny_base
 
-    folder = join(Workspace.at(workspace).root, "models", "tiny-base")
+    folder = Workspace.at(workspace).base_models("tiny-base")
     if not exists(join(folder, "model_index.json")):
         save_tiny_base(folder)
     return folder
@@ -64,7 +64,7 @@ def train_task(
     from ragvid.model.presets import get_preset
     from ragvid.model.train_data import load_training_set
     from ragvid.model.trainer import train, train_preset
-    from ragvid.pipelines.embed import embeddings_dir
+    from ragvid.pipelines.embed.stage import embeddings_dir
 
     ws = Workspace.at(workspace)
     cfg = train_preset(preset)
@@ -127,7 +127,7 @@ def finetune_flow(
     ws = check_workspace(workspace)
     started = time.perf_counter()
     if encoder is None:
-        from ragvid.pipelines.index import IndexManifest
+        from ragvid.pipelines.index.build import IndexManifest
 
         encoder = IndexManifest.load(ws.index(index)).encoder
     base_dir = resolve_base(ws.root, base)

@@ -77,8 +77,8 @@ def generate_task(
     retrieval = None
     if index is not None:
         from ragvid.model.retrieval_source import RetrieverSource
-        from ragvid.pipelines.encoder import load_encoder
-        from ragvid.pipelines.index import IndexManifest
+        from ragvid.pipelines.embed.encoder import load_encoder
+        from ragvid.pipelines.index.build import IndexManifest
 
         path = ws.index(index)
         enc = load_encoder(IndexManifest.load(path).encoder)

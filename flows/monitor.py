@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from ragvid.schemas.io import join, write_bytes_atomic
+from ragvid.schemas.workspace import Workspace
 
 log = logging.getLogger("ragvid.flows")
 
@@ -148,7 +149,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def report_uri(workspace_root: str, flow_name: str, when: datetime | None = None) -> str:
     """``<workspace>/reports/<flow>-<UTC time>.md``."""
     stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return join(workspace_root, "reports", f"{artifact_key(flow_name)}-{stamp}.md")
+    return join(Workspace.at(workspace_root).reports(), f"{artifact_key(flow_name)}-{stamp}.md")
 
 
 def write_report(workspace_root: str, flow_name: str, text: str, description: str = "") -> str:

@@ -30,7 +30,7 @@ from ragvid.schemas.io import exists, join
 def neighbours_task(
     index_dir: str, out_dir: str, name: str, config: RetrievalConfig, part_size: int
 ) -> dict[str, Any]:
-    from ragvid.pipelines.neighbours import materialize_neighbours as materialize
+    from ragvid.pipelines.index.neighbours import materialize_neighbours as materialize
 
     progress: monitor.Progress | None = None
 

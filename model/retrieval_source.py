@@ -4,7 +4,7 @@
 per-frame CLIP embeddings (b, K, T, D) for the time enhancer, and the videos themselves
 (uint8 frames or URIs) for RagInit. `InMemoryRetrieval` is a FAISS Flat index over NumPy
 arrays (tests, demos, motion transfer); `RetrieverSource` adapts
-`ragvid.pipelines.retrieval.Retriever` (a named index in a workspace).
+`ragvid.pipelines.index.search.Retriever` (a named index in a workspace).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class InMemoryRetrieval:
 
 
 class RetrieverSource:
-    """Adapter over `ragvid.pipelines.retrieval.Retriever` (a named workspace index).
+    """Adapter over `ragvid.pipelines.index.search.Retriever` (a named workspace index).
 
     `mode` is the retriever's text mode (dense, bm25, hybrid-rerank, rrf). `videos="uri"` hands
     RagInit the corpus URIs (decoded by the pipeline; unknown ones are skipped); `None` gives
@@ -150,10 +150,10 @@ class RetrieverSource:
     @classmethod
     def open(cls, index_dir: str, encoder: Any, config: Any = None, **kw) -> RetrieverSource:
         try:
-            from ragvid.pipelines.retrieval import Retriever
+            from ragvid.pipelines.index.search import Retriever
         except ImportError as e:  # the retrieval stage is optional for the model package
             raise ImportError(
-                "ragvid.pipelines.retrieval is not available; use InMemoryRetrieval or install "
+                "ragvid.pipelines.index.search is not available; use InMemoryRetrieval or install "
                 f"the full ragvid package ({e})"
             ) from e
         return cls(Retriever.open(index_dir), encoder, config, **kw)

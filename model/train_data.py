@@ -155,7 +155,7 @@ class RetrievalTrainingSet(torch.utils.data.Dataset):
             shape = self._latents.column("shape")[row].as_py()
             flat = self._latents.column("latents")[row].values.to_numpy(zero_copy_only=False)
             return {"latents": torch.from_numpy(flat.astype(np.float32).reshape(shape))}
-        from ragvid.pipelines.decode import decode_video
+        from ragvid.pipelines.embed.decode import decode_video
 
         dec = decode_video(
             self._uri[vid], self.num_frames, size=(self.width, self.height), timeout_s=None
@@ -291,7 +291,7 @@ def encode_latents(
 
     Plain function over one manifest part: a Ray task / Prefect task per part calls it.
     """
-    from ragvid.pipelines.decode import DecodeError, decode_video
+    from ragvid.pipelines.embed.decode import DecodeError, decode_video
     from ragvid.schemas import is_done, mark_done, write_table
 
     if is_done(out_uri):

@@ -191,6 +191,13 @@ def mark_done(part_uri: str, stats: Mapping[str, Any] | None = None) -> None:
     write_json_atomic(done_marker(part_uri), dict(stats or {}))
 
 
+def clear_done(part_uri: str) -> None:
+    """Remove a part's marker (before rewriting the part in place)."""
+    fs, path = fs_and_path(done_marker(part_uri))
+    if fs.exists(path):
+        fs.rm(path)
+
+
 def read_done(part_uri: str) -> dict[str, Any]:
     return read_json(done_marker(part_uri))
 

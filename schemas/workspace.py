@@ -1,4 +1,10 @@
-"""Paths of a ragvid workspace (local folder or fsspec URI), one place for the layout."""
+"""Paths of a ragvid workspace (local folder or fsspec URI): the one place for the layout.
+
+Nothing else joins workspace path strings or retypes file names: stages receive folders from
+here (or from :class:`IndexLayout` for the files inside an index). Encoder folders are named by
+the parsed spec's ``slug`` (``ragvid.pipelines.embed.spec``), which is machine-independent, so a
+workspace moved with ``mv`` keeps working.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,67 @@ from dataclasses import dataclass
 
 from .io import fs_and_path, join
 
+DEFAULT_WORKSPACE = "ragvid-workspace"
+
+# file names inside an index folder (IndexLayout) and a run folder
+INDEX_JSON = "index.json"
+IDS_FILE = "ids.parquet"
+VECTORS_FILE = "vectors.npy"
+BM25_DIR = "bm25"
+DUPLICATES_FILE = "duplicates.parquet"
+DUPLICATES_HISTOGRAM = "top1_similarity.png"
+INSPECT_DIR = "inspect"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+GENERATIONS_FILE = "generations.parquet"
+METRICS_FILE = "metrics.parquet"
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """The files of one index folder (``<root>/indexes/<name>`` or any folder)."""
+
+    root: str
+
+    @property
+    def manifest(self) -> str:
+        return join(self.root, INDEX_JSON)
+
+    @property
+    def ids(self) -> str:
+        return join(self.root, IDS_FILE)
+
+    @property
+    def vectors(self) -> str:
+        return join(self.root, VECTORS_FILE)
+
+    @property
+    def bm25(self) -> str:
+        return join(self.root, BM25_DIR)
+
+    @property
+    def duplicates(self) -> str:
+        return join(self.root, DUPLICATES_FILE)
+
+    @property
+    def inspect(self) -> str:
+        return join(self.root, INSPECT_DIR)
+
+    def shard(self, i: int) -> str:
+        return join(self.root, f"shard-{i:03d}.faiss")
+
+    def file(self, name: str) -> str:
+        """A file the index manifest names (shards, vectors) — relative to the folder."""
+        return join(self.root, name)
+
 
 @dataclass(frozen=True)
 class Workspace:
     root: str
 
     @classmethod
-    def at(cls, root: str | os.PathLike) -> Workspace:
+    def at(cls, root: str | os.PathLike | Workspace) -> Workspace:
+        if isinstance(root, Workspace):
+            return root
         return cls(str(root).rstrip("/") or "/")
 
     def ensure_writable(self) -> Workspace:
@@ -32,8 +92,13 @@ class Workspace:
             ) from exc
         return self
 
+    # -- corpora ----------------------------------------------------------------------------
+
+    def corpora_root(self) -> str:
+        return join(self.root, "corpora")
+
     def corpus(self, name: str) -> str:
-        return join(self.root, "corpora", name)
+        return join(self.corpora_root(), name)
 
     def manifest(self, corpus: str) -> str:
         return join(self.corpus(corpus), "manifest")
@@ -41,36 +106,71 @@ class Workspace:
     def rejects(self, corpus: str) -> str:
         return join(self.corpus(corpus), "rejects")
 
+    def embeddings_root(self, corpus: str) -> str:
+        return join(self.corpus(corpus), "embeddings")
+
     def embeddings(self, corpus: str, encoder_slug: str) -> str:
-        return join(self.corpus(corpus), "embeddings", encoder_slug)
+        """``encoder_slug``: ``EncoderSpec.slug`` (never an id with a machine's paths)."""
+        return join(self.embeddings_root(corpus), encoder_slug)
 
-    def failures(self, corpus: str) -> str:
-        return join(self.corpus(corpus), "failures")
-
-    def index(self, name: str) -> str:
-        return join(self.root, "indexes", name)
-
-    def neighbours(self, name: str) -> str:
-        return join(self.root, "neighbours", name)
-
-    def run(self, name: str) -> str:
-        return join(self.root, "runs", name)
-
-    def generations(self, job: str) -> str:
-        return join(self.root, "generations", job)
-
-    def evals(self, run: str) -> str:
-        return join(self.root, "evals", run)
-
-    def encoders(self, name: str) -> str:
-        return join(self.root, "encoders", name)
+    def failures(self, corpus: str, encoder_slug: str | None = None) -> str:
+        """Quarantined inputs of the embedding stage, one folder per encoder slug."""
+        root = join(self.corpus(corpus), "failures")
+        return root if encoder_slug is None else join(root, encoder_slug)
 
     def raw(self, corpus: str) -> str:
         """Where `corpus synth` writes the generated source corpus (WebVid layout)."""
         return join(self.root, "raw", corpus)
 
+    # -- encoders, indexes, neighbours --------------------------------------------------------
+
+    def encoders_root(self) -> str:
+        return join(self.root, "encoders")
+
+    def encoders(self, name: str) -> str:
+        return join(self.encoders_root(), name)
+
+    def indexes_root(self) -> str:
+        return join(self.root, "indexes")
+
+    def index(self, name: str) -> str:
+        return join(self.indexes_root(), name)
+
+    def index_layout(self, name: str) -> IndexLayout:
+        return IndexLayout(self.index(name))
+
+    def neighbours(self, name: str) -> str:
+        return join(self.root, "neighbours", name)
+
+    # -- model side ---------------------------------------------------------------------------
+
+    def run(self, name: str) -> str:
+        return join(self.root, "runs", name)
+
+    def adapter_weights(self, run_dir: str) -> str:
+        return join(run_dir, ADAPTER_WEIGHTS)
+
+    def generations(self, job: str) -> str:
+        return join(self.root, "generations", job)
+
+    def generations_table(self, job: str) -> str:
+        return join(self.generations(job), GENERATIONS_FILE)
+
+    def evals(self, run: str) -> str:
+        return join(self.root, "evals", run)
+
+    def metrics_table(self, run: str) -> str:
+        return join(self.evals(run), METRICS_FILE)
+
+    def base_models(self, name: str) -> str:
+        """Locally written base pipelines (the tiny preset's folder lives here)."""
+        return join(self.root, "models", name)
+
+    def reports(self) -> str:
+        return join(self.root, "reports")
+
 
 def slug(text: str) -> str:
-    """A filesystem-safe name for an encoder id such as 'open_clip:ViT-B-32/laion2b'."""
+    """A filesystem-safe name, e.g. for an encoder id such as 'open_clip:ViT-B-32/laion2b'."""
     out = "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
     return "-".join(p for p in out.split("-") if p)[:120]

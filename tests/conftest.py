@@ -70,7 +70,7 @@ def demo_corpus_raw(tmp_path_factory):
     Returns the ``SynthReport`` (``.out_dir``, ``.csv_path``, ``.videos_dir``, ``.counts``).
     Treat it as read-only: other tests share it.
     """
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
     from ragvid.schemas import SynthConfig
 
     out = tmp_path_factory.mktemp("demo_corpus_raw")
@@ -87,7 +87,7 @@ def demo_manifest(demo_corpus_raw, tmp_path_factory):
     """
     from collections import namedtuple
 
-    from ragvid.pipelines.beam_manifest import ingest
+    from ragvid.pipelines.corpus.beam import ingest
     from ragvid.schemas import ManifestConfig, Workspace
 
     ws = Workspace.at(str(tmp_path_factory.mktemp("demo_ws")))
@@ -451,8 +451,8 @@ def keyword_encoder(clustered_embeddings):
 def built_index(clustered_embeddings, tmp_path_factory):
     """(index_dir, table, truth): a 3-shard Flat index over the clustered vectors, with the
     duplicates table written by `find_duplicates` next to it (threads, no Ray)."""
-    from ragvid.pipelines.dedup import find_duplicates
-    from ragvid.pipelines.index import build_index
+    from ragvid.pipelines.index.build import build_index
+    from ragvid.pipelines.index.dedup import find_duplicates
     from ragvid.schemas import IndexConfig
 
     folder, table, truth = clustered_embeddings
@@ -520,7 +520,7 @@ def jobs_pipe(tiny_base):
 def synth_manifest(report, ws, corpus: str) -> None:
     """Ingest a synth corpus with the real Beam stage, keeping rows whose file is missing
     (``check_files=False``) so the embedding stage meets every planted bad file."""
-    from ragvid.pipelines.beam_manifest import ingest
+    from ragvid.pipelines.corpus.beam import ingest
     from ragvid.schemas import ManifestConfig
 
     ingest(
@@ -544,10 +544,10 @@ def demo_embeddings(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from ragvid.pipelines.embed import embed_part, embeddings_dir, failures_dir, plan_parts
-    from ragvid.pipelines.encoder import load_encoder
-    from ragvid.pipelines.encoder_fit import fit_encoder, read_holdout
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.embed.fit import fit_encoder, read_holdout
+    from ragvid.pipelines.embed.stage import embed_part, embeddings_dir, failures_dir, plan_parts
     from ragvid.schemas import EmbedConfig, SynthConfig, Workspace
 
     root = tmp_path_factory.mktemp("demo_embeddings")

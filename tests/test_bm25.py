@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragvid.pipelines.bm25 import Bm25Index, rrf_fuse
-from ragvid.pipelines.retrieval import Retriever
+from ragvid.pipelines.index.bm25 import Bm25Index, rrf_fuse
+from ragvid.pipelines.index.search import Retriever
 from ragvid.schemas import RetrievalConfig
 
 CAPTIONS = [

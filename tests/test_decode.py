@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from ragvid.pipelines.decode import (
+from ragvid.pipelines.embed.decode import (
     DecodeError,
     decode_video,
     mp4_truncation,
@@ -120,7 +120,7 @@ def test_error_classes(videos, name, error_class, timeout_s):
 
 
 def test_truncation_names_the_cut_box(videos):
-    from ragvid.pipelines.decode import _open_source
+    from ragvid.pipelines.embed.decode import _open_source
 
     src, size = _open_source(videos["truncated"])
     assert "mdat" in mp4_truncation(src, size) or "moov" in mp4_truncation(src, size)

@@ -12,7 +12,7 @@ import csv
 
 import pytest
 
-from ragvid.pipelines.dedup import find_duplicates
+from ragvid.pipelines.index.dedup import find_duplicates
 from ragvid.schemas import DUPLICATES, read_table
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import synth_manifest
 from typer.testing import CliRunner
 
-from ragvid.pipelines.embed import (
+from ragvid.pipelines.embed.stage import (
     PartStats,
     embed_part,
     embeddings_dir,
@@ -87,7 +87,7 @@ def test_cli_encoder_list_and_embed_summary(demo_embeddings):
 
 def test_concurrent_run_is_refused(demo_embeddings):
     from ragvid.flows.cli import app
-    from ragvid.pipelines.ray_embed import embed_corpus
+    from ragvid.pipelines.embed.ray_data import embed_corpus
 
     d = demo_embeddings
     config = EmbedConfig(encoder=d.encoder, part_size=64)
@@ -102,8 +102,8 @@ def test_concurrent_run_is_refused(demo_embeddings):
 def test_kill_midway_then_resume_on_ray_then_retry_failures(tmp_path, ray_local):
     """A real SIGKILL of `ragvid embed`, a rerun on Ray Data that recomputes no finished part,
     then --retry-failures after the missing file appears."""
-    from ragvid.pipelines.ray_embed import embed_corpus
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
+    from ragvid.pipelines.embed.ray_data import embed_corpus
 
     raw = synth_corpus(
         str(tmp_path / "raw"), SynthConfig(num_videos=20, num_duplicates=2, num_bad=4, seed=3)
@@ -145,8 +145,8 @@ def test_kill_midway_then_resume_on_ray_then_retry_failures(tmp_path, ray_local)
     assert report.embedded + report.quarantined == report.rows == len(manifest)
     assert report.by_class == {"empty": 1, "truncated": 1, "undecodable": 1, "missing": 1}
     # Ray and in-process paths give the same vectors for the same video
-    from ragvid.pipelines.embed import embed_rows
-    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.embed.stage import embed_rows
 
     ray_row = next(r for r in emb if r["video_id"] == manifest[0]["video_id"])
     local = embed_rows([manifest[0]], load_encoder("tiny"), config)[0]
@@ -174,7 +174,7 @@ def test_float32_storage_keeps_the_contract_metadata(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ragvid.pipelines.embed import PartPlan, write_part
+    from ragvid.pipelines.embed.stage import PartPlan, write_part
     from ragvid.schemas.io import read_metadata
 
     plan = PartPlan(0, 0, 1, f"{tmp_path}/e/part-00000.parquet", f"{tmp_path}/f/p.parquet", False)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragvid.pipelines.embed import encoder_id, video_embedding
-from ragvid.pipelines.encoder import (
+from ragvid.pipelines.embed.encoder import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     list_encoders,
     load_encoder,
     save_encoder,
 )
+from ragvid.pipelines.embed.stage import encoder_id, video_embedding
 
 
 @pytest.fixture(scope="module")

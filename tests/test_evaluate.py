@@ -160,8 +160,8 @@ def test_cli_evaluate_against_a_real_workspace_index(tiny_base, tiny_tables, tmp
 
     from ragvid.flows.cli import app
     from ragvid.model.video_io import read_video
-    from ragvid.pipelines.encoder import load_encoder
-    from ragvid.pipelines.index import build_index
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.index.build import build_index
     from ragvid.schemas import (
         EMBEDDINGS,
         MANIFEST,

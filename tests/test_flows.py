@@ -24,7 +24,7 @@ RAGVID = str(Path(sys.executable).with_name("ragvid"))
 
 def _synth_with_manifest(root: Path, corpus: str, config: SynthConfig) -> Workspace:
     """A generated corpus plus its manifest written straight from the CSV (no Beam needed)."""
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
 
     ws = Workspace.at(root)
     rep = synth_corpus(ws.raw(corpus), config)
@@ -58,7 +58,7 @@ def demo_run(prefect_harness, ray_local, tmp_path_factory):
 
 
 def test_demo_leaves_index_neighbours_inspection_and_report(demo_run):
-    from ragvid.pipelines.index import IndexManifest
+    from ragvid.pipelines.index.build import IndexManifest
     from ragvid.schemas.io import list_parts
     from ragvid.schemas.tables import NEIGHBOURS
 

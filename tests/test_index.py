@@ -8,16 +8,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ragvid.pipelines.dedup import find_duplicates, read_duplicates
-from ragvid.pipelines.index import (
+from ragvid.pipelines.index.build import (
     CorruptShardError,
     IndexManifest,
     build_index,
     choose_factory,
     table_vectors,
 )
-from ragvid.pipelines.retrieval import Retriever
-from ragvid.pipelines.shard_search import RayShardSet, ShardSet
+from ragvid.pipelines.index.dedup import find_duplicates, read_duplicates
+from ragvid.pipelines.index.search import Retriever
+from ragvid.pipelines.index.shards import RayShardSet, ShardSet
 from ragvid.schemas import EMBEDDINGS, IndexConfig, write_table
 
 
@@ -179,7 +179,7 @@ def test_canonical_only_index(built_index, clustered_embeddings, tmp_path):
 def test_dedup_frame_check_splits_a_clip_from_its_reverse(tmp_path):
     """Same frames in reverse order: identical frame means (video cosine 1.0), so only the
     aligned-frame check can tell them apart; a re-encoded copy (small noise) passes it."""
-    from ragvid.pipelines.dedup import aligned_frame_agreement
+    from ragvid.pipelines.index.dedup import aligned_frame_agreement
 
     rng = np.random.default_rng(0)
     dim, t = 16, 8
@@ -272,7 +272,7 @@ def test_cli_build_list_dedup_search(clustered_embeddings, tmp_path):
 
 
 def test_embeddings_of_other_dim_or_encoder_are_refused(clustered_embeddings):
-    from ragvid.pipelines.index import load_vectors
+    from ragvid.pipelines.index.build import load_vectors
 
     folder, _, _ = clustered_embeddings
     with pytest.raises(ValueError, match="embedding dimension 32, expected 512"):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from ragvid.pipelines.inspect_page import first_frame, write_inspection
+from ragvid.pipelines.index.inspect_page import first_frame, write_inspection
 from ragvid.schemas import EMBEDDINGS, MANIFEST, Workspace, slug, write_table
 
 ENC = "test:clustered-32"

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from ragvid.pipelines.beam_manifest import ingest, read_report
-from ragvid.pipelines.manifest import dedup_group, detect_layout, parse_duration, shard_of
+from ragvid.pipelines.corpus.beam import ingest, read_report
+from ragvid.pipelines.corpus.manifest import dedup_group, detect_layout, parse_duration, shard_of
 from ragvid.schemas import MANIFEST, REJECTS, ManifestConfig, Workspace, read_parts
 
 

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from ragvid.pipelines.neighbours import materialize_neighbours
-from ragvid.pipelines.retrieval import Retriever
+from ragvid.pipelines.index.neighbours import materialize_neighbours
+from ragvid.pipelines.index.search import Retriever
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, list_parts, read_parts
 
 
@@ -54,7 +54,7 @@ def test_neighbour_invariants(built_index, tmp_path, k, delta_min):
 
 def test_duplicates_excluded_even_without_table(built_index, tmp_path, clustered_embeddings):
     # an index without a duplicates table still excludes copies by cosine with the query
-    from ragvid.pipelines.index import build_index
+    from ragvid.pipelines.index.build import build_index
     from ragvid.schemas import IndexConfig
 
     folder, _, truth = clustered_embeddings

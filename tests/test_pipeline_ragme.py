@@ -216,7 +216,7 @@ def test_bad_input_is_named(pipe, tiny_base_dir, tmp_path):
 
 
 def test_generates_through_a_built_workspace_index(pipe, built_index, keyword_encoder):
-    """The adapter over ragvid.pipelines.retrieval.Retriever feeds the pipeline end to end."""
+    """The adapter over ragvid.pipelines.index.search.Retriever feeds the pipeline end to end."""
     from ragvid.model.retrieval_source import RetrieverSource
     from ragvid.schemas import RetrievalConfig
 

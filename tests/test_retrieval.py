@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragvid.pipelines.index import build_index
-from ragvid.pipelines.retrieval import Retriever, select_filtered
+from ragvid.pipelines.index.build import build_index
+from ragvid.pipelines.index.search import Retriever, select_filtered
 from ragvid.schemas import IndexConfig, RetrievalConfig
 
 

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from ragvid.pipelines.synth import (
+from ragvid.pipelines.corpus.synth import (
     BAD_KINDS,
     COLOURS,
     CSV_COLUMNS,
@@ -147,7 +147,7 @@ def test_default_size_covers_every_shape_colour_several_times():
 def test_distinct_clips_of_one_shape_colour_differ_in_axis_or_background():
     """Two clips of one shape+colour sliding along one axis on one background are near-copies
     to a frame-mean embedding; the demo corpus never makes them (its dedup truth relies on it)."""
-    from ragvid.pipelines.synth import _STYLE_AXES
+    from ragvid.pipelines.corpus.synth import _STYLE_AXES
 
     axis_of = {m: a for a, ms in _STYLE_AXES.items() for m in ms}
     seen = collections.Counter(

@@ -6,17 +6,18 @@ vector are stored too. A frame-mean embedding is blind to frame order: it retrie
 in the video (objects, colours, scene, how far things spread over the clip) but cannot tell a
 motion from its reverse (left vs right, zoom in vs out).
 
-The manifest is cut into deterministic parts of ``part_size`` rows (sorted by ``video_id``).
-Part ``i`` writes ``embeddings/<encoder-slug>/part-i.parquet``, its quarantined rows to
-``failures/<encoder-slug>/part-i.parquet`` and then ``part-i.done`` holding the part's stats;
-a part with a marker is never recomputed. ``embed_part`` does one part in-process (what a
-Prefect task per part calls); ``ragvid.pipelines.ray_embed.embed_corpus`` runs all parts on
-Ray Data with the same row functions. Rows = embedded + quarantined, checked per part.
+:class:`EmbedStage` follows the stage contract of :mod:`ragvid.pipelines.executor`: ``plan``
+cuts the manifest into deterministic parts of ``part_size`` rows (:mod:`..corpus.parts`, from
+file footers); ``run`` writes ``embeddings/<encoder-slug>/part-i.parquet`` and its quarantined
+rows to ``failures/<encoder-slug>/part-i.parquet``; the executor then writes ``part-i.done``
+with the part's stats, and never recomputes a part that has one. The in-process loop, Ray
+tasks and the Ray Data streaming pipeline (:mod:`.ray_data`) run the same row functions;
+:func:`ragvid.pipelines.embed.run.embed_corpus` picks one. Rows = embedded + quarantined,
+checked per part and over the corpus.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -25,22 +26,33 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from ragvid.pipelines.corpus.parts import (
+    ManifestSlice,
+    SliceReader,
+    manifest_files,
+    plan_slices,
+)
+from ragvid.pipelines.embed.decode import DECODE_STAGE, decode_row
+from ragvid.pipelines.embed.encoder import ClipEncoder, load_encoder
+from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
+from ragvid.pipelines.executor.base import (
+    LocalExecutor,
+    Part,
+    done_set,
+    finish_part,
+    is_planned_done,
+)
 from ragvid.schemas import EMBEDDINGS, FAILURES, MANIFEST, EmbedConfig
 from ragvid.schemas.io import (
-    done_marker,
+    clear_done,
     exists,
-    is_done,
     join,
-    list_parts,
+    part_name,
     read_done,
-    read_parts,
     read_table,
     write_table,
 )
-from ragvid.schemas.workspace import Workspace, slug
-
-from .decode import DECODE_STAGE, decode_row
-from .encoder import LOCAL_DIR, PRESETS, ClipEncoder, load_encoder
+from ragvid.schemas.workspace import Workspace
 
 ENCODE_STAGE = "encode"
 
@@ -56,49 +68,28 @@ def video_embedding(frame_emb: np.ndarray) -> np.ndarray:
     return m / np.maximum(np.linalg.norm(m, axis=-1, keepdims=True), 1e-12)
 
 
-def encoder_id(spec: str) -> str:
-    """The id ``load_encoder(spec).id`` will have, without loading the model."""
-    spec = spec.strip()
-    name = spec.removeprefix("preset:")
-    if name in PRESETS:
-        p = PRESETS[name]
-        return f"open_clip:{p.arch}/{p.pretrained}" if p.pretrained else f"preset:{name}"
-    if spec.startswith(LOCAL_DIR):
-        return LOCAL_DIR + os.path.abspath(spec[len(LOCAL_DIR) :])
-    if spec.startswith("open_clip:") and "/" in spec:
-        arch, pretrained = spec[len("open_clip:") :].split("/", 1)
-        if os.path.isfile(pretrained):
-            return f"open_clip:{arch}/{os.path.abspath(pretrained)}"
-    return spec
+def embeddings_dir(workspace: Workspace, corpus: str, encoder: str | EncoderSpec) -> str:
+    """Where the embeddings of ``corpus`` made with ``encoder`` (any spec form) live."""
+    return workspace.embeddings(corpus, parse_encoder(encoder, workspace.root).slug)
 
 
-def embeddings_dir(workspace: Workspace, corpus: str, encoder: str) -> str:
-    """Where the embeddings of ``corpus`` made with ``encoder`` (a spec or id) live."""
-    return workspace.embeddings(corpus, slug(encoder_id(encoder)))
-
-
-def failures_dir(workspace: Workspace, corpus: str, encoder: str) -> str:
+def failures_dir(workspace: Workspace, corpus: str, encoder: str | EncoderSpec) -> str:
     """Quarantined rows of the embedding stage for ``corpus`` and ``encoder``."""
-    return join(workspace.failures(corpus), slug(encoder_id(encoder)))
+    return workspace.failures(corpus, parse_encoder(encoder, workspace.root).slug)
 
 
 # --- plan ------------------------------------------------------------------------------------
 
 
 @dataclass
-class PartPlan:
-    """Rows ``[start, stop)`` of the sorted manifest, written to ``uri`` (+ its marker)."""
+class PartPlan(Part):
+    """Part ``index``: manifest slice ``source`` → ``uri`` (+ ``failures_uri``, + its marker)."""
 
-    index: int
-    start: int
-    stop: int
-    uri: str
-    failures_uri: str
-    done: bool
+    failures_uri: str = ""
 
     @property
-    def rows(self) -> int:
-        return self.stop - self.start
+    def slice(self) -> ManifestSlice:
+        return self.source
 
 
 @dataclass
@@ -120,53 +111,111 @@ class PartStats:
     skipped: bool = False
 
     @classmethod
+    def from_dict(cls, data: dict) -> PartStats:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
     def from_marker(cls, part_uri: str) -> PartStats:
-        data = read_done(part_uri)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**{**known, "skipped": True})
+        return cls.from_dict({**read_done(part_uri), "skipped": True})
+
+
+class EmbedStage:
+    """The embedding stage over one corpus with one encoder (see the module docstring).
+
+    Picklable (Ray tasks): the encoder and the manifest reader load lazily in the process
+    that runs a part.
+    """
+
+    name = "embed"
+
+    def __init__(
+        self,
+        workspace: Workspace | str,
+        corpus: str,
+        config: EmbedConfig,
+        encoder: ClipEncoder | None = None,
+    ) -> None:
+        self.ws = Workspace.at(workspace)
+        self.corpus, self.config = corpus, config
+        self.spec: EncoderSpec = parse_encoder(config.encoder, self.ws)
+        self.output = self.ws.embeddings(corpus, self.spec.slug)
+        self.failures = self.ws.failures(corpus, self.spec.slug)
+        if encoder is not None and encoder.id != self.spec.id:
+            raise ValueError(
+                f"encoder '{encoder.id}' does not match config.encoder '{config.encoder}' "
+                f"(id '{self.spec.id}'): the output folder is named after the config's encoder "
+                "— pass the matching encoder"
+            )
+        self._encoder = encoder
+        self._reader: SliceReader | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_encoder": None, "_reader": None}
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        if self._encoder is None:
+            self._encoder = load_encoder(self.spec, batch_size=self.config.batch_size)
+        return self._encoder
+
+    @property
+    def reader(self) -> SliceReader:
+        if self._reader is None:
+            self._reader = SliceReader()
+        return self._reader
+
+    def plan(self) -> list[PartPlan]:
+        """Parts of ``part_size`` manifest rows with their done state: manifest footers and
+        one listing of the output folder — O(files + parts), no row data read."""
+        slices = plan_slices(self.ws.manifest(self.corpus), self.config.part_size, self.corpus)
+        markers = done_set(self.output)
+        plans = []
+        for i, sl in enumerate(slices):
+            name = part_name(i)
+            uri = join(self.output, name)
+            plans.append(
+                PartPlan(
+                    index=i,
+                    uri=uri,
+                    done=is_planned_done(uri, markers),
+                    rows=sl.rows,
+                    source=sl,
+                    failures_uri=join(self.failures, name),
+                )
+            )
+        return plans
+
+    def rows(self, plan: PartPlan) -> list[dict]:
+        return self.reader.rows(plan.slice)
+
+    def run(self, part: PartPlan) -> dict:
+        started = time.perf_counter()
+        out = embed_rows(self.rows(part), self.encoder, self.config)
+        stats = write_part(
+            part,
+            out,
+            self.encoder.id,
+            self.encoder.dim,
+            self.config,
+            seconds=time.perf_counter() - started,
+            random_weights=self.spec.random,
+        )
+        return asdict(stats)
 
 
 def load_manifest(workspace: Workspace, corpus: str) -> pa.Table:
-    """The corpus manifest (id, uri, caption), sorted by ``video_id`` so parts are stable."""
+    """The whole corpus manifest (id, uri, caption) in part order — for small corpora only
+    (encoder fitting, tests); stages read their part's slice instead."""
     folder = workspace.manifest(corpus)
-    if not list_parts(folder):
-        raise FileNotFoundError(
-            f"corpus '{corpus}' has no manifest at {folder} — run `ragvid corpus ingest` first"
-        )
-    table = read_parts(folder, MANIFEST, columns=["video_id", "uri", "caption"])
-    table = table.sort_by("video_id")
-    ids = table.column("video_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise ValueError(
-            f"manifest of corpus '{corpus}' has duplicate video_id '{dup}' — re-ingest it "
-            "(the ingest de-duplicates by key)"
-        )
-    return table
+    files = manifest_files(folder, corpus)
+    return pa.concat_tables(
+        [read_table(f, MANIFEST, columns=["video_id", "uri", "caption"]) for f in files]
+    )
 
 
-def plan_parts(
-    workspace: Workspace, corpus: str, config: EmbedConfig, manifest: pa.Table | None = None
-) -> list[PartPlan]:
+def plan_parts(workspace: Workspace, corpus: str, config: EmbedConfig) -> list[PartPlan]:
     """Deterministic parts of ``config.part_size`` manifest rows, each with its done state."""
-    manifest = load_manifest(workspace, corpus) if manifest is None else manifest
-    out_dir = embeddings_dir(workspace, corpus, config.encoder)
-    fail_dir = failures_dir(workspace, corpus, config.encoder)
-    plans = []
-    for i, start in enumerate(range(0, len(manifest), config.part_size)):
-        name = f"part-{i:05d}.parquet"
-        uri = join(out_dir, name)
-        plans.append(
-            PartPlan(
-                index=i,
-                start=start,
-                stop=min(start + config.part_size, len(manifest)),
-                uri=uri,
-                failures_uri=join(fail_dir, name),
-                done=is_done(uri),
-            )
-        )
-    return plans
+    return EmbedStage(workspace, corpus, config).plan()
 
 
 # --- row functions (shared by the in-process and the Ray paths) ------------------------------
@@ -249,11 +298,10 @@ def write_part(
     *,
     seconds: float,
     attempt: int = 1,
+    random_weights: bool = False,
 ) -> PartStats:
-    """Write a part's embeddings, its failures and then its done marker (in that order, so a
+    """Write a part's embeddings and its failures (the executor writes the marker after, so a
     marker always means both files are complete). Checks rows = embedded + quarantined."""
-    from ragvid.schemas.io import mark_done
-
     enc_id = encoder_id_
     if len(rows) != plan.rows:
         raise RuntimeError(
@@ -261,13 +309,13 @@ def write_part(
             "was lost or duplicated; the part is not marked done"
         )
     emb, fail = rows_to_tables(rows, plan.index, enc_id, config.storage_dtype, attempt)
-    cfg = config.model_dump()
-    write_table(plan.failures_uri, fail, FAILURES, config=cfg)
+    cfg = {**config.model_dump(), "encoder_id": enc_id, "encoder_random_weights": random_weights}
     if config.storage_dtype == "float16":
         write_table(plan.uri, emb, EMBEDDINGS, dim=dim, encoder=enc_id, config=cfg)
     else:
         _write_float32(plan.uri, emb, dim, enc_id, cfg)
-    stats = PartStats(
+    write_table(plan.failures_uri, fail, FAILURES, config=cfg)
+    return PartStats(
         part=plan.index,
         rows=plan.rows,
         embedded=emb.num_rows,
@@ -279,10 +327,7 @@ def write_part(
         encode_s=round(sum(r.get("encode_s", 0.0) for r in rows), 3),
         encoder=enc_id,
         attempt=attempt,
-        finished_at=time.time(),
     )
-    mark_done(plan.uri, asdict(stats))
-    return stats
 
 
 def _write_float32(uri: str, emb: pa.Table, dim: int | None, enc_id: str, cfg: dict) -> None:
@@ -328,45 +373,29 @@ def embed_part(
     encoder: ClipEncoder | None = None,
 ) -> PartStats:
     """Embed manifest part ``part`` in this process; a part already done is skipped."""
-    manifest = load_manifest(workspace, corpus)
-    plans = plan_parts(workspace, corpus, config, manifest)
+    stage = EmbedStage(workspace, corpus, config, encoder)
+    plans = stage.plan()
     if not 0 <= part < len(plans):
         raise ValueError(f"part={part}: corpus '{corpus}' has parts 0…{len(plans) - 1}")
-    plan = plans[part]
-    if plan.done:
-        return PartStats.from_marker(plan.uri)
-    started = time.perf_counter()
-    encoder = encoder or load_encoder(config.encoder, batch_size=config.batch_size)
-    _check_encoder(encoder, config)
-    rows = manifest.slice(plan.start, plan.rows).to_pylist()
-    out = embed_rows(rows, encoder, config)
-    return write_part(
-        plan, out, encoder.id, encoder.dim, config, seconds=time.perf_counter() - started
-    )
-
-
-def _check_encoder(encoder: ClipEncoder, config: EmbedConfig) -> None:
-    if encoder.id != encoder_id(config.encoder):
-        raise ValueError(
-            f"encoder '{encoder.id}' does not match config.encoder '{config.encoder}' "
-            f"(id '{encoder_id(config.encoder)}'): the output folder is named after the config's "
-            "encoder — pass the matching encoder"
-        )
+    result = LocalExecutor().run(stage, parts=[plans[part]])
+    return PartStats.from_dict(result.stats[0])
 
 
 # --- retry quarantined rows ------------------------------------------------------------------
 
 
 def retry_part(
+    stage: EmbedStage,
     plan: PartPlan,
-    manifest: pa.Table,
-    config: EmbedConfig,
     process: Callable[[list[dict]], list[dict]],
-    encoder_id_: str,
-    dim: int,
 ) -> PartStats | None:
     """Reprocess only the quarantined rows of a finished part; rows that now succeed move from
-    the failures part into the embeddings part. Returns ``None`` if nothing was quarantined."""
+    the failures part into the embeddings part. Returns ``None`` if nothing was quarantined.
+
+    The marker is removed before either file is rewritten and written back last, so a crash or
+    a full disk in between leaves the part unfinished (the next run recomputes it) — never a
+    valid marker over half-rewritten files.
+    """
     if not plan.done or not exists(plan.failures_uri):
         return None
     fail = read_table(plan.failures_uri, FAILURES)
@@ -376,29 +405,33 @@ def retry_part(
     prev = read_done(plan.uri)
     attempt = int(max(fail.column("attempt").to_pylist())) + 1
     ids = set(fail.column("video_id").to_pylist())
-    part_rows = manifest.slice(plan.start, plan.rows).to_pylist()
-    retry = [r for r in part_rows if r["video_id"] in ids]
-    redone = {r["video_id"]: r for r in process(retry)}
-    old = read_table(plan.uri, EMBEDDINGS)
-    old_rows = {r["video_id"]: r for r in old.to_pylist()}
-    merged = []
-    for r in part_rows:
-        vid = r["video_id"]
-        merged.append(old_rows.get(vid) or redone[vid])
+    part_rows = stage.rows(plan)
+    redone = {r["video_id"]: r for r in process([r for r in part_rows if r["video_id"] in ids])}
+    old_rows = {r["video_id"]: r for r in read_table(plan.uri, EMBEDDINGS).to_pylist()}
+    merged = [old_rows.get(r["video_id"]) or redone[r["video_id"]] for r in part_rows]
+    clear_done(plan.uri)
+    plan.done = False
     stats = write_part(
         plan,
         merged,
-        encoder_id_,
-        dim,
-        config,
+        stage.spec.id,
+        int(prev.get("dim", 0)) or _dim_of(old_rows, redone),
+        stage.config,
         seconds=time.perf_counter() - started,
         attempt=attempt,
+        random_weights=stage.spec.random,
     )
     stats.seconds = round(float(prev.get("seconds", 0.0)) + stats.seconds, 3)
-    from ragvid.schemas.io import mark_done
-
-    mark_done(plan.uri, asdict(stats))
+    finish_part(plan, asdict(stats))
     return stats
+
+
+def _dim_of(*row_maps: dict) -> int:
+    for rows in row_maps:
+        for r in rows.values():
+            if r.get("video_emb") is not None:
+                return len(r["video_emb"])
+    raise RuntimeError("cannot tell the embedding dimension: no row of the part embedded")
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -421,6 +454,7 @@ class EmbedReport:
     frames: int
     seconds: float
     part_stats: list[PartStats] = field(default_factory=list)
+    random_weights: bool = False
 
     @property
     def videos_per_s(self) -> float:
@@ -434,9 +468,7 @@ class EmbedReport:
 
 
 def summarize(
-    workspace: Workspace,
-    corpus: str,
-    config: EmbedConfig,
+    stage: EmbedStage,
     plans: list[PartPlan],
     stats: list[PartStats],
     seconds: float,
@@ -447,18 +479,18 @@ def summarize(
     quarantined = sum(s.quarantined for s in stats)
     if len(stats) == len(plans) and embedded + quarantined != rows:
         raise RuntimeError(
-            f"corpus '{corpus}': {embedded} embedded + {quarantined} quarantined != {rows} "
+            f"corpus '{stage.corpus}': {embedded} embedded + {quarantined} quarantined != {rows} "
             "manifest rows — the part markers disagree with the manifest (was it re-ingested? "
-            f"delete {embeddings_dir(workspace, corpus, config.encoder)} and re-embed)"
+            f"delete {stage.output} and re-embed)"
         )
     by_class: Counter = Counter()
     for s in stats:
         by_class.update(s.by_class)
     return EmbedReport(
-        corpus=corpus,
-        encoder=encoder_id(config.encoder),
-        output=embeddings_dir(workspace, corpus, config.encoder),
-        failures=failures_dir(workspace, corpus, config.encoder),
+        corpus=stage.corpus,
+        encoder=stage.spec.id,
+        output=stage.output,
+        failures=stage.failures,
         parts=len(plans),
         parts_skipped=sum(1 for s in stats if s.skipped),
         rows=rows,
@@ -468,8 +500,5 @@ def summarize(
         frames=sum(s.frames for s in stats),
         seconds=round(seconds, 3),
         part_stats=stats,
+        random_weights=stage.spec.random,
     )
-
-
-def marker_of(plan: PartPlan) -> str:
-    return done_marker(plan.uri)

@@ -1,6 +1,6 @@
 """The manifest ETL on Apache Beam: read → validate → dedup by id → sharded Parquet.
 
-Beam only wires the plain functions of :mod:`ragvid.pipelines.manifest`: a file per element
+Beam only wires the plain functions of :mod:`ragvid.pipelines.corpus.manifest`: a file per element
 is read into raw records, each record is validated (bad ones go to a rejects output), valid
 rows are grouped by ``video_id`` (``GroupByKey``; the first by (file, row) wins, the others
 are rejected as duplicates), then grouped by a stable hash of the id into ``num_shards``
@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ragvid.pipelines.manifest import (
+from ragvid.pipelines.corpus.manifest import (
     InputFile,
     InputPlan,
     dedup_group,

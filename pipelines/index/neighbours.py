@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ragvid.pipelines.index.build import INDEX_JSON
+from ragvid.pipelines.index.dedup import read_duplicates
+from ragvid.pipelines.index.search import Retriever, batch_dot
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, is_done, mark_done, write_table
 from ragvid.schemas.io import join, list_parts, output_lock, read_done, read_json
-
-from .dedup import read_duplicates
-from .index import INDEX_JSON
-from .retrieval import Retriever, batch_dot
 
 
 @dataclass

@@ -11,10 +11,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ragvid.flows.cli.common import (
+    DEFAULT_WORKSPACE,
+    WorkspaceOpt,
+    app,
+    console,
+    index_app,
+    progress,
+    user_errors,
+)
 from ragvid.schemas import IndexConfig, RetrievalConfig, Workspace, list_parts
 from ragvid.schemas.io import exists, join
-
-from .cli_common import WorkspaceOpt, app, console, index_app, progress, user_errors
 
 MODES = {
     "dense": "dense",
@@ -26,8 +33,8 @@ MODES = {
 
 
 def _embeddings_dir(ws: Workspace, corpus: str, encoder: str) -> str:
-    from ragvid.pipelines.embed import embeddings_dir
-    from ragvid.pipelines.encoder import resolve_encoder_spec
+    from ragvid.pipelines.embed.encoder import resolve_encoder_spec
+    from ragvid.pipelines.embed.stage import embeddings_dir
 
     path = embeddings_dir(ws, corpus, resolve_encoder_spec(encoder, ws.root))
     if not list_parts(path):
@@ -41,7 +48,7 @@ def _embeddings_dir(ws: Workspace, corpus: str, encoder: str) -> str:
 def _index_dir(ws: Workspace, name: str) -> str:
     path = ws.index(name)
     if not exists(join(path, "index.json")):
-        from ragvid.pipelines.index import list_indexes
+        from ragvid.pipelines.index.build import list_indexes
 
         have = [m.path.rstrip("/").rsplit("/", 1)[-1] for m in list_indexes(ws.root)]
         raise FileNotFoundError(f"no index '{name}' in {ws.root}. Available: {have or 'none'}")
@@ -49,8 +56,8 @@ def _index_dir(ws: Workspace, name: str) -> str:
 
 
 def _encoder(spec: str | None, index_dir: str, workspace: str):
-    from ragvid.pipelines.encoder import load_encoder, resolve_encoder_spec
-    from ragvid.pipelines.index import IndexManifest
+    from ragvid.pipelines.embed.encoder import load_encoder, resolve_encoder_spec
+    from ragvid.pipelines.index.build import IndexManifest
 
     return load_encoder(
         resolve_encoder_spec(spec or IndexManifest.load(index_dir).encoder, workspace)
@@ -72,10 +79,10 @@ def build(
     ] = False,
     ray: Annotated[bool, typer.Option(help="Fill shards with Ray tasks.")] = True,
     force: Annotated[bool, typer.Option(help="Rebuild even if up to date.")] = False,
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Build a sharded FAISS index over a corpus's per-video embeddings."""
-    from ragvid.pipelines.index import build_index
+    from ragvid.pipelines.index.build import build_index
 
     ws = Workspace.at(workspace).ensure_writable()
     emb = _embeddings_dir(ws, corpus, encoder)
@@ -108,10 +115,10 @@ def dedup(
         typer.Option(help="Aligned-frame agreement a pair must also reach (-1: skip the check)."),
     ] = 0.95,
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram."""
-    from ragvid.pipelines.dedup import find_duplicates
+    from ragvid.pipelines.index.dedup import find_duplicates
 
     ws = Workspace.at(workspace).ensure_writable()
     emb = _embeddings_dir(ws, corpus, encoder)
@@ -129,9 +136,9 @@ def dedup(
 
 @index_app.command("list")
 @user_errors
-def list_(workspace: WorkspaceOpt = "ragvid-workspace") -> None:
+def list_(workspace: WorkspaceOpt = DEFAULT_WORKSPACE) -> None:
     """List the indexes of the workspace."""
-    from ragvid.pipelines.index import list_indexes
+    from ragvid.pipelines.index.build import list_indexes
 
     mans = list_indexes(Workspace.at(workspace).root)
     if not mans:
@@ -168,10 +175,10 @@ def search(
     delta_min: Annotated[
         float | None, typer.Option(help="Minimum cosine for text queries (default: off).")
     ] = None,
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Text→video search over a named index, with RAGME's filters."""
-    from ragvid.pipelines.retrieval import Retriever
+    from ragvid.pipelines.index.search import Retriever
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
@@ -201,10 +208,10 @@ def neighbours(
     delta_min: Annotated[float, typer.Option(help="δ_min for video→video.")] = 0.6,
     delta_dedup: Annotated[float, typer.Option(help="δ_dedup.")] = 0.965,
     part_size: Annotated[int, typer.Option(help="Videos per output part.")] = 10_000,
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Materialise training neighbour lists (query and its duplicates excluded); resumable."""
-    from ragvid.pipelines.neighbours import materialize_neighbours
+    from ragvid.pipelines.index.neighbours import materialize_neighbours
 
     ws = Workspace.at(workspace).ensure_writable()
     path = _index_dir(ws, index)
@@ -237,10 +244,10 @@ def inspect(
     k: Annotated[int, typer.Option("-k", "--k", help="Videos to show.")] = 5,
     mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid | rrf")] = "dense",
     out: Annotated[str | None, typer.Option(help="Folder (default: <index>/inspect).")] = None,
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Write an HTML page + PNG contact sheet of the first frames of the K retrieved videos."""
-    from ragvid.pipelines.inspect_page import write_inspection
+    from ragvid.pipelines.index.inspect_page import write_inspection
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import app, console, user_errors
+from ragvid.flows.cli.common import DEFAULT_WORKSPACE, app, console, user_errors
 
 
 @app.command()
@@ -36,8 +36,8 @@ def serve(
     Runs show up in the Prefect UI of the server PREFECT_API_URL points at; start one with
     `prefect server start` (or infra/start-prefect-server.sh) first.
     """
-    from .deployments import check_spec, load_specs, runner_deployments
-    from .deployments import serve as do_serve
+    from ragvid.flows.deployments import check_spec, load_specs, runner_deployments
+    from ragvid.flows.deployments import serve as do_serve
 
     specs = load_specs(file)
     if only:
@@ -83,10 +83,10 @@ RayOpt = Annotated[
 
 @run_app.command("status")
 @user_errors
-def run_status(workspace: WsOpt = "ragvid-workspace") -> None:
+def run_status(workspace: WsOpt = DEFAULT_WORKSPACE) -> None:
     """Count what a workspace holds (the `workspace-status` flow)."""
-    from .preflight import check_workspace
-    from .status_flow import workspace_status_flow
+    from ragvid.flows.preflight import check_workspace
+    from ragvid.flows.status_flow import workspace_status_flow
 
     check_workspace(workspace)
     out = _run(workspace_status_flow, workspace=workspace)
@@ -95,7 +95,12 @@ def run_status(workspace: WsOpt = "ragvid-workspace") -> None:
 
 def _run(flow_fn, ray_address: str | None = None, **params):
     """Preflight (Prefect server, Ray address) then run the flow with ragvid's settings."""
-    from .preflight import check_prefect_api, check_ray_address, flow_settings, quiet_user_errors
+    from ragvid.flows.preflight import (
+        check_prefect_api,
+        check_ray_address,
+        flow_settings,
+        quiet_user_errors,
+    )
 
     check_prefect_api()
     check_ray_address(ray_address)
@@ -109,7 +114,7 @@ def _run(flow_fn, ray_address: str | None = None, **params):
 @user_errors
 def run_build_index(
     corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus name in the workspace.")],
-    workspace: WsOpt = "ragvid-workspace",
+    workspace: WsOpt = DEFAULT_WORKSPACE,
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="Ingest this corpus source first.")
     ] = None,
@@ -124,8 +129,8 @@ def run_build_index(
     ray_address: RayOpt = None,
 ) -> None:
     """Ingest → embed (a task per part) → dedup → index → inspection → report."""
-    from .build_index import build_index_flow
-    from .preflight import check_manifest, check_ray_address, check_workspace
+    from ragvid.flows.build_index import build_index_flow
+    from ragvid.flows.preflight import check_manifest, check_ray_address, check_workspace
 
     if engine not in ("ray", "local"):
         raise ValueError(f"--engine {engine!r}: use 'ray' or 'local'")
@@ -158,16 +163,15 @@ def run_build_index(
 @user_errors
 def run_neighbours(
     index: Annotated[str, typer.Option("--index", help="Index name in the workspace.")],
-    workspace: WsOpt = "ragvid-workspace",
+    workspace: WsOpt = DEFAULT_WORKSPACE,
     k: Annotated[int, typer.Option("-k", help="Neighbours per video.")] = 5,
     name: Annotated[str | None, typer.Option(help="Output name (default: the index).")] = None,
     ray_address: RayOpt = None,
 ) -> None:
     """Materialise training neighbour lists from an index."""
+    from ragvid.flows.neighbours_flow import neighbours_flow
+    from ragvid.flows.preflight import check_workspace
     from ragvid.schemas.io import exists, join
-
-    from .neighbours_flow import neighbours_flow
-    from .preflight import check_workspace
 
     ws = check_workspace(workspace)
     if not exists(join(ws.index(index), "index.json")):
@@ -182,7 +186,7 @@ def run_finetune(
     corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus of the training videos.")],
     index: Annotated[str, typer.Option("--index", help="Index the neighbours came from.")],
     run: Annotated[str, typer.Option("--run", help="Run name (under <workspace>/runs/).")],
-    workspace: WsOpt = "ragvid-workspace",
+    workspace: WsOpt = DEFAULT_WORKSPACE,
     base: Annotated[
         str | None, typer.Option(help="Diffusers base folder (default: the tiny preset).")
     ] = None,
@@ -191,8 +195,8 @@ def run_finetune(
     max_steps: Annotated[int | None, typer.Option(help="Override the recipe's steps.")] = None,
 ) -> None:
     """Fine-tune the RAGME adapter on the index's neighbour lists (the `finetune` flow)."""
-    from .finetune_flow import finetune_flow
-    from .preflight import check_workspace
+    from ragvid.flows.finetune_flow import finetune_flow
+    from ragvid.flows.preflight import check_workspace
 
     check_workspace(workspace)
     out = _run(
@@ -212,7 +216,7 @@ def run_finetune(
 @run_app.command("generate")
 @user_errors
 def run_generate(
-    workspace: WsOpt = "ragvid-workspace",
+    workspace: WsOpt = DEFAULT_WORKSPACE,
     prompts: Annotated[str | None, typer.Option(help="Prompt file (.txt/.csv/.parquet).")] = None,
     index: Annotated[str | None, typer.Option(help="Retrieval index name.")] = None,
     run: Annotated[str | None, typer.Option(help="Trained adapter run.")] = None,
@@ -224,8 +228,8 @@ def run_generate(
     tiny: Annotated[bool, typer.Option(help="Tiny CPU generation settings.")] = True,
 ) -> None:
     """Batch generation (the `batch-generate` flow that the nightly schedule runs)."""
-    from .generate_flow import batch_generate_flow
-    from .preflight import check_workspace
+    from ragvid.flows.generate_flow import batch_generate_flow
+    from ragvid.flows.preflight import check_workspace
 
     check_workspace(workspace)
     out = _run(
@@ -250,7 +254,7 @@ def run_generate(
 def run_evaluate(
     corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus of the reference videos.")],
     index: Annotated[str, typer.Option("--index", help="Retrieval index name.")],
-    workspace: WsOpt = "ragvid-workspace",
+    workspace: WsOpt = DEFAULT_WORKSPACE,
     run: Annotated[str | None, typer.Option(help="Trained adapter run.")] = None,
     name: Annotated[str, typer.Option(help="Evaluation name (under <workspace>/evals/).")] = "eval",
     prompts: Annotated[str | None, typer.Option(help="Prompt file.")] = None,
@@ -258,8 +262,8 @@ def run_evaluate(
     tiny: Annotated[bool, typer.Option(help="Tiny CPU generation settings.")] = True,
 ) -> None:
     """Compare methods (FVD/KVD, copy detection, latency) — the `evaluate` flow."""
-    from .evaluate_flow import evaluate_flow
-    from .preflight import check_workspace
+    from ragvid.flows.evaluate_flow import evaluate_flow
+    from ragvid.flows.preflight import check_workspace
 
     check_workspace(workspace)
     out = _run(

@@ -12,9 +12,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from ragvid.pipelines.embed.decode import decode_row
 from ragvid.schemas import EmbedConfig
-
-from .decode import decode_row
 
 
 def pack(a: np.ndarray | None) -> tuple[bytes, bytes]:
@@ -49,4 +48,25 @@ def decode_batch(batch: dict, config: dict, short_side: int | None) -> dict:
         out["error_class"].append(dec["error_class"] or "")
         out["message"].append(dec["message"])
         out["decode_s"].append(dec["decode_s"])
+    return {k: np.array(v, dtype=object) for k, v in out.items()}
+
+
+_READER = None
+
+
+def read_slices_batch(batch: dict) -> dict:
+    """Ray task: the manifest rows of the batch's parts (one item per part), tagged with the
+    part index. Reading happens in the workers; the driver only holds part descriptors."""
+    global _READER
+    from ragvid.pipelines.corpus.parts import ManifestSlice, SliceReader
+
+    if _READER is None:
+        _READER = SliceReader()
+    out = defaultdict(list)
+    for i in range(len(batch["part"])):
+        sl = ManifestSlice(str(batch["file"][i]), int(batch["start"][i]), int(batch["stop"][i]))
+        for row in _READER.rows(sl):
+            for k in ("video_id", "uri", "caption"):
+                out[k].append(row[k])
+            out["part"].append(int(batch["part"][i]))
     return {k: np.array(v, dtype=object) for k, v in out.items()}

@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from .cli_common import WorkspaceOpt, app, console, user_errors
+from ragvid.flows.cli.common import DEFAULT_WORKSPACE, WorkspaceOpt, app, console, user_errors
 
 
 @app.command()
 @user_errors
 def demo(
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     small: Annotated[bool, typer.Option("--small", help="A ~1-minute corpus (tests, CI).")] = False,
     engine: Annotated[
         str, typer.Option(help="'ray' (embed parts as Ray tasks) or 'local' (in-process).")
@@ -33,8 +33,13 @@ def demo(
 
     from prefect.settings import PREFECT_HOME
 
-    from .demo import demo_flow
-    from .preflight import check_prefect_api, check_ray_address, flow_settings, quiet_user_errors
+    from ragvid.flows.demo import demo_flow
+    from ragvid.flows.preflight import (
+        check_prefect_api,
+        check_ray_address,
+        flow_settings,
+        quiet_user_errors,
+    )
 
     if engine not in ("ray", "local"):
         raise ValueError(f"--engine {engine!r}: use 'ray' or 'local'")

@@ -15,9 +15,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ragvid.pipelines.index.build import CorruptShardError, IndexManifest
 from ragvid.schemas.io import fs_and_path, join
-
-from .index import CorruptShardError, IndexManifest
 
 
 def _missing(uri: str, what: str) -> CorruptShardError:

@@ -1,6 +1,6 @@
 """The ``ragvid`` command line: one entry point, a subcommand per job.
 
-Each area registers its commands from its own module (``cli_corpus``, ``cli_embed``, …) so
+Each area registers its commands from its own module (``cli/corpus.py``, ``cli/embed.py``, …) so
 that the CLI, the Python API and the Prefect flows call the same stage functions.
 """
 
@@ -11,18 +11,18 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from .cli_common import app  # noqa: E402
+from ragvid.flows.cli.common import app  # noqa: E402
 
 
 def _register() -> None:
     """Import every area's CLI module; each registers its commands on ``app``."""
     from . import (  # noqa: F401
-        cli_corpus,
-        cli_demo,
-        cli_embed,
-        cli_index,
-        cli_jobs,
-        cli_serve,
+        corpus,
+        demo,
+        embed,
+        index,
+        jobs,
+        serve,
     )
 
 

@@ -1,20 +1,10 @@
 """CLIP encoders over open_clip, with their preprocessing bound to them.
 
-Encoder specs (the clip-retrieval style ids; every embeddings table records the one it used):
-
-* ``open_clip:<arch>/<pretrained>`` — an open_clip architecture with a pretrained tag
-  (``open_clip:ViT-B-32/laion2b_s34b_b79k``, the paper's default, dim 512) or a local
-  checkpoint file (``open_clip:ViT-B-32//models/vitb32.safetensors``). Loaded by
-  ``open_clip.create_model``: tags download through open_clip's own code, so on a machine
-  without the weights cached this fails with a message saying how to provide them.
-* ``open_clip:local-dir:<folder>`` — a folder in open_clip's hub layout
-  (``open_clip_config.json`` with ``model_cfg`` + ``preprocess_cfg``, and
-  ``open_clip_model.safetensors``), as written by :func:`save_encoder` and ``ragvid encoder
-  fit``; loaded by open_clip's ``local-dir:`` schema.
-* a preset name from :func:`list_encoders` (``tiny``: a 3M-parameter CLIP, random init with a
-  fixed seed, for tests, the offline demo and benchmarks — convolutional, because it learns
-  shapes from a few hundred clips where a tiny ViT does not; ``vit-b-32-random``: ViT-B-32 cost
-  without weights).
+Specs are parsed once by :func:`ragvid.pipelines.embed.spec.parse_encoder` (presets, fitted
+workspace encoders, ``open_clip:<arch>/<tag or checkpoint>``, ``open_clip:local-dir:<folder>``);
+this module only loads what a parsed :class:`EncoderSpec` names. Pretrained tags download
+through open_clip's own code, so on a machine without the weights cached loading fails with a
+message saying how to provide them.
 
 Frames are preprocessed as one torch batch (resize per the weights' ``resize_mode``, centre
 crop, normalise with their mean/std) rather than per-frame PIL, which is what makes CPU
@@ -26,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -34,50 +23,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-LOCAL_DIR = "open_clip:local-dir:"
+from ragvid.pipelines.embed.spec import (
+    CONFIG_NAME,
+    LOCAL_DIR,
+    PRESETS,
+    WEIGHTS_NAME,
+    EncoderSpec,
+    list_encoders,
+    parse_encoder,
+)
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A named encoder: the open_clip architecture, its weights (or none) and why it exists."""
-
-    arch: str
-    pretrained: str | None
-    doc: str
-    preprocess: dict | None = None
-    seed: int = 0
-
-
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        "ragvid-tiny",
-        None,
-        "4M-param CLIP (ResNet [1,1,1,1]×16 on 64×64 squashed frames; text 2×64; dim 64), "
-        "random init (seed 0); fit it with `ragvid encoder fit`",
-        preprocess={"resize_mode": "squash"},
-    ),
-    "vit-b-32": Preset(
-        "ViT-B-32", "laion2b_s34b_b79k", "the paper's default CLIP (dim 512); needs the weights"
-    ),
-    "vit-b-32-random": Preset(
-        "ViT-B-32", None, "ViT-B-32 with random weights (same cost as real ones: benchmarks)"
-    ),
-}
+__all__ = ["ClipEncoder", "list_encoders", "load_encoder", "save_encoder"]
 
 
 def _register_configs() -> None:
     import open_clip
 
-    folder = resources.files("ragvid.pipelines") / "encoder_configs"
+    folder = resources.files("ragvid.pipelines.embed") / "encoder_configs"
     if "ragvid-tiny" not in open_clip.list_models():
         open_clip.add_model_config(str(folder))
-
-
-def list_encoders() -> dict[str, str]:
-    """Preset name → what it is (``load_encoder`` also takes full ``open_clip:`` specs)."""
-    return {name: p.doc for name, p in PRESETS.items()}
 
 
 def _default_device() -> str:
@@ -94,8 +58,10 @@ class ClipEncoder:
         encoder_id: str,
         device: str,
         batch_size: int = 256,
+        spec: EncoderSpec | None = None,
     ) -> None:
         self.model = model.eval().to(device)
+        self.spec = spec
         self.tokenizer = tokenizer
         self.id = encoder_id
         self.device = device
@@ -245,72 +211,48 @@ def _load_local_dir(folder: str, device: str):
     return model, open_clip.get_tokenizer(f"local-dir:{path}")
 
 
-def resolve_encoder_spec(spec: str, workspace: str | None = None) -> str:
-    """A bare name of an encoder fitted into the workspace (``<ws>/encoders/<name>``) becomes
-    its ``open_clip:local-dir:`` spec; presets and full specs pass through unchanged."""
-    spec = spec.strip()
-    if spec in PRESETS or ":" in spec or workspace is None:
-        return spec
-    from ragvid.schemas import Workspace
-
-    folder = Workspace.at(workspace).encoders(spec)
-    if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-        return LOCAL_DIR + os.path.abspath(folder)
-    return spec
-
-
-def load_encoder(spec: str, device: str | None = None, batch_size: int = 256) -> ClipEncoder:
-    """Load the encoder named by ``spec`` (see the module docstring for the forms)."""
+def load_encoder(
+    spec: str | EncoderSpec,
+    device: str | None = None,
+    batch_size: int = 256,
+    workspace: str | None = None,
+) -> ClipEncoder:
+    """Load the encoder ``spec`` names (parsed by ``parse_encoder``; ``workspace`` resolves
+    fitted names). The encoder's ``id`` is the spec's machine-independent id."""
     import open_clip
 
+    parsed = parse_encoder(spec, workspace)
     device = device or _default_device()
-    spec = spec.strip()
-    if spec in PRESETS or spec.startswith("preset:"):
-        name = spec.removeprefix("preset:")
-        if name not in PRESETS:
-            raise KeyError(f"unknown encoder preset '{name}'. Available: {sorted(PRESETS)}")
-        p = PRESETS[name]
+    load = parsed.load
+    if load.startswith("preset:"):
+        p = PRESETS[load.removeprefix("preset:")]
         model, tok = _build(p.arch, p.pretrained, p.preprocess, p.seed, device)
-        enc_id = f"open_clip:{p.arch}/{p.pretrained}" if p.pretrained else f"preset:{name}"
-        return ClipEncoder(model, tok, enc_id, device, batch_size)
-    if spec.startswith(LOCAL_DIR):
-        folder = os.path.abspath(spec[len(LOCAL_DIR) :])
-        model, tok = _load_local_dir(folder, device)
-        return ClipEncoder(model, tok, LOCAL_DIR + folder, device, batch_size)
-    if spec.startswith("open_clip:"):
-        body = spec[len("open_clip:") :]
-        if "/" not in body:
-            raise ValueError(
-                f"encoder spec '{spec}': expected open_clip:<arch>/<pretrained tag or checkpoint "
-                f"path>, open_clip:local-dir:<folder>, or a preset ({sorted(PRESETS)})"
-            )
-        arch, pretrained = body.split("/", 1)
+    elif load.startswith(LOCAL_DIR):
+        model, tok = _load_local_dir(load[len(LOCAL_DIR) :], device)
+    else:
+        arch, pretrained = parsed.arch, parsed.weights
         _register_configs()
         if arch not in open_clip.list_models():
             raise KeyError(
-                f"encoder spec '{spec}': unknown open_clip architecture '{arch}'. Available "
+                f"encoder spec '{parsed.id}': unknown open_clip architecture '{arch}'. Available "
                 f"(some): {open_clip.list_models()[:40]}"
             )
-        is_file = os.path.isfile(pretrained)
-        if not is_file and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if parsed.kind == "pretrained" and pretrained not in tags:
             raise FileNotFoundError(
-                f"encoder spec '{spec}': '{pretrained}' is neither a checkpoint file nor a known "
-                f"pretrained tag of {arch} (tags: {open_clip.list_pretrained_tags_by_model(arch)})"
+                f"encoder spec '{parsed.id}': '{pretrained}' is neither a checkpoint file nor a "
+                f"known pretrained tag of {arch} (tags: {tags})"
             )
         try:
             model, tok = _build(arch, pretrained, None, 0, device)
         except RuntimeError as exc:
             raise FileNotFoundError(
-                f"encoder spec '{spec}': could not load the weights ({exc}). This machine may be "
+                f"encoder '{parsed.id}': could not load the weights ({exc}). This machine may be "
                 "offline: copy the checkpoint here and use open_clip:<arch>/<path to checkpoint>, "
-                "or set HF_HUB_CACHE to a cache that holds it"
+                "set HF_HUB_CACHE to a cache that holds it, or fit a small encoder on your "
+                "corpus with `ragvid encoder fit` and pass its name"
             ) from None
-        enc_id = f"open_clip:{arch}/{os.path.abspath(pretrained) if is_file else pretrained}"
-        return ClipEncoder(model, tok, enc_id, device, batch_size)
-    raise KeyError(
-        f"unknown encoder '{spec}'. Available presets: {sorted(PRESETS)}; or "
-        "open_clip:<arch>/<pretrained tag or checkpoint path>, open_clip:local-dir:<folder>"
-    )
+    return ClipEncoder(model, tok, parsed.id, device, batch_size, spec=parsed)
 
 
 def save_encoder(model: torch.nn.Module, arch: str, out_dir: str, extra: dict | None = None) -> str:

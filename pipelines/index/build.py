@@ -315,8 +315,8 @@ def build_index(
     and counted in ``dropped``. ``ray=True`` fills shards with Ray tasks (starting a local Ray
     if none is up); ``ray=False`` uses threads unless Ray is already initialised.
     """
-    from ragvid.pipelines.bm25 import Bm25Index
-    from ragvid.pipelines.dedup import read_duplicates
+    from ragvid.pipelines.index.bm25 import Bm25Index
+    from ragvid.pipelines.index.dedup import read_duplicates
 
     t0 = time.perf_counter()
     if not force and not isinstance(embeddings, pa.Table) and exists(join(out_dir, INDEX_JSON)):
@@ -415,8 +415,8 @@ def tune_search_params(
     a point always lies in the cell it probes first); for compressed indexes after the
     retriever's 4× over-fetch and exact re-rank.
     """
-    from ragvid.pipelines.retrieval import batch_dot
-    from ragvid.pipelines.shard_search import ShardSet
+    from ragvid.pipelines.index.search import batch_dot
+    from ragvid.pipelines.index.shards import ShardSet
 
     if man.factory.replace("IDMap,", "").startswith("Flat"):
         return {}, 1.0

@@ -12,10 +12,16 @@ from typing import Annotated
 
 import typer
 
+from ragvid.flows.cli.common import (
+    DEFAULT_WORKSPACE,
+    WorkspaceOpt,
+    app,
+    console,
+    progress,
+    user_errors,
+)
 from ragvid.schemas import GenerationConfig, Workspace, slug
 from ragvid.schemas.io import exists, join
-
-from .cli_common import WorkspaceOpt, app, console, progress, user_errors
 
 BaseOpt = Annotated[
     str,
@@ -71,8 +77,8 @@ def _retrieval(ws: Workspace, index: str | None, encoder: str | None, k: int):
     if index is None:
         return None
     from ragvid.model.retrieval_source import RetrieverSource
-    from ragvid.pipelines.encoder import load_encoder
-    from ragvid.pipelines.index import IndexManifest
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.index.build import IndexManifest
     from ragvid.schemas import RetrievalConfig
 
     path = ws.index(index)
@@ -112,7 +118,7 @@ def train(
     neighbours: Annotated[str, typer.Option(help="Neighbour-list name in the workspace.")],
     corpus: Annotated[str, typer.Option(help="Corpus of the training videos + embeddings.")],
     encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
     model_preset: Annotated[
         str, typer.Option(help="Adapter sizes from this model preset (tiny | zeroscope).")
@@ -196,7 +202,7 @@ def generate(
     ],
     job: Annotated[str, typer.Option(help="Job name (under <workspace>/generations/).")],
     base: BaseOpt,
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     adapter: Annotated[str | None, typer.Option(help="Trained run name or folder.")] = None,
     index: Annotated[str | None, typer.Option(help="Retrieval index name.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Text encoder (default: index's).")] = None,
@@ -276,7 +282,7 @@ def evaluate(
     reference_corpus: Annotated[
         str, typer.Option(help="Corpus whose videos are the real set for FVD/KVD.")
     ],
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     adapter: Annotated[str | None, typer.Option(help="Trained run name or folder.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Text encoder (default: index's).")] = None,
     methods: Annotated[
@@ -363,7 +369,7 @@ def motion_transfer_cmd(
     out: Annotated[str, typer.Option(help="Output name (under <workspace>/runs/).")],
     base: BaseOpt,
     encoder: Annotated[str, typer.Option(help="CLIP encoder spec (the index's space).")],
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     iterations: Annotated[int, typer.Option(help="Overfitting steps (paper: ~50).")] = 50,
     preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
     model_preset: Annotated[str, typer.Option(help="Adapter sizes: tiny | zeroscope.")] = (
@@ -379,7 +385,7 @@ def motion_transfer_cmd(
     from ragvid.model.motion_transfer import motion_transfer
     from ragvid.model.presets import get_preset
     from ragvid.model.trainer import train_preset
-    from ragvid.pipelines.encoder import load_encoder
+    from ragvid.pipelines.embed.encoder import load_encoder
 
     if not video.is_file():
         raise FileNotFoundError(f"driving video {video} not found")

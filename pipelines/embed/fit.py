@@ -22,11 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ragvid.pipelines.embed.encoder import PRESETS, load_encoder, save_encoder
+from ragvid.pipelines.embed.stage import decode_row, load_manifest
 from ragvid.schemas import EmbedConfig, EncoderFitConfig
 from ragvid.schemas.workspace import Workspace
-
-from .embed import decode_row, load_manifest
-from .encoder import PRESETS, load_encoder, save_encoder
 
 
 def is_holdout(video_id: str, fraction: float, seed: int = 0) -> bool:

@@ -29,7 +29,7 @@ from ragvid.schemas import LockedError, SchemaMismatchError
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
-DEFAULT_WORKSPACE = "ragvid-workspace"
+from ragvid.schemas.workspace import DEFAULT_WORKSPACE  # noqa: E402,F401 - re-exported
 
 WorkspaceOpt = Annotated[
     str,

@@ -7,7 +7,7 @@ correctly) and returns them with their timestamps. Large videos are decoded at r
 
 Failures raise :class:`DecodeError` whose ``error_class`` is one of :data:`ERROR_CLASSES`. The
 time limit is real: with ``timeout_s`` set, decoding runs in a persistent helper process
-(``python -m ragvid.pipelines.decode --serve``) that is killed and restarted when a video
+(``python -m ragvid.pipelines.embed.decode --serve``) that is killed and restarted when a video
 overruns, so a decoder stuck (or crashing) inside C code never hangs or kills the caller.
 """
 
@@ -330,7 +330,7 @@ class _Helper:
     def _start(self) -> subprocess.Popen:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ragvid.pipelines.decode", "--serve"],
+            [sys.executable, "-m", "ragvid.pipelines.embed.decode", "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -344,7 +344,7 @@ class _Helper:
             proc.kill()
             proc.wait()
             raise RuntimeError(
-                "the decode helper process did not start (python -m ragvid.pipelines.decode "
+                "the decode helper process did not start (python -m ragvid.pipelines.embed.decode "
                 "--serve); check that decord and av import in this environment"
             ) from None
         return proc
@@ -482,7 +482,7 @@ def decode_row(row: dict, config: EmbedConfig, short_side: int | None) -> dict:
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    # Serve from the importable module, so replies pickle as ragvid.pipelines.decode.* types.
-    from ragvid.pipelines.decode import _serve as serve
+    # Serve from the importable module, so replies pickle as ragvid.pipelines.embed.decode.* types.
+    from ragvid.pipelines.embed.decode import _serve as serve
 
     serve()

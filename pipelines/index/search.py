@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
+from ragvid.pipelines.index.build import BM25_DIR, IDS_FILE, IndexManifest
+from ragvid.pipelines.index.shards import RayShardSet, ShardSet, read_verified, verify_file
 from ragvid.schemas import EMBEDDINGS, INDEX_IDS, MANIFEST, RetrievalConfig, read_table
 from ragvid.schemas.io import fs_and_path, join, list_parts, read_parts
-
-from .index import BM25_DIR, IDS_FILE, IndexManifest
-from .shard_search import RayShardSet, ShardSet, read_verified, verify_file
 
 Modality = Literal["text", "video", "vector"]
 TextMode = Literal["dense", "bm25", "hybrid-rerank", "rrf"]
@@ -287,7 +286,7 @@ class Retriever:
     # --- text search -----------------------------------------------------------------
 
     def bm25(self):
-        from .bm25 import Bm25Index
+        from ragvid.pipelines.index.bm25 import Bm25Index
 
         if self._bm25 is None:
             self._bm25 = Bm25Index.load(join(self.man.path, BM25_DIR))
@@ -329,7 +328,7 @@ class Retriever:
             rows, scores = np.take_along_axis(b_rows, order, 1), np.take_along_axis(cos, order, 1)
             dmin = config.delta_min("text")
         else:
-            from .bm25 import rrf_fuse
+            from ragvid.pipelines.index.bm25 import rrf_fuse
 
             d_rows, _ = self.candidates(q, c, rerank=config.rerank_exact)
             f_ids, scores = rrf_fuse([self._ids_of(d_rows), b_ids], c)

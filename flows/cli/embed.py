@@ -7,11 +7,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ragvid.schemas import EncoderFitConfig
-
-from .cli_common import WorkspaceOpt, app, console, encoder_app, progress, user_errors
+from ragvid.flows.cli.common import (
+    DEFAULT_WORKSPACE,
+    WorkspaceOpt,
+    app,
+    console,
+    encoder_app,
+    progress,
+    user_errors,
+)
+from ragvid.schemas import EmbedConfig, EncoderFitConfig
 
 _FIT = {k: f.default for k, f in EncoderFitConfig.model_fields.items()}
+_EMBED = {k: f.default for k, f in EmbedConfig.model_fields.items()}
 
 CorpusOpt = Annotated[str, typer.Option("--corpus", "-c", help="Corpus name in the workspace.")]
 
@@ -28,22 +36,34 @@ def embed(
             help="Preset (see `ragvid encoder list`), a fitted encoder's name in the workspace, "
             "open_clip:<arch>/<tag or checkpoint>, or open_clip:local-dir:<folder>.",
         ),
-    ] = "tiny",
-    workspace: WorkspaceOpt = "ragvid-workspace",
-    num_frames: Annotated[int, typer.Option(help="Frames sampled per video (T).")] = 8,
-    sampling: Annotated[str, typer.Option(help="uniform | every_n | fps")] = "uniform",
-    part_size: Annotated[int, typer.Option(help="Manifest rows per output part.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.")] = 64,
+    ] = _EMBED["encoder"],
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    num_frames: Annotated[int, typer.Option(help="Frames sampled per video (T).")] = _EMBED[
+        "num_frames"
+    ],
+    sampling: Annotated[str, typer.Option(help="uniform | every_n | fps")] = _EMBED["sampling"],
+    part_size: Annotated[int, typer.Option(help="Manifest rows per output part.")] = _EMBED[
+        "part_size"
+    ],
+    batch_size: Annotated[int, typer.Option(help="Frames per encoder batch.")] = _EMBED[
+        "batch_size"
+    ],
     num_encoders: Annotated[
         int | None, typer.Option(help="Encoder actors (default: one per GPU, else per CPU).")
     ] = None,
     num_decoders: Annotated[int | None, typer.Option(help="Decode tasks (default: CPUs).")] = None,
     decode_timeout: Annotated[float, typer.Option(help="Seconds per video before quarantine.")] = (
-        60.0
+        _EMBED["decode_timeout_s"]
     ),
-    storage_dtype: Annotated[str, typer.Option(help="float16 | float32 vectors.")] = "float16",
+    storage_dtype: Annotated[str, typer.Option(help="float16 | float32 vectors.")] = _EMBED[
+        "storage_dtype"
+    ],
     engine: Annotated[
-        str, typer.Option(help="ray (decode/encode overlap) | local (one process, part by part)")
+        str,
+        typer.Option(
+            help="ray (Ray Data: decode/encode overlap) | ray-tasks (a Ray task per part) | "
+            "local (one process, part by part)"
+        ),
     ] = "ray",
     ray_address: Annotated[
         str | None, typer.Option(help="ray://head:10001 to run on a cluster; default local Ray.")
@@ -54,17 +74,18 @@ def embed(
 ) -> None:
     """Embed a corpus: decode T frames per video, CLIP-encode frames and captions, Eq. 3 video
     vectors, written as resumable parts; undecodable videos are quarantined with a reason."""
-    from ragvid.pipelines.embed import embed_part, plan_parts, summarize
-    from ragvid.pipelines.encoder import load_encoder, resolve_encoder_spec
-    from ragvid.pipelines.ray_embed import embed_corpus
+    from ragvid.pipelines.embed.run import ENGINES, embed_corpus
+    from ragvid.pipelines.embed.spec import parse_encoder
     from ragvid.schemas import EmbedConfig, Workspace
-    from ragvid.schemas.io import output_lock
 
-    if engine not in ("ray", "local"):
-        raise ValueError(f"--engine {engine!r}: choose ray or local")
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     ws = Workspace.at(workspace).ensure_writable()
+    spec = parse_encoder(encoder, ws)
+    if spec.warning:
+        console.print(f"[bold yellow]warning:[/] {spec.warning}")
     config = EmbedConfig(
-        encoder=resolve_encoder_spec(encoder, workspace),
+        encoder=encoder,
         num_frames=num_frames,
         sampling=sampling,
         part_size=part_size,
@@ -74,34 +95,20 @@ def embed(
         decode_timeout_s=decode_timeout,
         storage_dtype=storage_dtype,
     )
-    plans = plan_parts(ws, corpus, config)
     with progress() as bar:
-        task = bar.add_task(f"embed {corpus}", total=len(plans))
-        bar.update(task, completed=sum(p.done for p in plans))
-        if engine == "ray":
-            report = embed_corpus(
-                ws,
-                corpus,
-                config,
-                ray_address=ray_address,
-                retry_failures=retry_failures,
-                progress=lambda done, _total, _s: bar.update(task, completed=done),
-            )
-        else:
-            if retry_failures:
-                raise ValueError("--retry-failures runs on the ray engine; drop --engine local")
-            import time
-
-            started = time.perf_counter()
-            enc = load_encoder(config.encoder, batch_size=config.batch_size)
-            stats = []
-            from ragvid.pipelines.embed import embeddings_dir
-
-            with output_lock(embeddings_dir(ws, corpus, config.encoder)):
-                for p in plans:
-                    stats.append(embed_part(ws, corpus, p.index, config, enc))
-                    bar.update(task, completed=len(stats))
-            report = summarize(ws, corpus, config, plans, stats, time.perf_counter() - started)
+        task = bar.add_task(f"embed {corpus}", total=None)
+        report = embed_corpus(
+            ws,
+            corpus,
+            config,
+            engine=engine,
+            ray_address=ray_address,
+            retry_failures=retry_failures,
+            progress=lambda done, total, _s: bar.update(task, completed=done, total=total),
+            on_retry=lambda done, total: bar.update(
+                task, description=f"retry quarantined rows of {corpus}", completed=done, total=total
+            ),
+        )
     table = Table(title=f"embed {corpus} with {report.encoder}")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -114,6 +121,8 @@ def embed(
     table.add_row("videos/s (this run)", f"{report.videos_per_s:.1f}")
     table.add_row("frames/s (this run)", f"{report.frames_per_s:.1f}")
     table.add_row("seconds", f"{report.seconds:.1f}")
+    if report.random_weights:
+        table.add_row("[yellow]encoder weights[/]", "[yellow]RANDOM (tests only)[/]")
     console.print(table)
     console.print(f"embeddings: {report.output}")
     if report.quarantined:
@@ -124,7 +133,7 @@ def embed(
 @user_errors
 def encoder_list() -> None:
     """List encoder presets (any open_clip:<arch>/<tag or checkpoint> spec works too)."""
-    from ragvid.pipelines.encoder import list_encoders
+    from ragvid.pipelines.embed.encoder import list_encoders
 
     table = Table()
     table.add_column("preset")
@@ -145,7 +154,7 @@ def encoder_fit(
     name: Annotated[str, typer.Option("--name", "-n", help="Saved as <ws>/encoders/<name>.")] = (
         "demo-tiny"
     ),
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     preset: Annotated[str, typer.Option(help="Architecture preset to fit.")] = _FIT["preset"],
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = _FIT["steps"],
     holdout: Annotated[float, typer.Option(help="Fraction of videos held out.")] = _FIT[
@@ -154,7 +163,7 @@ def encoder_fit(
     seed: Annotated[int, typer.Option(help="Seed (holdout split and init).")] = _FIT["seed"],
 ) -> None:
     """Fit a small CLIP on the corpus's (video, caption) pairs; prints the encoder spec."""
-    from ragvid.pipelines.encoder_fit import fit_encoder
+    from ragvid.pipelines.embed.fit import fit_encoder
     from ragvid.schemas import Workspace
 
     ws = Workspace.at(workspace).ensure_writable()

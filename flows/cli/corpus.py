@@ -7,9 +7,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ragvid.flows.cli.common import (
+    DEFAULT_WORKSPACE,
+    WorkspaceOpt,
+    console,
+    corpus_app,
+    progress,
+    user_errors,
+)
 from ragvid.schemas import SynthConfig
-
-from .cli_common import WorkspaceOpt, console, corpus_app, progress, user_errors
 
 _SYNTH = {k: f.default for k, f in SynthConfig.model_fields.items()}  # one set of defaults
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="Corpus name in the workspace.")]
@@ -19,7 +25,7 @@ NameOpt = Annotated[str, typer.Option("--name", "-n", help="Corpus name in the w
 @user_errors
 def synth(
     name: NameOpt = "demo",
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     num_videos: Annotated[int, typer.Option(help="Distinct clips.")] = _SYNTH["num_videos"],
     num_duplicates: Annotated[int, typer.Option(help="Planted near-duplicate copies.")] = _SYNTH[
         "num_duplicates"
@@ -38,7 +44,7 @@ def synth(
     Real H.264 mp4s with captions naming shape, colour and motion, ground-truth columns,
     planted near-duplicates and planted bad files (zero-byte, truncated, not-a-video, missing).
     """
-    from ragvid.pipelines.synth import synth_corpus
+    from ragvid.pipelines.corpus.synth import synth_corpus
     from ragvid.schemas import SynthConfig, Workspace
 
     config = SynthConfig(
@@ -81,7 +87,7 @@ def ingest(
         ),
     ],
     name: NameOpt = "demo",
-    workspace: WorkspaceOpt = "ragvid-workspace",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     layout: Annotated[str, typer.Option(help="auto | webvid | video2dataset | folder")] = "auto",
     shards: Annotated[int, typer.Option("--shards", help="Manifest parts.")] = 4,
     runner: Annotated[
@@ -108,7 +114,7 @@ def ingest(
     Rows with missing/empty fields, duplicate ids, unparseable durations or malformed CSV go
     to the rejects table with file, row, field and reason; ingested + rejected = input rows.
     """
-    from ragvid.pipelines.beam_manifest import ingest as run_ingest
+    from ragvid.pipelines.corpus.beam import ingest as run_ingest
     from ragvid.schemas import ManifestConfig, Workspace
 
     if layout not in ("auto", "webvid", "video2dataset", "folder"):

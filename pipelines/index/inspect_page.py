@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from ragvid.pipelines.index.search import Retriever, TextMode
 from ragvid.schemas import RetrievalConfig
 from ragvid.schemas.io import fs_and_path, join, write_bytes_atomic
-
-from .retrieval import Retriever, TextMode
 
 
 def first_frame(uri: str | None, size: int = 160) -> np.ndarray | None:

@@ -1,0 +1,2 @@
+"""Corpora: source layouts, readers, validation, the Beam manifest ETL, manifest parts, the
+demo synth."""

@@ -1,0 +1,107 @@
+"""The stage contract and the in-process executor (datatrove's step/executor split).
+
+A stage says *what* a part is and how to compute it: ``plan() → parts`` (once per run, O(N)
+at most), ``run(part) → stats`` (writes the part's files, never its marker). An executor owns
+*everything else*: the output lock, skip-if-done, the ``.done`` marker holding the part's
+stats, progress, and the merged result. The in-process loop here, :mod:`.ray_tasks` and the
+embed stage's Ray Data streaming executor all finish a part through :func:`finish_part`, so a
+marker means the same thing whichever engine wrote it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ragvid.schemas.io import done_marker, fs_and_path, mark_done, output_lock, read_done
+
+
+@dataclass
+class Part:
+    """One unit of a stage's work: its index, main output file (the marker sits beside it)."""
+
+    index: int
+    uri: str
+    done: bool = False
+    rows: int = 0
+    source: Any = None  # the stage's own description of its input (a manifest slice, …)
+
+
+@runtime_checkable
+class Stage(Protocol):
+    name: str
+    output: str  # the folder the executor locks
+
+    def plan(self) -> list[Part]: ...
+
+    def run(self, part: Part) -> dict[str, Any]: ...
+
+
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+
+@dataclass
+class StageResult:
+    """What a run did: every part's stats (finished earlier ones marked ``skipped``)."""
+
+    stage: str
+    parts: list[Part]
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> int:
+        return sum(1 for s in self.stats if s.get("skipped"))
+
+
+def done_set(folder: str) -> set[str]:
+    """Names of the ``.done`` markers in ``folder`` — one listing, not one stat per part."""
+    fs, path = fs_and_path(folder)
+    if not fs.exists(path):
+        return set()
+    return {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".done")}
+
+
+def is_planned_done(part_uri: str, markers: set[str]) -> bool:
+    return done_marker(part_uri).rsplit("/", 1)[-1] in markers
+
+
+def finish_part(part: Part, stats: dict[str, Any]) -> dict[str, Any]:
+    """The one place a part becomes done: its stats go into its marker, written last."""
+    stats = {**stats, "finished_at": time.time()}
+    mark_done(part.uri, stats)
+    part.done = True
+    return stats
+
+
+def marker_stats(part: Part) -> dict[str, Any]:
+    return {**read_done(part.uri), "skipped": True}
+
+
+class LocalExecutor:
+    """Runs the parts one after another in this process (the plain loop)."""
+
+    name = "local"
+
+    def run(
+        self,
+        stage: Stage,
+        progress: ProgressFn | None = None,
+        parts: list[Part] | None = None,
+    ) -> StageResult:
+        started = time.perf_counter()
+        with output_lock(stage.output):
+            parts = stage.plan() if parts is None else parts
+            result = StageResult(stage.name, parts)
+            for n, part in enumerate(parts, 1):
+                if part.done:
+                    stats = marker_stats(part)
+                else:
+                    stats = finish_part(part, stage.run(part))
+                result.stats.append(stats)
+                if progress:
+                    progress(n, len(parts), stats)
+        result.seconds = time.perf_counter() - started
+        return result
