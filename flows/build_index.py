@@ -1,39 +1,37 @@
-"""`build-index`: corpus → manifest (Beam) → embeddings (a task per part, Ray) → near-duplicate
-groups → sharded FAISS index → inspection pages → report.
+"""`build-index`: corpus → manifest (Beam) → embeddings (the Ray Data pipeline the CLI runs
+and the benchmark times) → near-duplicate groups → sharded FAISS index → inspection → report.
 
-The flow only composes stage functions. Resume has two layers: each embed part writes a
-``.done`` marker (the stage skips a finished part), and the part task's cache key is the part's
-inputs plus its marker, so once a part is finished Prefect shows later runs of it as Cached.
-A key is only issued when the marker exists: deleting the outputs can never be masked by a
-stale cache entry.
+The flow only composes stage functions: embedding is one task calling ``embed_corpus`` (the
+same call as ``ragvid embed``), which holds the output lock, resumes from part markers and can
+retry quarantined rows; its progress artifact is updated as parts land. Task runs per flow run
+stay a handful whatever the corpus size. The encoder spec is parsed before any task starts, so
+a wrong name fails once with the valid names instead of inside workers, and user errors are
+not retried.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import time
 from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import TaskRunContext
 
 from ragvid.flows import monitor
 from ragvid.flows.preflight import (
     check_manifest,
     check_ray_address,
     check_workspace,
-    ensure_ray,
     own_ray,
 )
-from ragvid.schemas import EmbedConfig, IndexConfig, ManifestConfig
-from ragvid.schemas.io import done_marker, exists, join, list_parts, read_json
-from ragvid.schemas.workspace import Workspace
+from ragvid.schemas import EmbedConfig, IndexConfig, ManifestConfig, RetrievalConfig
+from ragvid.schemas.config import defaults
+from ragvid.schemas.io import exists, list_parts
+from ragvid.schemas.workspace import IndexLayout, Workspace
 
-Engine = Literal["ray", "local"]
+Engine = Literal["ray", "ray-tasks", "local"]
+_EMBED, _INDEX, _RETRIEVAL = defaults(EmbedConfig), defaults(IndexConfig), defaults(RetrievalConfig)
 
 
 # --- ingest ----------------------------------------------------------------------------
@@ -88,111 +86,50 @@ def ingest_task(workspace: str, corpus: str, input_path: str, shards: int = 4) -
 # --- embed -----------------------------------------------------------------------------
 
 
-def part_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """Key = the part's inputs + its done marker; no key (no caching) until it is done."""
-    marker = done_marker(parameters["part_uri"])
-    if not exists(marker):
-        return None
-    config: EmbedConfig = parameters["config"]
-    blob = json.dumps(
-        {
-            "part": parameters["part"],
-            "uri": parameters["part_uri"],
-            "config": config.model_dump(),
-            "marker": read_json(marker),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return "embed-part-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-@functools.lru_cache(maxsize=2)
-def _local_encoder(spec: str, batch_size: int):
-    from ragvid.pipelines.embed.encoder import load_encoder
-
-    return load_encoder(spec, batch_size=batch_size)
-
-
-def _embed_in_worker(workspace: str, corpus: str, part: int, config: EmbedConfig):
-    from ragvid.pipelines.embed.stage import embed_part
-
-    return embed_part(Workspace.at(workspace), corpus, part, config)
-
-
 @task(
-    name="embed-part",
-    task_run_name="embed-{corpus}-part-{part}",
-    retries=2,
+    name="embed",
+    task_run_name="embed-{corpus}",
+    retries=1,
     retry_delay_seconds=2,
-    cache_key_fn=part_cache_key,
+    retry_condition_fn=retry_unless_user_error,
+    cache_policy=NO_CACHE,
     tags=["embed"],
 )
-def embed_part_task(
+def embed_task(
     workspace: str,
     corpus: str,
-    part: int,
-    part_uri: str,
     config: EmbedConfig,
     engine: Engine = "ray",
-) -> dict[str, Any]:
-    """One manifest part: decode + CLIP (a Ray task, or in this process for ``local``)."""
-    from ragvid.pipelines.embed.stage import PartStats, embed_part
-    from ragvid.schemas.io import is_done
-
-    if is_done(part_uri):  # finished by an earlier run: no Ray round trip, no encoder load
-        return asdict(PartStats.from_marker(part_uri))
-    if engine == "ray":
-        import ray
-
-        remote = ray.remote(num_cpus=1, max_retries=1)(_embed_in_worker)
-        stats = ray.get(remote.remote(workspace, corpus, part, config))
-    else:
-        encoder = _local_encoder(config.encoder, config.batch_size)
-        stats = embed_part(Workspace.at(workspace), corpus, part, config, encoder=encoder)
-    return asdict(stats)
-
-
-def embed_parts(
-    ws: Workspace, corpus: str, config: EmbedConfig, engine: Engine, ray_address: str | None
-) -> dict[str, Any]:
-    """Run one task per part; a failed part does not stop the others (rerun retries it)."""
-    from ragvid.pipelines.embed.stage import PartStats, plan_parts, summarize
+    ray_address: str | None = None,
+    retry_failures: bool = False,
+):
+    """The embedding stage through the same ``embed_corpus`` the CLI runs (Ray Data by
+    default): one task run for the whole corpus, parts resumed by their markers, progress and
+    throughput in a progress artifact updated as parts land. A retry only redoes parts
+    without a marker."""
+    from ragvid.pipelines.embed.run import embed_corpus
 
     started = time.perf_counter()
-    plans = plan_parts(ws, corpus, config)
-    todo = sum(not p.done for p in plans)
-    progress = monitor.Progress(
-        f"embed-{corpus}-progress", len(plans), f"embedding {corpus}: {todo} of {len(plans)} parts"
+    bar = monitor.Progress(f"embed-{corpus}-progress", 1, f"embedding {corpus}")
+    state = {"videos": 0}
+
+    def on_part(done: int, total: int, stats: dict) -> None:
+        if not stats.get("skipped"):
+            state["videos"] += int(stats.get("rows", 0))
+        rate = state["videos"] / max(time.perf_counter() - started, 1e-9)
+        bar.set(done, total, f"embedding {corpus}: parts done, {rate:.1f} videos/s")
+
+    report = embed_corpus(
+        workspace,
+        corpus,
+        config,
+        engine=engine,
+        ray_address=ray_address,
+        retry_failures=retry_failures,
+        progress=on_part,
     )
-    for p in plans:
-        if p.done:
-            progress.advance()
-    if engine == "ray" and todo:
-        ensure_ray(ray_address)
-    args = [(ws.root, corpus, p.index, p.uri, config, engine) for p in plans]
-    states = {}
-    if engine == "ray":
-        futures = {p.index: embed_part_task.submit(*a) for p, a in zip(plans, args, strict=True)}
-        for i, fut in futures.items():
-            fut.wait()
-            states[i] = fut.state
-            if not plans[i].done:
-                progress.advance()
-    else:
-        for p, a in zip(plans, args, strict=True):
-            states[p.index] = embed_part_task(*a, return_state=True)
-            if not p.done:
-                progress.advance()
-    progress.finish()
-    stats, failed = [], []
-    for i, state in states.items():
-        if state.is_completed():
-            stats.append(PartStats(**state.result()))
-        else:
-            failed.append({"part": i, "state": state.name, "message": str(state.message)[:300]})
-    report = summarize(ws, corpus, config, plans, stats, time.perf_counter() - started)
-    return {"report": report, "failed_parts": failed, "plans": plans}
+    bar.finish()
+    return report
 
 
 # --- dedup, index, inspection ----------------------------------------------------------
@@ -205,7 +142,7 @@ def dedup_task(
     from ragvid.pipelines.index.dedup import find_duplicates
 
     report = find_duplicates(
-        embeddings, join(index_dir, "duplicates.parquet"), delta_dedup, delta_frame=delta_frame
+        embeddings, IndexLayout(index_dir).duplicates, delta_dedup, delta_frame=delta_frame
     )
     return asdict(report)
 
@@ -229,13 +166,14 @@ def index_task(
 
 
 @task(name="inspection-pages", task_run_name="inspect-{index}", cache_policy=NO_CACHE)
-def inspect_task(index_dir: str, index: str, queries: list[str], encoder: str, k: int) -> list:
+def inspect_task(index_dir: str, index: str, queries: list[str], encoder, k: int) -> list:
+    from ragvid.pipelines.embed.encoder import load_encoder
     from ragvid.pipelines.index.inspect_page import write_inspection
 
-    enc = _local_encoder(encoder, 64)
+    enc = load_encoder(encoder, batch_size=64)
     out = []
     for q in queries:
-        html, png = write_inspection(index_dir, q, enc, join(index_dir, "inspect"), k)
+        html, png = write_inspection(index_dir, q, enc, IndexLayout(index_dir).inspect, k)
         out.append({"query": q, "html": html, "png": png})
     return out
 
@@ -276,7 +214,7 @@ def _flat(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not isinstance(v, list | dict)}
 
 
-def embed_tables(report, failed: list[dict]) -> tuple[list[dict], list[dict]]:
+def embed_tables(report) -> tuple[list[dict], list[dict]]:
     """(summary rows, failures-by-class rows) for the artifacts and the report."""
     summary = [
         {
@@ -284,7 +222,7 @@ def embed_tables(report, failed: list[dict]) -> tuple[list[dict], list[dict]]:
             "encoder": report.encoder,
             "parts": report.parts,
             "parts_skipped": report.parts_skipped,
-            "parts_failed": len(failed),
+            "random_weights": report.random_weights,
             "rows": report.rows,
             "embedded": report.embedded,
             "quarantined": report.quarantined,
@@ -312,22 +250,28 @@ def build_index_flow(
     corpus: str,
     input: str | None = None,
     index: str | None = None,
-    encoder: str = "tiny",
-    num_frames: int = 8,
-    part_size: int = 64,
-    num_shards: int = 1,
-    delta_dedup: float = 0.965,
-    delta_frame: float | None = 0.95,
-    canonical_only: bool = False,
+    encoder: str = _EMBED["encoder"],
+    num_frames: int = _EMBED["num_frames"],
+    part_size: int = _EMBED["part_size"],
+    num_shards: int = _INDEX["num_shards"],
+    delta_dedup: float = _INDEX["delta_dedup"],
+    delta_frame: float | None = _INDEX["delta_frame"],
+    canonical_only: bool = _INDEX["canonical_only"],
     inspect_queries: list[str] | None = None,
-    k: int = 5,
+    k: int = _RETRIEVAL["k"],
     engine: Engine = "ray",
     ray_address: str | None = None,
+    retry_failures: bool = False,
 ) -> dict[str, Any]:
     """Build (or resume building) the retrieval index ``index`` (default: the corpus name)."""
+    from ragvid.pipelines.embed.spec import parse_encoder
+
     check_ray_address(ray_address)
     ws = check_workspace(workspace, must_exist=input is None)
     index = index or corpus
+    spec = parse_encoder(encoder, ws)  # before any task: a bad name is a config error
+    if spec.warning:
+        print(f"warning: {spec.warning}")
     with own_ray():
         started = time.perf_counter()
         ingest_stats = None
@@ -336,21 +280,14 @@ def build_index_flow(
         check_manifest(ws, corpus)
 
         config = EmbedConfig(encoder=encoder, num_frames=num_frames, part_size=part_size)
-        emb = embed_parts(ws, corpus, config, engine, ray_address)
-        report = emb["report"]
-        summary, by_class = embed_tables(report, emb["failed_parts"])
+        report = embed_task(ws.root, corpus, config, engine, ray_address, retry_failures)
+        summary, by_class = embed_tables(report)
         monitor.table(f"embed-{corpus}", summary, "embedding: counts and throughput")
         monitor.table(
             f"embed-{corpus}-failures",
             by_class or [{"error_class": "-", "videos": 0}],
             "quarantined videos by error class",
         )
-        if emb["failed_parts"]:
-            monitor.table(f"embed-{corpus}-failed-parts", emb["failed_parts"], "parts that failed")
-            raise RuntimeError(
-                f"{len(emb['failed_parts'])} of {report.parts} embed parts failed (see the "
-                "embed-part task runs); rerun the flow to retry only those parts"
-            )
 
         index_dir = ws.index(index)
         dedup = dedup_task(report.output, index_dir, index, delta_dedup, delta_frame)
@@ -369,7 +306,7 @@ def build_index_flow(
             engine == "ray",
         )
         queries = inspect_queries if inspect_queries is not None else default_queries(ws, corpus)
-        pages = inspect_task(index_dir, index, queries, encoder, k) if queries else []
+        pages = inspect_task(index_dir, index, queries, spec, k) if queries else []
 
         index_row = {
             "index": index,

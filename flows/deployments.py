@@ -120,18 +120,36 @@ def load_flow(spec: DeploymentSpec):
     return obj
 
 
+# parameters a scheduled deployment must set itself: their flow default suits an interactive
+# run but a rebuild nobody watches must never pick an encoder implicitly
+EXPLICIT = {
+    "encoder": "the encoder to embed with — a fitted encoder's name (`ragvid encoder fit`), "
+    "vit-b-32 with its weights in the local open_clip cache, or "
+    "open_clip:<arch>/<checkpoint path>",
+}
+
+
 def check_spec(spec: DeploymentSpec):
-    """Resolve the flow, bind the parameters to its signature and validate the crons."""
+    """Resolve the flow, bind the parameters to its signature, require the parameters that
+    must be explicit, and validate the crons."""
     from prefect.client.schemas.schedules import CronSchedule
 
     flow = load_flow(spec)
+    sig = inspect.signature(flow.fn)
     try:
-        inspect.signature(flow.fn).bind_partial(**spec.parameters)
+        sig.bind_partial(**spec.parameters)
     except TypeError as exc:
         raise ValueError(
             f"deployment {spec.name!r}: parameters {sorted(spec.parameters)} do not fit "
             f"{spec.entrypoint} ({exc})"
         ) from None
+    for name, what in EXPLICIT.items():
+        param = sig.parameters.get(name)
+        if param is not None and param.default is not None and name not in spec.parameters:
+            raise ValueError(
+                f"deployment {spec.name!r} sets no {name}: add `{name}: …` under its "
+                f"parameters in infra/prefect.yaml — {what}"
+            )
     for cron, tz in spec.crons:
         try:
             CronSchedule(cron=cron, timezone=tz)

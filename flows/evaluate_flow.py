@@ -19,10 +19,8 @@ from ragvid.flows import monitor
 from ragvid.flows.finetune_flow import resolve_base
 from ragvid.flows.generate_flow import TINY_GENERATION, demo_prompts
 from ragvid.flows.preflight import check_workspace
-from ragvid.schemas import GenerationConfig, RetrievalConfig
-from ragvid.schemas.io import exists, join, read_parts
-from ragvid.schemas.tables import MANIFEST
-from ragvid.schemas.workspace import Workspace
+from ragvid.flows.resolve import Resolver
+from ragvid.schemas import GenerationConfig
 
 
 @task(
@@ -46,29 +44,20 @@ def evaluate_task(
     frame_features: str,
     reference_videos: int,
 ) -> dict[str, Any]:
+    import numpy as np
+
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
-    from ragvid.model.pipeline_ragme import RagmePipeline
-    from ragvid.model.retrieval_source import RetrieverSource
-    from ragvid.pipelines.embed.encoder import load_encoder
-    from ragvid.pipelines.index.build import IndexManifest, resolve_ids
 
-    ws = Workspace.at(workspace)
-    adapter = ws.run(run) if run else None
-    pipe = RagmePipeline.from_pretrained(base, adapter=adapter)
-    pipe.set_progress_bar_config(disable=True)
-    man = IndexManifest.load(ws.index(index))
-    retrieval = RetrieverSource.open(
-        ws.index(index), load_encoder(man.encoder), RetrievalConfig(k=config.k)
-    )
-    manifest = read_parts(ws.manifest(corpus), MANIFEST, columns=["video_id", "uri"])
-    uri_of = dict(
-        zip(
-            manifest.column("video_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True
-        )
-    )
-    indexed = [v for v in resolve_ids(man) if v in uri_of]  # decodable: they were embedded
-    reference = [uri_of[v] for v in indexed[:reference_videos]]
+    res = Resolver.at(workspace)
+    ws = res.ws
+    pipe = res.pipeline(base, res.adapter(run))
+    retrieval = res.retrieval(index, config.k)
+    reference = res.reference_videos(corpus, reference_videos)
+
+    def lookup(video_id: str) -> str:
+        return str(retrieval.retriever.uris(np.asarray([[video_id]], dtype=object))[0, 0])
+
     rep = evaluate_methods(
         ws.evals(name),
         prompts,
@@ -77,7 +66,7 @@ def evaluate_task(
         config,
         run=name,
         reference=reference,
-        video_lookup=lambda vid: uri_of[vid],
+        video_lookup=lookup,
         video_features=load_video_features(video_features),
         frame_features=load_frame_features(frame_features),
         methods=methods,
@@ -88,7 +77,7 @@ def evaluate_task(
         "plots": rep.plots,
         "report": rep.report,
         "notes": rep.notes,
-        "metrics": join(rep.out_dir, "metrics.parquet"),
+        "metrics": ws.metrics_table(name),
     }
 
 
@@ -116,11 +105,10 @@ def evaluate_flow(
     """Write ``<workspace>/evals/<name>/`` (metrics.parquet, plots, report.html)."""
     ws = check_workspace(workspace)
     started = time.perf_counter()
-    if not exists(join(ws.index(index), "index.json")):
-        raise FileNotFoundError(f"index {index!r} not found in {ws.root}/indexes: build it first")
+    resolver = Resolver(ws)
+    resolver.index(index)  # names checked before any task starts
     methods = methods or (["base", "ragme"] if run else ["base", "raginit"])
-    if run and not exists(join(ws.run(run), "adapter.safetensors")):
-        raise FileNotFoundError(f"no trained adapter for run {run!r} in {ws.run(run)}")
+    resolver.adapter(run)
     if prompts is not None:
         from ragvid.model.batch_generate import read_prompts
 

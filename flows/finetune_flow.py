@@ -8,7 +8,6 @@ training-log table and the report.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -16,31 +15,20 @@ from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
 from ragvid.flows.preflight import check_workspace
-from ragvid.schemas.io import exists, join
-from ragvid.schemas.workspace import Workspace
+from ragvid.flows.resolve import Resolver
 
 
 @task(name="tiny-base-model", task_run_name="tiny-base", cache_policy=NO_CACHE)
 def tiny_base_task(workspace: str) -> str:
     """A tiny random-init text-to-video base saved in the diffusers layout (offline demos)."""
-    from ragvid.model.presets import save_tiny_base
-
-    folder = Workspace.at(workspace).base_models("tiny-base")
-    if not exists(join(folder, "model_index.json")):
-        save_tiny_base(folder)
-    return folder
+    return Resolver.at(workspace).base(None)
 
 
 def resolve_base(workspace: str, base: str | None) -> str:
     """The base model folder; None means the tiny preset (made once in the workspace)."""
     if base is None:
         return tiny_base_task(workspace)
-    if not Path(base, "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"--base {base}: not a diffusers model folder (no model_index.json) — pass a local "
-            "ZeroScope/ModelScope-T2V folder, or leave it out for the tiny preset"
-        )
-    return base
+    return Resolver.at(workspace).base(base)
 
 
 @task(
@@ -64,16 +52,15 @@ def train_task(
     from ragvid.model.presets import get_preset
     from ragvid.model.train_data import load_training_set
     from ragvid.model.trainer import train, train_preset
-    from ragvid.pipelines.embed.stage import embeddings_dir
-
-    ws = Workspace.at(workspace)
+    res = Resolver.at(workspace)
+    ws = res.ws
     cfg = train_preset(preset)
     if max_steps is not None:
         cfg = type(cfg).model_validate({**cfg.model_dump(), "max_steps": max_steps})
     mp = get_preset(model_preset)
     data = load_training_set(
         ws.neighbours(neighbours),
-        embeddings_dir(ws, corpus, encoder),
+        res.embeddings(corpus, encoder),
         manifest_dir=ws.manifest(corpus),
         num_frames=cfg.num_frames,
         height=cfg.height,
@@ -126,10 +113,9 @@ def finetune_flow(
     """Train into ``<workspace>/runs/<run>`` (encoder defaults to the index's)."""
     ws = check_workspace(workspace)
     started = time.perf_counter()
-    if encoder is None:
-        from ragvid.pipelines.index.build import IndexManifest
-
-        encoder = IndexManifest.load(ws.index(index)).encoder
+    resolver = Resolver(ws)
+    spec = resolver.encoder(encoder) if encoder else resolver.index_encoder(index)
+    encoder = spec.id
     base_dir = resolve_base(ws.root, base)
     res = train_task(
         ws.root,

@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from ragvid.flows import monitor
 from ragvid.flows.finetune_flow import resolve_base
 from ragvid.flows.preflight import check_workspace
-from ragvid.schemas import GenerationConfig, RetrievalConfig
-from ragvid.schemas.io import exists, join
+from ragvid.flows.resolve import Resolver
+from ragvid.schemas import GenerationConfig
 from ragvid.schemas.workspace import Workspace
 
 # small settings for the tiny base (CPU); the paper's are GenerationConfig's defaults
@@ -67,22 +67,13 @@ def generate_task(
     config: GenerationConfig,
 ) -> dict[str, Any]:
     from ragvid.model.batch_generate import batch_generate, read_prompts
-    from ragvid.model.pipeline_ragme import RagmePipeline
 
-    ws = Workspace.at(workspace)
+    res = Resolver.at(workspace)
+    ws = res.ws
     plist = read_prompts(prompts) if isinstance(prompts, str) else None
     total = len(plist.prompts) if plist is not None else len(prompts)
-    pipe = RagmePipeline.from_pretrained(base, adapter=adapter)
-    pipe.set_progress_bar_config(disable=True)
-    retrieval = None
-    if index is not None:
-        from ragvid.model.retrieval_source import RetrieverSource
-        from ragvid.pipelines.embed.encoder import load_encoder
-        from ragvid.pipelines.index.build import IndexManifest
-
-        path = ws.index(index)
-        enc = load_encoder(IndexManifest.load(path).encoder)
-        retrieval = RetrieverSource.open(path, enc, RetrievalConfig(k=config.k))
+    pipe = res.pipeline(base, adapter)
+    retrieval = res.retrieval(index, config.k)
     progress = monitor.Progress(f"generate-{job}-progress", total, "prompts")
     rep = batch_generate(
         ws.generations(job),
@@ -91,7 +82,7 @@ def generate_task(
         retrieval,
         config,
         method=method,
-        model_id=f"{base}+{adapter or 'no-adapter'}",
+        model_id=res.model_id(base, adapter),
         index_id=index,
         on_done=lambda row: progress.advance(),
     )
@@ -99,7 +90,7 @@ def generate_task(
     rows = rep.table.to_pylist()
     return {
         "job_dir": rep.job_dir,
-        "table": join(rep.job_dir, "generations.parquet"),
+        "table": ws.generations_table(job),
         "generated": rep.generated,
         "skipped": rep.skipped,
         "failed": rep.failed,
@@ -145,14 +136,10 @@ def batch_generate_flow(
         raise FileNotFoundError(f"prompt file {prompts} not found: pass --prompts <file>")
     if method in ("ragme", "ragca") and run is None:
         raise ValueError(f"method {method!r} needs run=<trained adapter run>; or method='base'")
-    adapter = None
-    if run is not None:
-        adapter = ws.run(run)
-        if not exists(join(adapter, "adapter.safetensors")):
-            raise FileNotFoundError(
-                f"no trained adapter in {adapter} (adapter.safetensors): run the finetune flow "
-                f"for run {run!r} first"
-            )
+    res = Resolver(ws)
+    adapter = res.adapter(run)
+    if index is not None:
+        res.index(index)  # fail before any task when the name is wrong
     base_dir = resolve_base(ws.root, base)
     prompt_src = prompts if prompts is not None else demo_prompts(ws.root, corpus, num_prompts)
     config = TINY_GENERATION if tiny else GenerationConfig()

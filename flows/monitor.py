@@ -110,6 +110,16 @@ class Progress:
     def percent(self) -> float:
         return round(100.0 * min(self.done, self.total) / self.total, 1)
 
+    def set(self, done: int, total: int | None = None, description: str | None = None) -> None:
+        """Absolute update (``done`` of ``total``), rate-limited like :meth:`advance`."""
+        with self._lock:
+            if total is not None:
+                self.total = max(int(total), 1)
+            if description is not None:
+                self.description = description
+            n = int(done) - self.done
+        self.advance(n)
+
     def advance(self, n: int = 1, force: bool = False) -> None:
         with self._lock:
             self.done += n

@@ -16,8 +16,11 @@ from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
 from ragvid.flows.preflight import check_ray_address, check_workspace, ensure_ray
+from ragvid.flows.resolve import Resolver
 from ragvid.schemas import RetrievalConfig
-from ragvid.schemas.io import exists, join
+from ragvid.schemas.config import defaults
+
+_RET = defaults(RetrievalConfig)
 
 
 @task(
@@ -56,21 +59,16 @@ def neighbours_flow(
     workspace: str,
     index: str,
     name: str | None = None,
-    k: int = 5,
-    delta_min: float = 0.6,
-    delta_dedup: float = 0.965,
+    k: int = _RET["k"],
+    delta_min: float = _RET["delta_min_video"],
+    delta_dedup: float = _RET["delta_dedup"],
     part_size: int = 10_000,
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Write ``<workspace>/neighbours/<name>/part-*.parquet`` (default name: the index's)."""
     check_ray_address(ray_address)
     ws = check_workspace(workspace)
-    index_dir = ws.index(index)
-    if not exists(join(index_dir, "index.json")):
-        raise FileNotFoundError(
-            f"index {index!r} not found at {index_dir}: build it first (`ragvid run build-index` "
-            "or `ragvid index build`), or check --index / --workspace"
-        )
+    index_dir = Resolver(ws).index(index)
     if ray_address:
         ensure_ray(ray_address)
     name = name or index

@@ -14,6 +14,7 @@ from prefect import flow, task
 
 from ragvid.flows import monitor
 from ragvid.flows.preflight import check_workspace
+from ragvid.flows.resolve import Resolver
 from ragvid.schemas.io import exists, fs_and_path, is_done, list_parts, read_json
 from ragvid.schemas.workspace import Workspace
 
@@ -40,10 +41,9 @@ def corpus_status(workspace: str, corpus: str) -> dict[str, Any]:
     row: dict[str, Any] = {"corpus": corpus}
     row["manifest_rows"] = _rows(list_parts(ws.manifest(corpus)))
     row["rejected_rows"] = _rows(list_parts(ws.rejects(corpus)))
-    row["failed_videos"] = _rows(list_parts(ws.failures(corpus)))
-    enc_root = ws.corpus(corpus) + "/embeddings"
-    encoders = _children(enc_root)
-    parts = [p for e in encoders for p in list_parts(f"{enc_root}/{e}")]
+    row["failed_videos"] = len(Resolver(ws).quarantined(corpus))  # unique ids, any encoder
+    encoders = _children(ws.embeddings_root(corpus))
+    parts = [p for e in encoders for p in list_parts(ws.embeddings(corpus, e))]
     row["encoders"] = ",".join(encoders) or "-"
     row["embed_parts_done"] = sum(is_done(p) for p in parts)
     row["embed_parts_pending"] = len(parts) - row["embed_parts_done"]
@@ -54,8 +54,8 @@ def corpus_status(workspace: str, corpus: str) -> dict[str, Any]:
 def index_status(workspace: str) -> list[dict[str, Any]]:
     ws = Workspace.at(workspace)
     out = []
-    for name in _children(ws.root + "/indexes"):
-        manifest = ws.index(name) + "/index.json"
+    for name in _children(ws.indexes_root()):
+        manifest = ws.index_layout(name).manifest
         info = read_json(manifest) if exists(manifest) else {}
         out.append(
             {
@@ -76,7 +76,7 @@ def index_status(workspace: str) -> list[dict[str, Any]]:
 )
 def workspace_status_flow(workspace: str) -> dict[str, Any]:
     ws = check_workspace(workspace)
-    corpora = _children(ws.root + "/corpora")
+    corpora = _children(ws.corpora_root())
     rows = [corpus_status.submit(ws.root, c) for c in corpora]
     corpora_rows = [r.result() for r in rows]
     indexes = index_status(ws.root)

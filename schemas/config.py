@@ -15,6 +15,15 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def defaults(config: type[BaseModel]) -> dict:
+    """Field → default of a config class: what CLI flags and flow parameters default to, so
+    the config stays the single source of every default."""
+    return {k: f.default for k, f in config.model_fields.items()}
+
+
+DELTA_DEDUP = 0.965  # RAGME App. A: near-duplicate video cosine (index dedup and query filter)
+
+
 class SynthConfig(_Config):
     """Generated demo corpus: moving shapes whose captions name shape, colour and motion."""
 
@@ -118,7 +127,9 @@ class RetrievalConfig(_Config):
         description="δ_min for text→video queries; None = off (CLIP's text–video cosines sit "
         "around 0.25–0.35, so the video threshold would pad every result)",
     )
-    delta_dedup: float = Field(0.965, description="drop a result this similar to a kept one")
+    delta_dedup: float = Field(
+        DELTA_DEDUP, description="drop a result this similar to a kept one"
+    )
     overfetch: int = Field(4, ge=1, description="candidates fetched = overfetch × K (+ group)")
     rerank_exact: bool = Field(True, description="re-rank compressed-index hits exactly")
 
@@ -135,7 +146,7 @@ class IndexConfig(_Config):
     train_sample: int = Field(100_000, ge=1)
     recall_target: float = Field(0.95, gt=0, le=1)
     canonical_only: bool = Field(False, description="index canonical members of dup groups only")
-    delta_dedup: float = Field(0.965, description="video cosine of a near-duplicate pair")
+    delta_dedup: float = Field(DELTA_DEDUP, description="video cosine of a near-duplicate pair")
     delta_frame: float | None = Field(
         0.95,
         description="mean cosine of time-aligned frames a near-duplicate pair must also reach "

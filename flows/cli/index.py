@@ -20,8 +20,12 @@ from ragvid.flows.cli.common import (
     progress,
     user_errors,
 )
+from ragvid.flows.resolve import Resolver
 from ragvid.schemas import IndexConfig, RetrievalConfig, Workspace, list_parts
-from ragvid.schemas.io import exists, join
+from ragvid.schemas.config import defaults
+from ragvid.schemas.workspace import IndexLayout
+
+_INDEX, _RET = defaults(IndexConfig), defaults(RetrievalConfig)
 
 MODES = {
     "dense": "dense",
@@ -32,36 +36,12 @@ MODES = {
 }
 
 
-def _embeddings_dir(ws: Workspace, corpus: str, encoder: str) -> str:
-    from ragvid.pipelines.embed.encoder import resolve_encoder_spec
-    from ragvid.pipelines.embed.stage import embeddings_dir
+def _encoder(spec: str | None, index: str, workspace: str):
+    """The query encoder: ``spec`` or the index's own."""
+    from ragvid.pipelines.embed.encoder import load_encoder
 
-    path = embeddings_dir(ws, corpus, resolve_encoder_spec(encoder, ws.root))
-    if not list_parts(path):
-        raise FileNotFoundError(
-            f"no embeddings for corpus '{corpus}' with encoder '{encoder}' at {path} — run "
-            f"`ragvid embed --corpus {corpus} --encoder {encoder}` first"
-        )
-    return path
-
-
-def _index_dir(ws: Workspace, name: str) -> str:
-    path = ws.index(name)
-    if not exists(join(path, "index.json")):
-        from ragvid.pipelines.index.build import list_indexes
-
-        have = [m.path.rstrip("/").rsplit("/", 1)[-1] for m in list_indexes(ws.root)]
-        raise FileNotFoundError(f"no index '{name}' in {ws.root}. Available: {have or 'none'}")
-    return path
-
-
-def _encoder(spec: str | None, index_dir: str, workspace: str):
-    from ragvid.pipelines.embed.encoder import load_encoder, resolve_encoder_spec
-    from ragvid.pipelines.index.build import IndexManifest
-
-    return load_encoder(
-        resolve_encoder_spec(spec or IndexManifest.load(index_dir).encoder, workspace)
-    )
+    res = Resolver.at(workspace)
+    return load_encoder(res.encoder(spec) if spec else res.index_encoder(index))
 
 
 @index_app.command("build")
@@ -71,9 +51,13 @@ def build(
     encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     factory: Annotated[str | None, typer.Option(help="FAISS factory string override.")] = None,
-    shards: Annotated[int, typer.Option(help="Number of shards.")] = 1,
-    memory_gb: Annotated[float, typer.Option(help="Memory budget for the index type.")] = 8.0,
-    recall_target: Annotated[float, typer.Option(help="Recall@10 to tune nprobe/ef for.")] = 0.95,
+    shards: Annotated[int, typer.Option(help="Number of shards.")] = _INDEX["num_shards"],
+    memory_gb: Annotated[float, typer.Option(help="Memory budget for the index type.")] = _INDEX[
+        "memory_budget_gb"
+    ],
+    recall_target: Annotated[float, typer.Option(help="Recall@10 to tune nprobe/ef for.")] = (
+        _INDEX["recall_target"]
+    ),
     canonical_only: Annotated[
         bool, typer.Option(help="Index canonical duplicate-group members only.")
     ] = False,
@@ -85,7 +69,7 @@ def build(
     from ragvid.pipelines.index.build import build_index
 
     ws = Workspace.at(workspace).ensure_writable()
-    emb = _embeddings_dir(ws, corpus, encoder)
+    emb = Resolver(ws).embeddings(corpus, encoder)
     out = ws.index(name or corpus)
     cfg = IndexConfig(
         factory=factory,
@@ -109,11 +93,13 @@ def build(
 def dedup(
     corpus: Annotated[str, typer.Option(help="Corpus whose embeddings to scan.")],
     encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
-    threshold: Annotated[float, typer.Option(help="δ_dedup: cosine for a near-duplicate.")] = 0.965,
+    threshold: Annotated[float, typer.Option(help="δ_dedup: cosine for a near-duplicate.")] = (
+        _INDEX["delta_dedup"]
+    ),
     frame_threshold: Annotated[
         float,
         typer.Option(help="Aligned-frame agreement a pair must also reach (-1: skip the check)."),
-    ] = 0.95,
+    ] = _INDEX["delta_frame"],
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
@@ -121,8 +107,8 @@ def dedup(
     from ragvid.pipelines.index.dedup import find_duplicates
 
     ws = Workspace.at(workspace).ensure_writable()
-    emb = _embeddings_dir(ws, corpus, encoder)
-    out = join(ws.index(name or corpus), "duplicates.parquet")
+    emb = Resolver(ws).embeddings(corpus, encoder)
+    out = ws.index_layout(name or corpus).duplicates
     with console.status(f"range search at cosine ≥ {threshold} over {emb}"):
         delta_frame = None if frame_threshold <= -1 else frame_threshold
         rep = find_duplicates(emb, out, threshold, delta_frame=delta_frame)
@@ -170,7 +156,7 @@ def search(
     encoder: Annotated[
         str | None, typer.Option(help="Text encoder spec (default: the index's encoder).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Results to keep.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--k", help="Results to keep.")] = _RET["k"],
     mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid | rrf")] = "dense",
     delta_min: Annotated[
         float | None, typer.Option(help="Minimum cosine for text queries (default: off).")
@@ -182,9 +168,9 @@ def search(
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
-    path = _index_dir(Workspace.at(workspace), index)
+    path = Resolver.at(workspace).index(index)
     r = Retriever.open(path)
-    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path, workspace)
+    enc = None if MODES[mode] == "bm25" else _encoder(encoder, index, workspace)
     cfg = RetrievalConfig(k=k, delta_min_text=delta_min)
     res = r.search_text([query], enc, cfg, mode=MODES[mode])
     caps = r.captions_for(res.ids)[0]
@@ -204,9 +190,11 @@ def search(
 def neighbours(
     index: Annotated[str, typer.Option(help="Index name.")],
     name: Annotated[str | None, typer.Option(help="Output name (default: the index).")] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per video.")] = 5,
-    delta_min: Annotated[float, typer.Option(help="δ_min for video→video.")] = 0.6,
-    delta_dedup: Annotated[float, typer.Option(help="δ_dedup.")] = 0.965,
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per video.")] = _RET["k"],
+    delta_min: Annotated[float, typer.Option(help="δ_min for video→video.")] = _RET[
+        "delta_min_video"
+    ],
+    delta_dedup: Annotated[float, typer.Option(help="δ_dedup.")] = _RET["delta_dedup"],
     part_size: Annotated[int, typer.Option(help="Videos per output part.")] = 10_000,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
@@ -214,7 +202,7 @@ def neighbours(
     from ragvid.pipelines.index.neighbours import materialize_neighbours
 
     ws = Workspace.at(workspace).ensure_writable()
-    path = _index_dir(ws, index)
+    path = Resolver(ws).index(index)
     cfg = RetrievalConfig(k=k, delta_min_video=delta_min, delta_dedup=delta_dedup)
     out = ws.neighbours(name or index)
     with progress() as bar:
@@ -241,7 +229,7 @@ def inspect(
     encoder: Annotated[
         str | None, typer.Option(help="Text encoder spec (default: the index's encoder).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", "--k", help="Videos to show.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--k", help="Videos to show.")] = _RET["k"],
     mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid | rrf")] = "dense",
     out: Annotated[str | None, typer.Option(help="Folder (default: <index>/inspect).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -251,9 +239,9 @@ def inspect(
 
     if mode not in MODES:
         raise ValueError(f"--mode {mode}: use one of {sorted(MODES)}")
-    path = _index_dir(Workspace.at(workspace), index)
-    enc = None if MODES[mode] == "bm25" else _encoder(encoder, path, workspace)
+    path = Resolver.at(workspace).index(index)
+    enc = None if MODES[mode] == "bm25" else _encoder(encoder, index, workspace)
     html, png = write_inspection(
-        path, query, enc, out or join(path, "inspect"), k, mode=MODES[mode]
+        path, query, enc, out or IndexLayout(path).inspect, k, mode=MODES[mode]
     )
     console.print(f"[green]wrote[/] {html}\n[green]wrote[/] {png}")

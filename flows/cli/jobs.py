@@ -6,7 +6,6 @@ functions the Prefect flows call too.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,8 +19,8 @@ from ragvid.flows.cli.common import (
     progress,
     user_errors,
 )
-from ragvid.schemas import GenerationConfig, Workspace, slug
-from ragvid.schemas.io import exists, join
+from ragvid.flows.resolve import Resolver
+from ragvid.schemas import GenerationConfig, Workspace
 
 BaseOpt = Annotated[
     str,
@@ -54,60 +53,6 @@ def _generation_config(
         k=k,
         seed=seed,
     )
-
-
-def _run_dir(ws: Workspace, run: str) -> str:
-    return run if os.path.isdir(run) and os.sep in run else ws.run(run)
-
-
-def _adapter_dir(ws: Workspace, adapter: str | None) -> str | None:
-    if adapter is None:
-        return None
-    path = _run_dir(ws, adapter)
-    if not os.path.isfile(os.path.join(path, "adapter.safetensors")):
-        raise FileNotFoundError(
-            f"no trained adapter at {path} (adapter.safetensors missing) — run `ragvid train "
-            f"--run {adapter} …` first, or pass the folder that holds it"
-        )
-    return path
-
-
-def _retrieval(ws: Workspace, index: str | None, encoder: str | None, k: int):
-    """A RetrievalSource over a named workspace index (text queries, the paper's filters)."""
-    if index is None:
-        return None
-    from ragvid.model.retrieval_source import RetrieverSource
-    from ragvid.pipelines.embed.encoder import load_encoder
-    from ragvid.pipelines.index.build import IndexManifest
-    from ragvid.schemas import RetrievalConfig
-
-    path = ws.index(index)
-    if not exists(join(path, "index.json")):
-        raise FileNotFoundError(f"no index '{index}' in {ws.root} — build it with `ragvid index`")
-    enc = load_encoder(encoder or IndexManifest.load(path).encoder)
-    return RetrieverSource.open(path, enc, RetrievalConfig(k=k))
-
-
-def _model_id(base: str, adapter: str | None) -> str:
-    """Base folder + adapter folder + a digest of the adapter weights (a retrained adapter in
-    the same folder is another model: its job must not reuse the old videos)."""
-    if adapter is None:
-        return f"{base}+no-adapter"
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(os.path.join(adapter, "adapter.safetensors"), "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{base}+{adapter}@{digest.hexdigest()[:12]}"
-
-
-def _pipeline(base: str, adapter: str | None):
-    from ragvid.model.pipeline_ragme import RagmePipeline
-
-    pipe = RagmePipeline.from_pretrained(base, adapter=adapter)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @app.command()
@@ -145,7 +90,8 @@ def train(
     from ragvid.model.trainer import train as run_train
     from ragvid.model.trainer import train_preset
 
-    ws = Workspace.at(workspace)
+    res_ = Resolver.at(workspace)
+    ws = res_.ws
     cfg = train_preset(preset)
     updates = {
         "max_steps": max_steps,
@@ -157,7 +103,7 @@ def train(
     mp = get_preset(model_preset)
     data = load_training_set(
         ws.neighbours(neighbours),
-        ws.embeddings(corpus, slug(encoder)),
+        res_.embeddings(corpus, encoder),
         manifest_dir=None if latents else ws.manifest(corpus),
         latents_uri=latents,
         num_frames=cfg.num_frames,
@@ -171,7 +117,7 @@ def train(
             f"{len(data.report.dropped_rows)} row(s) dropped — first: "
             f"{(data.report.masked_slots + data.report.dropped_rows)[:1]}"
         )
-    run_dir = _run_dir(ws, run)
+    run_dir = res_.run_dir(run)
     with progress() as bar:
         task = bar.add_task("train", total=cfg.max_steps)
 
@@ -227,9 +173,10 @@ def generate(
         raise ValueError(f"--method {method} needs --index <retrieval index name>")
     plist = read_prompts(prompts)
     cfg = _generation_config(steps, guidance, height, width, frames, k, seed)
-    adapter_dir = _adapter_dir(ws, adapter)
-    pipe = _pipeline(base, adapter_dir)
-    retrieval = _retrieval(ws, index, encoder, k)
+    res = Resolver(ws)
+    adapter_dir = res.adapter(adapter)
+    pipe = res.pipeline(base, adapter_dir)
+    retrieval = res.retrieval(index, k, encoder)
     with progress() as bar:
         task = bar.add_task(f"generate ({method})", total=len(plist.prompts))
         report = batch_generate(
@@ -239,7 +186,7 @@ def generate(
             retrieval,
             cfg,
             method=method,
-            model_id=_model_id(base, adapter_dir),
+            model_id=res.model_id(base, adapter_dir),
             index_id=index,
             on_done=lambda row: bar.advance(task),
         )
@@ -317,7 +264,6 @@ def evaluate(
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
     from ragvid.model.metrics import FarnebackFlow, RaftFlow
-    from ragvid.schemas import MANIFEST, read_parts
 
     ws = Workspace.at(workspace).ensure_writable()
     method_list = _methods(methods)
@@ -327,14 +273,14 @@ def evaluate(
     cfg = _generation_config(steps, guidance, height, width, frames, k, seed)
     video_net, frame_net = load_video_features(fvd_features), load_frame_features(sim_features)
     flow = RaftFlow(raft_weights) if raft_weights else FarnebackFlow()
-    manifest = read_parts(ws.manifest(reference_corpus), MANIFEST, columns=["uri"])
-    reference = manifest.column("uri").to_pylist()[:reference_count]
-    retrieval = _retrieval(ws, index, encoder, k)
+    res = Resolver(ws)
+    reference = res.reference_videos(reference_corpus, reference_count)
+    retrieval = res.retrieval(index, k, encoder)
 
     def lookup(video_id: str) -> str:
         return str(retrieval.retriever.uris(np.asarray([[video_id]], dtype=object))[0, 0])
 
-    pipe = _pipeline(base, _adapter_dir(ws, adapter))
+    pipe = res.pipeline(base, res.adapter(adapter))
     with console.status(f"evaluating {len(method_list)} methods on {len(plist.prompts)} prompts"):
         rep = evaluate_methods(
             ws.evals(run),
@@ -406,7 +352,7 @@ def motion_transfer_cmd(
             prompt,
             base,
             ws.run(out),
-            load_encoder(encoder),
+            load_encoder(encoder, workspace=ws.root),
             caption=caption,
             iterations=iterations,
             train_config=tcfg,

@@ -7,6 +7,10 @@ from typing import Annotated
 import typer
 
 from ragvid.flows.cli.common import DEFAULT_WORKSPACE, app, console, user_errors
+from ragvid.schemas import EmbedConfig
+from ragvid.schemas.config import defaults
+
+_EMBED = defaults(EmbedConfig)
 
 
 @app.command()
@@ -119,25 +123,40 @@ def run_build_index(
         str | None, typer.Option("--input", "-i", help="Ingest this corpus source first.")
     ] = None,
     index: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
-    encoder: Annotated[str, typer.Option(help="Encoder spec or preset.")] = "tiny",
-    part_size: Annotated[int, typer.Option(help="Manifest rows per embed part/task.")] = 64,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="Preset, fitted encoder name, or open_clip spec (`ragvid encoder list`)."
+        ),
+    ] = _EMBED["encoder"],
+    part_size: Annotated[int, typer.Option(help="Manifest rows per embed part.")] = _EMBED[
+        "part_size"
+    ],
     num_shards: Annotated[int, typer.Option(help="FAISS shards.")] = 1,
     canonical_only: Annotated[
         bool, typer.Option(help="Index canonical members of duplicate groups only.")
     ] = False,
-    engine: Annotated[str, typer.Option(help="'ray' or 'local' (in-process).")] = "ray",
+    engine: Annotated[
+        str, typer.Option(help="ray (Ray Data, as `ragvid embed`) | ray-tasks | local.")
+    ] = "ray",
+    retry_failures: Annotated[
+        bool, typer.Option("--retry-failures", help="Reprocess only the quarantined rows.")
+    ] = False,
     ray_address: RayOpt = None,
 ) -> None:
-    """Ingest → embed (a task per part) → dedup → index → inspection → report."""
+    """Ingest → embed (the Ray Data pipeline) → dedup → index → inspection → report."""
     from ragvid.flows.build_index import build_index_flow
     from ragvid.flows.preflight import check_manifest, check_ray_address, check_workspace
+    from ragvid.pipelines.embed.run import ENGINES
+    from ragvid.pipelines.embed.spec import parse_encoder
 
-    if engine not in ("ray", "local"):
-        raise ValueError(f"--engine {engine!r}: use 'ray' or 'local'")
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
     check_ray_address(ray_address)
     ws = check_workspace(workspace, must_exist=input is None)
     if input is None:
         check_manifest(ws, corpus)
+    parse_encoder(encoder, ws)  # a wrong name fails here, before Prefect starts
     out = _run(
         build_index_flow,
         ray_address,
@@ -150,6 +169,7 @@ def run_build_index(
         num_shards=num_shards,
         canonical_only=canonical_only,
         engine=engine,
+        retry_failures=retry_failures,
     )
     e = out["embed"]
     console.print(

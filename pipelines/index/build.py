@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,12 +40,14 @@ from ragvid.schemas.io import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from ragvid.schemas.workspace import (  # the index folder's file names live with the layout
+    BM25_DIR,
+    DUPLICATES_FILE,
+    IDS_FILE,
+    INDEX_JSON,
+    VECTORS_FILE,
+)
 
-INDEX_JSON = "index.json"
-IDS_FILE = "ids.parquet"
-VECTORS_FILE = "vectors.npy"
-BM25_DIR = "bm25"
-DUPLICATES_FILE = "duplicates.parquet"
 FLAT_MAX_N = 100_000  # exact search below this: fast enough and no recall loss
 
 
@@ -80,8 +83,15 @@ class IndexManifest:
         return any(t in self.factory for t in ("PQ", "SQ", "LSH", "RQ"))
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form; local paths are stored relative to the index folder, so a workspace
+        moved or mounted elsewhere still finds its embeddings, manifest and duplicates."""
         d = asdict(self)
-        d.pop("path")
+        base = d.pop("path")
+        src = dict(d["source"])
+        for key in ("uri", "manifest"):
+            src[key] = _relative(src.get(key), base)
+        d["source"] = src
+        d["duplicates"] = _relative(d.get("duplicates"), base)
         return d
 
     @classmethod
@@ -94,7 +104,29 @@ class IndexManifest:
             )
         data = read_json(uri)
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known}, path=str(index_dir))
+        man = cls(**{k: v for k, v in data.items() if k in known}, path=str(index_dir))
+        src = dict(man.source)
+        for key in ("uri", "manifest"):
+            src[key] = _absolute(src.get(key), man.path)
+        man.source = src
+        man.duplicates = _absolute(man.duplicates, man.path)
+        return man
+
+
+def _is_local(path: str | None) -> bool:
+    return bool(path) and "://" not in str(path)
+
+
+def _relative(path: str | None, base: str) -> str | None:
+    if not _is_local(path) or not _is_local(base) or not os.path.isabs(str(path)):
+        return path
+    return os.path.relpath(str(path), str(base))
+
+
+def _absolute(path: str | None, base: str) -> str | None:
+    if not _is_local(path) or not _is_local(base) or os.path.isabs(str(path)):
+        return path
+    return os.path.normpath(os.path.join(str(base), str(path)))
 
 
 # --- loading and checking the embeddings -----------------------------------------------
@@ -127,7 +159,8 @@ def source_snapshot(embeddings: str) -> dict[str, Any]:
     for p in parts:
         fs, path = fs_and_path(p)
         info = fs.info(path)
-        snap.append({"path": p, "size": info.get("size"), "mtime": info.get("mtime")})
+        name = p.rstrip("/").rsplit("/", 1)[-1]  # names, not paths: a moved workspace is fresh
+        snap.append({"name": name, "size": info.get("size"), "mtime": info.get("mtime")})
     return {"uri": str(embeddings), "parts": snap}
 
 

@@ -31,7 +31,10 @@ from scipy.sparse.csgraph import connected_components
 
 from ragvid.pipelines.index.build import load_vectors
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
+from ragvid.schemas.config import IndexConfig, defaults
 from ragvid.schemas.io import write_bytes_atomic
+
+_INDEX = defaults(IndexConfig)
 
 
 @dataclass
@@ -206,9 +209,9 @@ def histogram_path(out_path: str) -> str:
 def find_duplicates(
     embeddings: str | pa.Table,
     out_path: str,
-    delta_dedup: float = 0.965,
+    delta_dedup: float = _INDEX["delta_dedup"],
     *,
-    delta_frame: float | None = 0.95,
+    delta_frame: float | None = _INDEX["delta_frame"],
     exact_max_n: int = 20_000,
     nprobe: int = 16,
 ) -> DuplicateReport:

@@ -1,0 +1,176 @@
+"""One resolver for the names users type: index → folder / encoder / retrieval source, run →
+adapter, base + adapter → pipeline and model id, corpus → evaluation reference set.
+
+The CLI commands and the Prefect flows both call this, so a name means the same thing from
+either side (the first wave had four copies that disagreed on fitted encoder names, model ids
+and quarantined reference videos).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
+from ragvid.schemas import RetrievalConfig
+from ragvid.schemas.io import exists, fs_and_path, list_parts
+from ragvid.schemas.workspace import INDEX_JSON, Workspace
+
+NO_ADAPTER = "no-adapter"
+
+
+@dataclass(frozen=True)
+class Resolver:
+    ws: Workspace
+
+    @classmethod
+    def at(cls, workspace: str | Workspace) -> Resolver:
+        return cls(Workspace.at(workspace))
+
+    # -- encoders and embeddings --------------------------------------------------------------
+
+    def encoder(self, spec: str | EncoderSpec) -> EncoderSpec:
+        return parse_encoder(spec, self.ws)
+
+    def embeddings(self, corpus: str, encoder: str | EncoderSpec) -> str:
+        """The embeddings folder of ``corpus`` under ``encoder``; it must hold parts."""
+        spec = self.encoder(encoder)
+        path = self.ws.embeddings(corpus, spec.slug)
+        if not list_parts(path):
+            raise FileNotFoundError(
+                f"no embeddings for corpus '{corpus}' with encoder '{spec.id}' at {path} — run "
+                f"`ragvid embed --corpus {corpus} --encoder {spec.name or spec.id}` first"
+            )
+        return path
+
+    # -- indexes --------------------------------------------------------------------------------
+
+    def index_names(self) -> list[str]:
+        fs, root = fs_and_path(self.ws.indexes_root())
+        if not fs.exists(root):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        return sorted(n for n in names if exists(self.ws.index_layout(n).manifest))
+
+    def index(self, name: str) -> str:
+        path = self.ws.index(name)
+        if not exists(self.ws.index_layout(name).manifest):
+            raise FileNotFoundError(
+                f"no index '{name}' in {self.ws.root} ({INDEX_JSON} missing). Available: "
+                f"{self.index_names() or 'none'} — build one with `ragvid index build`"
+            )
+        return path
+
+    def index_encoder(self, name: str) -> EncoderSpec:
+        """The encoder the index was built with (its manifest records the spec id)."""
+        from ragvid.pipelines.index.build import IndexManifest
+
+        return self.encoder(IndexManifest.load(self.index(name)).encoder)
+
+    def retrieval(
+        self,
+        index: str | None,
+        k: int,
+        encoder: str | EncoderSpec | None = None,
+        config: RetrievalConfig | None = None,
+    ):
+        """A RetrievalSource over a named index (text queries, the paper's filters); the query
+        encoder defaults to the index's own."""
+        if index is None:
+            return None
+        from ragvid.model.retrieval_source import RetrieverSource
+        from ragvid.pipelines.embed.encoder import load_encoder
+
+        path = self.index(index)
+        spec = self.encoder(encoder) if encoder is not None else self.index_encoder(index)
+        cfg = (config or RetrievalConfig()).model_copy(update={"k": k})
+        return RetrieverSource.open(path, load_encoder(spec), cfg)
+
+    # -- model side ---------------------------------------------------------------------------
+
+    def run_dir(self, run: str) -> str:
+        """A run name under ``<ws>/runs/``, or a folder path."""
+        return run if os.path.isdir(run) and os.sep in run else self.ws.run(run)
+
+    def adapter(self, run: str | None) -> str | None:
+        """The folder holding the run's trained adapter (None: no adapter)."""
+        if run is None:
+            return None
+        path = self.run_dir(run)
+        if not os.path.isfile(self.ws.adapter_weights(path)):
+            raise FileNotFoundError(
+                f"no trained adapter at {path} ({os.path.basename(self.ws.adapter_weights(path))} "
+                f"missing) — run `ragvid train --run {run} …` (or the finetune flow) first, or "
+                "pass the folder that holds it"
+            )
+        return path
+
+    def base(self, base: str | None) -> str:
+        """The base model folder; None means the tiny preset, written once into the workspace."""
+        if base is None:
+            from ragvid.model.presets import save_tiny_base
+
+            folder = self.ws.base_models("tiny-base")
+            if not exists(os.path.join(folder, "model_index.json")):
+                save_tiny_base(folder)
+            return folder
+        if not Path(base, "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"--base {base}: not a diffusers model folder (no model_index.json) — pass a local "
+                "ZeroScope/ModelScope-T2V folder, or leave it out for the tiny preset"
+            )
+        return base
+
+    def model_id(self, base: str, adapter: str | None) -> str:
+        """Base folder + adapter folder + a digest of the adapter weights: a retrained adapter
+        in the same folder is another model, so its jobs do not reuse the old videos."""
+        if adapter is None:
+            return f"{base}+{NO_ADAPTER}"
+        digest = hashlib.sha256()
+        with open(self.ws.adapter_weights(adapter), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"{base}+{adapter}@{digest.hexdigest()[:12]}"
+
+    def pipeline(self, base: str, adapter: str | None):
+        from ragvid.model.pipeline_ragme import RagmePipeline
+
+        pipe = RagmePipeline.from_pretrained(base, adapter=adapter)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def quarantined(self, corpus: str) -> set[str]:
+        """Ids any embedding run of ``corpus`` quarantined (undecodable for every encoder)."""
+        out: set[str] = set()
+        fs, root = fs_and_path(self.ws.failures(corpus))
+        if not fs.exists(root):
+            return out
+        for folder in [root, *(p for p in fs.ls(root, detail=False) if fs.isdir(p))]:
+            for part in list_parts(folder):
+                with fs.open(part, "rb") as fh:
+                    out.update(pq.read_table(fh, columns=["video_id"]).column(0).to_pylist())
+        return out
+
+    def reference_videos(self, corpus: str, count: int) -> list[str]:
+        """Up to ``count`` real videos of ``corpus`` for FVD/KVD, in manifest order — never a
+        file the embedding stage quarantined (it would fail decoding again)."""
+        from ragvid.pipelines.corpus.parts import manifest_files
+
+        bad = self.quarantined(corpus)
+        out: list[str] = []
+        for file in manifest_files(self.ws.manifest(corpus), corpus):
+            fs, path = fs_and_path(file)
+            with fs.open(path, "rb") as fh:
+                t = pq.read_table(fh, columns=["video_id", "uri"])
+            for vid, uri in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
+                if vid not in bad:
+                    out.append(uri)
+                    if len(out) >= count:
+                        return out
+        return out
