@@ -539,7 +539,7 @@ def demo_embeddings(tmp_path_factory):
     every part embedded in-process with it (~85 s on the 2-core box, once per session).
 
     Returns a namespace: ``ws`` (Workspace), ``root``, ``corpus`` ("demo"), ``encoder`` (the
-    spec to pass to load_encoder / EmbedConfig), ``embeddings_dir``, ``failures_dir``,
+    fitted encoder's id ``encoder:demo-tiny``, for EmbedConfig / the CLI with the workspace), ``embeddings_dir``, ``failures_dir``,
     ``raw`` (SynthReport), ``holdout`` (held-out video ids). Read-only: tests share it.
     """
     from types import SimpleNamespace
@@ -547,6 +547,7 @@ def demo_embeddings(tmp_path_factory):
     from ragvid.pipelines.corpus.synth import synth_corpus
     from ragvid.pipelines.embed.encoder import load_encoder
     from ragvid.pipelines.embed.fit import fit_encoder, read_holdout
+    from ragvid.pipelines.embed.spec import parse_encoder
     from ragvid.pipelines.embed.stage import embed_part, embeddings_dir, failures_dir, plan_parts
     from ragvid.schemas import EmbedConfig, SynthConfig, Workspace
 
@@ -555,17 +556,18 @@ def demo_embeddings(tmp_path_factory):
     ws = Workspace.at(root / "ws")
     synth_manifest(raw, ws, "demo")
     spec = fit_encoder(ws, "demo", ws.encoders("demo-tiny"))
-    config = EmbedConfig(encoder=spec, part_size=64)
-    encoder = load_encoder(spec)
+    enc = parse_encoder(spec, ws)  # the fitted encoder's workspace-relative id: encoder:demo-tiny
+    config = EmbedConfig(encoder=enc.id, part_size=64)
+    encoder = load_encoder(enc)
     for plan in plan_parts(ws, "demo", config):
         embed_part(ws, "demo", plan.index, config, encoder)
     return SimpleNamespace(
         ws=ws,
         root=str(root / "ws"),
         corpus="demo",
-        encoder=spec,
-        embeddings_dir=embeddings_dir(ws, "demo", spec),
-        failures_dir=failures_dir(ws, "demo", spec),
+        encoder=enc.id,
+        embeddings_dir=embeddings_dir(ws, "demo", enc),
+        failures_dir=failures_dir(ws, "demo", enc),
         raw=raw,
         holdout=read_holdout(spec),
     )

@@ -87,7 +87,7 @@ def test_cli_encoder_list_and_embed_summary(demo_embeddings):
 
 def test_concurrent_run_is_refused(demo_embeddings):
     from ragvid.flows.cli import app
-    from ragvid.pipelines.embed.ray_data import embed_corpus
+    from ragvid.pipelines.embed.run import embed_corpus
 
     d = demo_embeddings
     config = EmbedConfig(encoder=d.encoder, part_size=64)
@@ -103,7 +103,7 @@ def test_kill_midway_then_resume_on_ray_then_retry_failures(tmp_path, ray_local)
     """A real SIGKILL of `ragvid embed`, a rerun on Ray Data that recomputes no finished part,
     then --retry-failures after the missing file appears."""
     from ragvid.pipelines.corpus.synth import synth_corpus
-    from ragvid.pipelines.embed.ray_data import embed_corpus
+    from ragvid.pipelines.embed.run import embed_corpus
 
     raw = synth_corpus(
         str(tmp_path / "raw"), SynthConfig(num_videos=20, num_duplicates=2, num_bad=4, seed=3)
@@ -177,13 +177,19 @@ def test_float32_storage_keeps_the_contract_metadata(tmp_path):
     from ragvid.pipelines.embed.stage import PartPlan, write_part
     from ragvid.schemas.io import read_metadata
 
-    plan = PartPlan(0, 0, 1, f"{tmp_path}/e/part-00000.parquet", f"{tmp_path}/f/p.parquet", False)
+    plan = PartPlan(
+        index=0,
+        uri=f"{tmp_path}/e/part-00000.parquet",
+        rows=1,
+        failures_uri=f"{tmp_path}/f/p.parquet",
+    )
     fe = np.random.default_rng(0).random((3, 4)).astype(np.float32)
     row = dict(video_id="a", uri="x", caption="c", frame_emb=fe, video_emb=video_embedding(fe))
     row.update(text_emb=fe[1], frame_ts=np.arange(3, dtype=np.float32), error_class=None)
     config = EmbedConfig(encoder="tiny", storage_dtype="float32")
     stats = write_part(plan, [row], "preset:tiny", 4, config, seconds=0.0)
-    assert stats.embedded == 1 and os.path.exists(done_marker(plan.uri))
+    # the stage writes the files; only an executor (finish_part) writes the marker
+    assert stats.embedded == 1 and not os.path.exists(done_marker(plan.uri))
     stored = pq.read_table(plan.uri)
     assert stored.schema.field("video_emb").type.value_type == pa.float32()
     np.testing.assert_array_equal(stored.column("video_emb")[0].values, video_embedding(fe))

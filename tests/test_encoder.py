@@ -12,7 +12,8 @@ from ragvid.pipelines.embed.encoder import (
     load_encoder,
     save_encoder,
 )
-from ragvid.pipelines.embed.stage import encoder_id, video_embedding
+from ragvid.pipelines.embed.spec import parse_encoder
+from ragvid.pipelines.embed.stage import video_embedding
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def _frames(n=6, h=64, w=96, seed=0):
 
 def test_presets_and_unknown_names():
     assert {"tiny", "vit-b-32", "vit-b-32-random"} <= set(list_encoders())
-    with pytest.raises(KeyError, match="Available presets"):
+    with pytest.raises(KeyError, match="Presets: "):
         load_encoder("tinyy")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a known"):
         load_encoder("open_clip:ViT-B-32/no-such-tag")
@@ -59,7 +60,7 @@ def test_save_load_round_trip_through_open_clip(tiny, tmp_path):
     assert (tmp_path / "enc" / CONFIG_NAME).is_file()
     assert (tmp_path / "enc" / WEIGHTS_NAME).is_file()
     loaded = load_encoder(spec, device="cpu")
-    assert loaded.id == spec == encoder_id(spec)
+    assert loaded.id == spec == parse_encoder(spec).id
     frames, caps = _frames(), ["a green square", "a yellow cross rotating"]
     np.testing.assert_array_equal(loaded.encode_frames(frames), tiny.encode_frames(frames))
     np.testing.assert_array_equal(loaded.encode_text(caps), tiny.encode_text(caps))

@@ -415,7 +415,7 @@ def retry_part(
         plan,
         merged,
         stage.spec.id,
-        int(prev.get("dim", 0)) or _dim_of(old_rows, redone),
+        stage.encoder.dim,
         stage.config,
         seconds=time.perf_counter() - started,
         attempt=attempt,
@@ -424,14 +424,6 @@ def retry_part(
     stats.seconds = round(float(prev.get("seconds", 0.0)) + stats.seconds, 3)
     finish_part(plan, asdict(stats))
     return stats
-
-
-def _dim_of(*row_maps: dict) -> int:
-    for rows in row_maps:
-        for r in rows.values():
-            if r.get("video_emb") is not None:
-                return len(r["video_emb"])
-    raise RuntimeError("cannot tell the embedding dimension: no row of the part embedded")
 
 
 # --- summary ---------------------------------------------------------------------------------
