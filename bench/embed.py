@@ -1,4 +1,6 @@
-"""Embedding throughput: the Ray Data pipeline vs a plain single-process loop, in one run.
+"""Embedding throughput: the Ray Data pipeline vs a plain single-process loop, and the
+deployed `build-index` flow's path vs `ragvid embed`'s, in one run; plus planning time and
+memory on a generated 10M-row manifest.
 
 Same generated corpus, same encoder, same decode settings. The plain loop decodes one video,
 encodes its frames and caption, then moves on; the Ray pipeline overlaps CPU decode tasks with
@@ -9,6 +11,11 @@ steady state (Ray: from the first finished part to the last), and their ratios.
     .venv/bin/python bench/embed.py --quick          # 240 videos, tiny encoder (smoke)
     .venv/bin/python bench/embed.py --videos 5000    # the headline: Ray's start-up amortised
     .venv/bin/python bench/embed.py --encoder vit-b-32-random --videos 2000   # on a GPU box
+    .venv/bin/python bench/embed.py --plan-rows 10000000 --skip-embed     # planning only
+
+The flow figure is the embed task of a real ``build_index_flow`` run (ephemeral Prefect) on a
+second copy of the manifest, taken from the flow's own report; ``ragvid embed``'s figure is
+``embed_corpus`` — the function that command calls — on the first copy. Both use Ray Data.
 """
 
 from __future__ import annotations
@@ -84,13 +91,15 @@ def plain_loop(ws, corpus: str, config, threads: int | None = None, limit: int |
 
 
 def ray_pipeline(ws, corpus: str, config) -> dict:
-    from ragvid.pipelines.embed.ray_data import embed_corpus
+    """What `ragvid embed` runs (``embed_corpus`` on the Ray Data executor)."""
+    from ragvid.pipelines.embed.run import embed_corpus
 
     finished: list[tuple[float, int, int]] = []
     started = time.perf_counter()
 
     def on_part(_done, _total, stats):
-        finished.append((time.perf_counter(), stats.rows, stats.frames))
+        if not stats.get("skipped"):
+            finished.append((time.perf_counter(), stats["rows"], stats["frames"]))
 
     report = embed_corpus(ws, corpus, config, progress=on_part)
     seconds = time.perf_counter() - started
@@ -113,6 +122,98 @@ def ray_pipeline(ws, corpus: str, config) -> dict:
     }
 
 
+def flow_path(ws, corpus: str, config) -> dict:
+    """The deployed path: a real `build-index` flow run; its embed task's throughput."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from ragvid.flows.build_index import build_index_flow
+    from ragvid.flows.preflight import flow_settings, quiet_user_errors
+
+    started = time.perf_counter()
+    with flow_settings(), quiet_user_errors():
+        out = build_index_flow(
+            workspace=ws.root,
+            corpus=corpus,
+            encoder=config.encoder,
+            num_frames=config.num_frames,
+            part_size=config.part_size,
+            inspect_queries=[],
+        )
+    e = out["embed"]
+    return {
+        "videos": e["rows"],
+        "frames": e["frames"],
+        "seconds": e["seconds"],
+        "flow_seconds_total": round(time.perf_counter() - started, 2),
+    }
+
+
+def plan_bench(rows: int, files: int, part_size: int) -> dict:
+    """Generate a ``rows``-row manifest in ``files`` files, then plan it in a fresh process and
+    report its wall time and peak RSS (planning reads footers + one folder listing)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+
+    from ragvid.schemas import MANIFEST, Workspace, part_name, write_table
+
+    tmp = tempfile.mkdtemp(prefix="bench-plan-")
+    ws = Workspace.at(f"{tmp}/ws")
+    per = -(-rows // files)
+    t0 = time.perf_counter()
+    for f in range(files):
+        n = min(per, rows - f * per)
+        ids = np.char.add("v", np.arange(f * per, f * per + n).astype(str))
+        table = pa.table(
+            {
+                "video_id": pa.array(ids),
+                "uri": pa.array(np.char.add("/data/webvid/", np.char.add(ids, ".mp4"))),
+                "caption": pa.array(np.full(n, "a person walking a dog in a park")),
+                "duration_s": pa.array(np.full(n, 12.0)),
+                "source": pa.array(np.full(n, "webvid")),
+                "source_file": pa.array(np.full(n, "results_10M_train.csv")),
+                "source_row": pa.array(np.arange(n, dtype=np.int64)),
+            }
+        )
+        write_table(f"{ws.manifest('big')}/{part_name(f)}", table, MANIFEST)
+    gen_s = time.perf_counter() - t0
+    code = (
+        "import json, resource, time\n"
+        "from ragvid.pipelines.embed.stage import EmbedStage\n"
+        "from ragvid.schemas import EmbedConfig\n"
+        "rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = time.perf_counter()\n"
+        f"plans = EmbedStage({ws.root!r}, 'big', EmbedConfig(encoder='tiny', "
+        f"part_size={part_size})).plan()\n"
+        "s = time.perf_counter() - t\n"
+        "rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'parts': len(plans), 'rows': sum(p.rows for p in plans), "
+        "'plan_s': round(s, 2), 'peak_rss_mb': round(rss1 / 1024), "
+        "'rss_growth_mb': round((rss1 - rss0) / 1024)}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    # baseline: the first wave's planning — the whole manifest read into the driver and sorted
+    base = (
+        "import json, resource, time\n"
+        "from ragvid.pipelines.embed.stage import load_manifest\n"
+        "from ragvid.schemas import Workspace\n"
+        "rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "t = time.perf_counter()\n"
+        f"m = load_manifest(Workspace.at({ws.root!r}), 'big').sort_by('video_id')\n"
+        "s = time.perf_counter() - t\n"
+        "rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'plan_s': round(s, 2), 'rss_growth_mb': round((rss1 - rss0) / 1024)}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", base], capture_output=True, text=True, check=True)
+    res["baseline_read_and_sort"] = json.loads(out.stdout.strip().splitlines()[-1])
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"manifest_rows": rows, "files": files, "generate_s": round(gen_s, 1), **res}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small default size (240 videos)")
@@ -130,7 +231,14 @@ def main() -> None:
         help="videos for the plain loop with torch's default threads (slow when contended)",
     )
     parser.add_argument("--out", default=None, help="write the JSON result here too")
+    parser.add_argument("--no-flow", action="store_true", help="skip the build-index flow run")
+    parser.add_argument("--plan-rows", type=int, default=0, help="also plan a generated manifest")
+    parser.add_argument("--plan-files", type=int, default=16)
+    parser.add_argument("--skip-embed", action="store_true", help="planning benchmark only")
     args = parser.parse_args()
+    if args.skip_embed:
+        print(json.dumps(plan_bench(args.plan_rows, args.plan_files, args.part_size), indent=2))
+        return
 
     import ray
     import torch
@@ -144,6 +252,7 @@ def main() -> None:
     )
     ws = Workspace.at(f"{tmp}/ws")
     _manifest(raw, ws, "bench")
+    _manifest(raw, ws, "bench-flow")  # a second copy: the flow starts from nothing too
     config = EmbedConfig(
         encoder=args.encoder,
         num_frames=args.num_frames,
@@ -157,6 +266,7 @@ def main() -> None:
     plain_1 = plain_loop(ws, "bench", config, threads=1)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_res = ray_pipeline(ws, "bench", config)
+    flow_res = None if args.no_flow else flow_path(ws, "bench-flow", config)
     ray.shutdown()
 
     def rate(r: dict) -> dict:
@@ -182,6 +292,13 @@ def main() -> None:
     result["ratio_end_to_end"] = round(result["ray"]["videos_per_s"] / p, 2)
     if ray_res["steady"]:
         result["ratio_steady_state"] = round(ray_res["steady"]["videos_per_s"] / p, 2)
+    if flow_res is not None:
+        result["flow"] = {**flow_res, **rate(flow_res)}
+        result["ratio_flow_vs_cli"] = round(
+            result["flow"]["videos_per_s"] / result["ray"]["videos_per_s"], 3
+        )
+    if args.plan_rows:
+        result["plan"] = plan_bench(args.plan_rows, args.plan_files, args.part_size)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -52,6 +52,7 @@ def train_task(
     from ragvid.model.presets import get_preset
     from ragvid.model.train_data import load_training_set
     from ragvid.model.trainer import train, train_preset
+
     res = Resolver.at(workspace)
     ws = res.ws
     cfg = train_preset(preset)

@@ -125,16 +125,26 @@ class Resolver:
             )
         return base
 
+    def _portable(self, path: str) -> str:
+        """``ws:<relative path>`` for a folder inside the workspace (moves with it), else the
+        path as given (an external model folder such as /models/zeroscope)."""
+        root = os.path.realpath(self.ws.root)
+        real = os.path.realpath(path)
+        if real == root or real.startswith(root + os.sep):
+            return "ws:" + os.path.relpath(real, root)
+        return str(path)
+
     def model_id(self, base: str, adapter: str | None) -> str:
         """Base folder + adapter folder + a digest of the adapter weights: a retrained adapter
-        in the same folder is another model, so its jobs do not reuse the old videos."""
+        in the same folder is another model, so its jobs regenerate instead of reusing the old
+        videos. Folders inside the workspace are named relative to it."""
         if adapter is None:
-            return f"{base}+{NO_ADAPTER}"
+            return f"{self._portable(base)}+{NO_ADAPTER}"
         digest = hashlib.sha256()
         with open(self.ws.adapter_weights(adapter), "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        return f"{base}+{adapter}@{digest.hexdigest()[:12]}"
+        return f"{self._portable(base)}+{self._portable(adapter)}@{digest.hexdigest()[:12]}"
 
     def pipeline(self, base: str, adapter: str | None):
         from ragvid.model.pipeline_ragme import RagmePipeline

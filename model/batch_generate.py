@@ -184,9 +184,11 @@ def generate_prompts(
     for prompt in prompts:
         pid = prompt_id(prompt, config.seed, method)
         part = rows_dir / f"part-{pid}.parquet"
-        if part.is_file() and read_table(part, GENERATIONS).column("status")[0].as_py() == "ok":
-            skipped += 1
-            continue
+        if part.is_file():
+            done = read_table(part, GENERATIONS).to_pylist()[0]
+            if done["status"] == "ok" and done["model_id"] == model_id:
+                skipped += 1
+                continue
         gen = torch.Generator(device="cpu").manual_seed(config.seed)
         row = {
             "prompt_id": pid,
@@ -318,15 +320,25 @@ def batch_generate(
 
 
 def _pin_settings(job: Path, settings: dict) -> None:
+    """A job keeps one set of settings. A new model (a retrained adapter: its id hashes the
+    weights) regenerates every prompt; the previous model's rows and videos are kept under
+    ``superseded/<n>/`` rather than overwritten."""
     pin = job / "job.json"
     if pin.is_file():
         old = read_json(str(pin))
         if old != settings:
             diff = sorted(k for k in settings if old.get(k) != settings[k])
-            raise ValueError(
-                f"{job} holds a generation job made with other settings ({diff} differ) — use a "
-                "new --job name, or delete the folder to regenerate"
-            )
+            if diff != ["model_id"]:
+                raise ValueError(
+                    f"{job} holds a generation job made with other settings ({diff} differ) — "
+                    "use a new --job name, or delete the folder to regenerate"
+                )
+            keep = job / "superseded" / str(len(list((job / "superseded").glob("*"))))
+            keep.mkdir(parents=True)
+            for name in ("rows", "videos", "job.json", "generations.parquet"):
+                if (job / name).exists():
+                    os.replace(job / name, keep / name)
+            write_json_atomic(str(pin), settings)
     else:
         job.mkdir(parents=True, exist_ok=True)
         write_json_atomic(str(pin), settings)

@@ -539,8 +539,8 @@ def demo_embeddings(tmp_path_factory):
     every part embedded in-process with it (~85 s on the 2-core box, once per session).
 
     Returns a namespace: ``ws`` (Workspace), ``root``, ``corpus`` ("demo"), ``encoder`` (the
-    fitted encoder's id ``encoder:demo-tiny``, for EmbedConfig / the CLI with the workspace), ``embeddings_dir``, ``failures_dir``,
-    ``raw`` (SynthReport), ``holdout`` (held-out video ids). Read-only: tests share it.
+    fitted encoder's id ``encoder:demo-tiny``, for EmbedConfig / the CLI with the workspace),
+    ``embeddings_dir``, ``failures_dir``, ``raw`` (SynthReport), ``holdout`` (held-out video ids). Read-only: tests share it.
     """
     from types import SimpleNamespace
 

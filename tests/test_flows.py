@@ -130,6 +130,8 @@ def test_killed_build_index_resumes_without_recomputing(prefect_server, tmp_path
         "kill",
         "-w",
         ws.root,
+        "--encoder",
+        "tiny",
         "--part-size",
         "3",
         "--engine",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +85,10 @@ def test_manifest_records_checksums_source_and_ids(built_index):
     assert data["duplicates"].endswith("duplicates.parquet")
     r = Retriever.open(out)
     assert list(r.ids) == table.column("video_id").to_pylist()
-    again = build_index(data["source"]["uri"], out, IndexConfig(num_shards=3), ray=False)
+    # paths are stored relative to the index folder (a moved workspace still resolves them)
+    assert not os.path.isabs(data["source"]["uri"])
+    src = IndexManifest.load(out).source["uri"]
+    again = build_index(src, out, IndexConfig(num_shards=3), ray=False)
     assert again.created == data["created"]  # up to date: not rebuilt
     assert r.captions[3] == table.column("caption")[3].as_py()
 

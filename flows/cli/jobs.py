@@ -62,7 +62,7 @@ def train(
     base: BaseOpt,
     neighbours: Annotated[str, typer.Option(help="Neighbour-list name in the workspace.")],
     corpus: Annotated[str, typer.Option(help="Corpus of the training videos + embeddings.")],
-    encoder: Annotated[str, typer.Option(help="Encoder spec the corpus was embedded with.")],
+    encoder: Annotated[str, typer.Option(help="Encoder the corpus was embedded with.")],
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
     model_preset: Annotated[

@@ -222,6 +222,12 @@ def load_encoder(
     import open_clip
 
     parsed = parse_encoder(spec, workspace)
+    if parsed.kind == "external":
+        raise KeyError(
+            f"encoder '{parsed.id}' names vectors made outside ragvid: ragvid can read tables and "
+            "indexes made with it but cannot load it to encode queries — pass a query encoder "
+            "in the same space, or a preset / fitted encoder / open_clip spec"
+        )
     device = device or _default_device()
     load = parsed.load
     if load.startswith("preset:"):

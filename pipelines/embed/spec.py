@@ -9,7 +9,9 @@ Accepted forms (``ragvid encoder list`` shows the presets):
 * the name of an encoder fitted into the workspace (``<ws>/encoders/<name>``, written by
   ``ragvid encoder fit``), or ``encoder:<name>`` — the workspace-relative id tables record;
 * ``open_clip:<arch>/<pretrained tag>`` or ``open_clip:<arch>/<checkpoint file>``;
-* ``open_clip:local-dir:<folder>`` (open_clip's hub layout).
+* ``open_clip:local-dir:<folder>`` (open_clip's hub layout);
+* any other ``<scheme>:<name>`` id — vectors made outside ragvid (bring-your-own embeddings
+  tables): their folders and indexes resolve by that id, but ragvid cannot load the encoder.
 
 The **slug** (the embeddings folder name) never contains a machine's absolute path: fitted
 encoders are named relative to the workspace, outside folders and checkpoints by their file
@@ -32,7 +34,7 @@ WEIGHTS_NAME = "open_clip_model.safetensors"
 LOCAL_DIR = "open_clip:local-dir:"
 FITTED = "encoder:"
 
-Kind = Literal["preset", "fitted", "local-dir", "checkpoint", "pretrained"]
+Kind = Literal["preset", "fitted", "local-dir", "checkpoint", "pretrained", "external"]
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,9 @@ def parse_encoder(spec: str | EncoderSpec, workspace: str | Workspace | None = N
     folder = _fitted_folder(ws, text)
     if folder is not None:
         return fitted_spec(text, folder)
+    scheme = text.split(":", 1)[0]
+    if ":" in text and scheme and scheme not in ("open_clip", "preset") and "/" not in scheme:
+        return EncoderSpec(kind="external", id=text, load=text, slug=slug(text), name=text)
     fitted = []
     if ws is not None and os.path.isdir(ws.encoders_root()):
         fitted = sorted(
