@@ -406,14 +406,16 @@ class Trainer:
         """
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            str(self.run_dir / "config.json"),
-            {
-                "train": cfg.model_dump(),
-                "base": self.base.path,
-                "adapter": self.adapter.config_dict(),
-            },
-        )
+        run_config = {
+            "train": cfg.model_dump(),
+            "base": self.base.path,
+            "adapter": self.adapter.config_dict(),
+        }
+        cfg_file = self.run_dir / "config.json"
+        if not cfg_file.is_file() or json.loads(cfg_file.read_text()) != json.loads(
+            json.dumps(run_config, default=str)
+        ):  # rewritten only when it changes: a finished run's rerun touches nothing
+            write_json_atomic(str(cfg_file), run_config)
         if self.accelerator.is_main_process:  # half-written checkpoints of a killed run
             for tmp in (self.run_dir / "checkpoints").glob(".tmp-step-*"):
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -540,7 +540,8 @@ def demo_embeddings(tmp_path_factory):
 
     Returns a namespace: ``ws`` (Workspace), ``root``, ``corpus`` ("demo"), ``encoder`` (the
     fitted encoder's id ``encoder:demo-tiny``, for EmbedConfig / the CLI with the workspace),
-    ``embeddings_dir``, ``failures_dir``, ``raw`` (SynthReport), ``holdout`` (held-out video ids). Read-only: tests share it.
+    ``embeddings_dir``, ``failures_dir``, ``raw`` (SynthReport), ``holdout`` (held-out video
+    ids). Read-only: tests share it.
     """
     from types import SimpleNamespace
 

@@ -120,6 +120,7 @@ def test_cli_and_flows_write_the_same_tables(
     from ragvid.pipelines.embed.spec import parse_encoder
 
     raw_dir, prompts = raw
+    tiny_base_dir = str(tiny_base_dir)
     model = encoder == "tiny"  # generation + evaluation once; the fitted name through training
     cli_ws, flow_ws = Workspace.at(tmp_path / "cli"), Workspace.at(tmp_path / "flow")
     _cli_chain(cli_ws.root, raw_dir, encoder, tiny_base_dir, prompts, model)
@@ -148,17 +149,32 @@ def test_retrained_adapter_is_a_new_model_and_regenerates(raw, tiny_base_dir, tm
     from ragvid.flows.resolve import Resolver
 
     raw_dir, prompts = raw
+    tiny_base_dir = str(tiny_base_dir)
     ws = Workspace.at(tmp_path / "ws")
     _cli_chain(ws.root, raw_dir, "tiny", tiny_base_dir, prompts, model=False)
+    # lists with kept neighbours, so training moves the adapter (fully padded lists give a zero
+    # gradient through the zero-initialised RagCA): random vectors are all near-duplicates of
+    # each other, so this index and its lists open the duplicate and δ_min filters
+    _cli("index", "dedup", "--corpus", "c", "--encoder", "tiny", "--name", "open", "--threshold",
+         "1.0", "-w", ws.root)  # fmt: skip
+    _cli("index", "build", "--corpus", "c", "--encoder", "tiny", "--name", "open", "--no-ray",
+         "-w", ws.root)  # fmt: skip
+    out = _cli("neighbours", "--index", "open", "--name", "kept", "--delta-min", "-1",
+               "--delta-dedup", "1.0", "-w", ws.root)  # fmt: skip
+    assert "0 fully padded" in out
+    train = ["train", "--run", "r", "--base", tiny_base_dir, "--neighbours", "kept",
+             "--corpus", "c", "--encoder", "tiny", "--preset", "tiny", "--model-preset", "tiny",
+             "-w", ws.root]  # fmt: skip
+    shutil.rmtree(res_dir := Path(ws.run("r")))
+    _cli(*train, "--max-steps", "2")
+    assert res_dir.joinpath("adapter.safetensors").is_file()
     res = Resolver(ws)
     first = res.model_id(tiny_base_dir, res.adapter("r"))
     args = ["generate", prompts, "--job", "j", "--base", tiny_base_dir, "--adapter", "r",
             "--index", "c", *GEN, "-w", ws.root]  # fmt: skip
     assert "2 generated, 0 already done" in _cli(*args)
     assert "0 generated, 2 already done" in _cli(*args)
-    _cli("train", "--run", "r", "--base", tiny_base_dir, "--neighbours", "c", "--corpus", "c",
-         "--encoder", "tiny", "--preset", "tiny", "--model-preset", "tiny", "--max-steps", "4",
-         "-w", ws.root)  # fmt: skip
+    _cli(*train, "--max-steps", "4")  # the nightly retrain: same folder, new weights
     second = res.model_id(tiny_base_dir, res.adapter("r"))
     assert second != first and second.split("@")[0] == first.split("@")[0]
     assert "2 generated, 0 already done" in _cli(*args)  # the new model's own videos
@@ -170,6 +186,7 @@ def test_retrained_adapter_is_a_new_model_and_regenerates(raw, tiny_base_dir, tm
 
 def test_moved_workspace_reruns_with_nothing_recomputed(raw, tiny_base_dir, tmp_path):
     raw_dir, prompts = raw
+    tiny_base_dir = str(tiny_base_dir)
     first = tmp_path / "first"
     _cli_chain(str(first), raw_dir, "tiny", tiny_base_dir, prompts, model=False)
     args = ["generate", prompts, "--job", "j", "--base", tiny_base_dir, "--adapter", "r",

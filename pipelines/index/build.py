@@ -89,9 +89,9 @@ class IndexManifest:
         base = d.pop("path")
         src = dict(d["source"])
         for key in ("uri", "manifest"):
-            src[key] = _relative(src.get(key), base)
+            src[key] = relative_path(src.get(key), base)
         d["source"] = src
-        d["duplicates"] = _relative(d.get("duplicates"), base)
+        d["duplicates"] = relative_path(d.get("duplicates"), base)
         return d
 
     @classmethod
@@ -107,9 +107,9 @@ class IndexManifest:
         man = cls(**{k: v for k, v in data.items() if k in known}, path=str(index_dir))
         src = dict(man.source)
         for key in ("uri", "manifest"):
-            src[key] = _absolute(src.get(key), man.path)
+            src[key] = absolute_path(src.get(key), man.path)
         man.source = src
-        man.duplicates = _absolute(man.duplicates, man.path)
+        man.duplicates = absolute_path(man.duplicates, man.path)
         return man
 
 
@@ -117,13 +117,14 @@ def _is_local(path: str | None) -> bool:
     return bool(path) and "://" not in str(path)
 
 
-def _relative(path: str | None, base: str) -> str | None:
+def relative_path(path: str | None, base: str) -> str | None:
+    """``path`` relative to ``base`` when both are local (stored in manifests: relocatable)."""
     if not _is_local(path) or not _is_local(base) or not os.path.isabs(str(path)):
         return path
     return os.path.relpath(str(path), str(base))
 
 
-def _absolute(path: str | None, base: str) -> str | None:
+def absolute_path(path: str | None, base: str) -> str | None:
     if not _is_local(path) or not _is_local(base) or os.path.isabs(str(path)):
         return path
     return os.path.normpath(os.path.join(str(base), str(path)))

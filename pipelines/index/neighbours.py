@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ragvid.pipelines.index.build import INDEX_JSON
+from ragvid.pipelines.index.build import INDEX_JSON, relative_path
 from ragvid.pipelines.index.dedup import read_duplicates
 from ragvid.pipelines.index.search import Retriever, batch_dot
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, is_done, mark_done, write_table
@@ -89,14 +89,20 @@ class _Exclusion:
 
 
 def _params(
-    index_dir: str, config: RetrievalConfig, duplicates: str | None, ids_hash: str, part_size: int
+    index_dir: str,
+    out_dir: str,
+    config: RetrievalConfig,
+    duplicates: str | None,
+    ids_hash: str,
+    part_size: int,
 ) -> dict:
+    """What the lists depend on; paths relative to the output, so a moved workspace matches."""
     man = read_json(join(index_dir, INDEX_JSON))
     return {
-        "index": str(index_dir),
+        "index": relative_path(str(index_dir), out_dir),
         "index_shards_sha256": [s.get("sha256") for s in man["shards"]],
         "retrieval": config.model_dump(),
-        "duplicates": duplicates,
+        "duplicates": relative_path(duplicates, out_dir),
         "video_ids_sha256": ids_hash,
         "part_size": part_size,
     }
@@ -127,7 +133,7 @@ def materialize_neighbours(
         d = read_duplicates(duplicates)
         groups = dict(zip(d["video_id"], d["group_id"], strict=True))
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    params = _params(index_dir, config, duplicates, ids_hash, part_size)
+    params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size)
     excl = _Exclusion(r, groups, config.delta_dedup, not r.man.compressed or config.rerank_exact)
     extra = max_group(groups) + 1
     n_parts = (len(ids) + part_size - 1) // part_size
