@@ -103,7 +103,7 @@ def check_manifest(ws: Workspace, corpus: str) -> list[str]:
     if not parts:
         raise FileNotFoundError(
             f"corpus {corpus!r} has no manifest in {ws.manifest(corpus)}: run "
-            f"`ragvid corpus ingest <input> --corpus {corpus} -w {ws.root}` first, or pass "
+            f"`ragvid corpus ingest <input> --name {corpus} -w {ws.root}` first, or pass "
             "--input to let the flow ingest it"
         )
     return parts

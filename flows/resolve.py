@@ -67,7 +67,7 @@ class Resolver:
 
     def index_encoder(self, name: str) -> EncoderSpec:
         """The encoder the index was built with (its manifest records the spec id)."""
-        from ragvid.pipelines.index.build import IndexManifest
+        from ragvid.pipelines.index.layout import IndexManifest
 
         return self.encoder(IndexManifest.load(self.index(name)).encoder)
 

@@ -286,7 +286,7 @@ def batch_generate(
     index_id: str | None = None,
     on_done: Callable[[dict], None] | None = None,
 ) -> GenerateReport:
-    """Run a generation job in one process (see :func:`batch_generate_multi_gpu` for many)."""
+    """Run a generation job in this process (one device); reruns skip finished prompts."""
     plist = prompts if isinstance(prompts, PromptList) else None
     if plist is None:
         if isinstance(prompts, (str, os.PathLike)):
@@ -342,60 +342,6 @@ def _pin_settings(job: Path, settings: dict) -> None:
     else:
         job.mkdir(parents=True, exist_ok=True)
         write_json_atomic(str(pin), settings)
-
-
-def _gpu_worker(rank: int, world: int, job_dir: str, prompts: list[str], factory, config, kw):
-    device = f"cuda:{rank}"
-    pipe, retrieval = factory(device)
-    generate_prompts(job_dir, prompts[rank::world], pipe, retrieval, config, **kw)
-
-
-def batch_generate_multi_gpu(
-    job_dir: str | os.PathLike,
-    prompts: str | os.PathLike | Sequence[str],
-    factory: Callable[[str], tuple[object, RetrievalSource | None]],
-    config: GenerationConfig,
-    *,
-    method: str = "ragme",
-    model_id: str = "",
-    index_id: str | None = None,
-) -> GenerateReport:
-    """One worker process per visible GPU, each with its own pipeline from ``factory(device)``
-    (a picklable top-level function); falls back to one in-process worker without GPUs."""
-    plist = (
-        read_prompts(prompts)
-        if isinstance(prompts, (str, os.PathLike))
-        else PromptList(list(dict.fromkeys(prompts)), "list")
-    )
-    world = torch.cuda.device_count()
-    if world <= 1:
-        pipe, retrieval = factory("cuda:0" if world == 1 else "cpu")
-        return batch_generate(
-            job_dir,
-            plist,
-            pipe,
-            retrieval,
-            config,
-            method=method,
-            model_id=model_id,
-            index_id=index_id,
-        )
-    job = Path(job_dir)
-    _pin_settings(job, _job_settings(config, method, model_id, index_id))
-    kw = {"method": method, "model_id": model_id, "index_id": index_id}
-    torch.multiprocessing.spawn(
-        _gpu_worker, args=(world, str(job), plist.prompts, factory, config, kw), nprocs=world
-    )
-    table = consolidate(job)
-    return GenerateReport(
-        str(job),
-        table,
-        generated=pc_count(table, "ok"),
-        failed=pc_count(table, "failed"),
-        blank=plist.blank,
-        duplicates=plist.duplicates,
-        gallery=write_gallery(job, table),
-    )
 
 
 def pc_count(table: pa.Table, status: str) -> int:

@@ -58,7 +58,7 @@ def demo_run(prefect_harness, ray_local, tmp_path_factory):
 
 
 def test_demo_leaves_index_neighbours_inspection_and_report(demo_run):
-    from ragvid.pipelines.index.build import IndexManifest
+    from ragvid.pipelines.index.layout import IndexManifest
     from ragvid.schemas.io import list_parts
     from ragvid.schemas.tables import NEIGHBOURS
 

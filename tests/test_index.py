@@ -9,16 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ragvid.pipelines.index.build import (
-    CorruptShardError,
-    IndexManifest,
-    build_index,
-    choose_factory,
-    table_vectors,
-)
+from ragvid.pipelines.index.build import build_index, choose_factory
 from ragvid.pipelines.index.dedup import find_duplicates, read_duplicates
+from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest
 from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.shards import RayShardSet, ShardSet
+from ragvid.pipelines.index.vectors import table_vectors
 from ragvid.schemas import EMBEDDINGS, IndexConfig, write_table
 
 
@@ -276,7 +272,7 @@ def test_cli_build_list_dedup_search(clustered_embeddings, tmp_path):
 
 
 def test_embeddings_of_other_dim_or_encoder_are_refused(clustered_embeddings):
-    from ragvid.pipelines.index.build import load_vectors
+    from ragvid.pipelines.index.vectors import load_vectors
 
     folder, _, _ = clustered_embeddings
     with pytest.raises(ValueError, match="embedding dimension 32, expected 512"):

@@ -124,7 +124,7 @@ def dedup(
 @user_errors
 def list_(workspace: WorkspaceOpt = DEFAULT_WORKSPACE) -> None:
     """List the indexes of the workspace."""
-    from ragvid.pipelines.index.build import list_indexes
+    from ragvid.pipelines.index.layout import list_indexes
 
     mans = list_indexes(Workspace.at(workspace).root)
     if not mans:

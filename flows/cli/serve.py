@@ -191,11 +191,9 @@ def run_neighbours(
     """Materialise training neighbour lists from an index."""
     from ragvid.flows.neighbours_flow import neighbours_flow
     from ragvid.flows.preflight import check_workspace
-    from ragvid.schemas.io import exists, join
+    from ragvid.flows.resolve import Resolver
 
-    ws = check_workspace(workspace)
-    if not exists(join(ws.index(index), "index.json")):
-        raise FileNotFoundError(f"index {index!r} not found in {ws.root}/indexes: build it first")
+    Resolver(check_workspace(workspace)).index(index)  # lists the indexes there are
     out = _run(neighbours_flow, ray_address, workspace=workspace, index=index, k=k, name=name)
     console.print(f"neighbours {out['out_dir']}: {out['videos']} videos\nreport: {out['report']}")
 

@@ -13,30 +13,30 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 
+from ragvid.pipelines.index.bm25 import Bm25Index
+from ragvid.pipelines.index.dedup import read_duplicates
+from ragvid.pipelines.index.layout import IndexManifest
+from ragvid.pipelines.index.shards import ShardSet
+from ragvid.pipelines.index.vectors import (
+    Vectors,
+    batch_dot,
+    load_vectors,
+    source_snapshot,
+)
 from ragvid.schemas import EMBEDDINGS, INDEX_IDS, IndexConfig, write_table
-from ragvid.schemas.contract import META_ENCODER
 from ragvid.schemas.io import (
     exists,
-    fs_and_path,
     join,
-    list_parts,
     makedirs,
     output_lock,
-    read_json,
-    read_metadata,
-    read_parts,
-    read_table,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -51,199 +51,7 @@ from ragvid.schemas.workspace import (  # the index folder's file names live wit
 FLAT_MAX_N = 100_000  # exact search below this: fast enough and no recall loss
 
 
-class CorruptShardError(ValueError):
-    """A shard (or vectors file) does not match the checksum recorded at build time."""
-
-
-@dataclass
-class IndexManifest:
-    """What ``index.json`` records: enough to verify, reopen and explain an index."""
-
-    encoder: str
-    dim: int
-    metric: str
-    factory: str
-    ntotal: int
-    shards: list[dict[str, Any]]
-    search_params: dict[str, Any]
-    source: dict[str, Any]
-    build_seconds: float
-    config: dict[str, Any]
-    vectors: dict[str, Any] = field(default_factory=dict)
-    tuned_recall: float | None = None
-    canonical_only: bool = False
-    duplicates: str | None = None
-    dropped: dict[str, int] = field(default_factory=dict)
-    created: float = field(default_factory=time.time)
-    path: str = ""
-
-    @property
-    def compressed(self) -> bool:
-        """True when index scores are approximate (PQ/SQ codes): re-rank with exact vectors."""
-        return any(t in self.factory for t in ("PQ", "SQ", "LSH", "RQ"))
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON form; local paths are stored relative to the index folder, so a workspace
-        moved or mounted elsewhere still finds its embeddings, manifest and duplicates."""
-        d = asdict(self)
-        base = d.pop("path")
-        src = dict(d["source"])
-        for key in ("uri", "manifest"):
-            src[key] = relative_path(src.get(key), base)
-        d["source"] = src
-        d["duplicates"] = relative_path(d.get("duplicates"), base)
-        return d
-
-    @classmethod
-    def load(cls, index_dir: str) -> IndexManifest:
-        uri = join(index_dir, INDEX_JSON)
-        if not exists(uri):
-            raise FileNotFoundError(
-                f"{index_dir}: no {INDEX_JSON} — not a ragvid index; build one with "
-                "`ragvid index build` (or check --index / the workspace)"
-            )
-        data = read_json(uri)
-        known = {f for f in cls.__dataclass_fields__}
-        man = cls(**{k: v for k, v in data.items() if k in known}, path=str(index_dir))
-        src = dict(man.source)
-        for key in ("uri", "manifest"):
-            src[key] = absolute_path(src.get(key), man.path)
-        man.source = src
-        man.duplicates = absolute_path(man.duplicates, man.path)
-        return man
-
-
-def _is_local(path: str | None) -> bool:
-    return bool(path) and "://" not in str(path)
-
-
-def relative_path(path: str | None, base: str) -> str | None:
-    """``path`` relative to ``base`` when both are local (stored in manifests: relocatable)."""
-    if not _is_local(path) or not _is_local(base) or not os.path.isabs(str(path)):
-        return path
-    return os.path.relpath(str(path), str(base))
-
-
-def absolute_path(path: str | None, base: str) -> str | None:
-    if not _is_local(path) or not _is_local(base) or os.path.isabs(str(path)):
-        return path
-    return os.path.normpath(os.path.join(str(base), str(path)))
-
-
 # --- loading and checking the embeddings -----------------------------------------------
-
-
-@dataclass
-class Vectors:
-    """Per-video vectors pulled from an embeddings table, L2-normalised float32."""
-
-    ids: np.ndarray  # object (N,)
-    x: np.ndarray  # float32 (N, dim)
-    captions: np.ndarray  # object (N,)
-    encoder: str
-    source: dict[str, Any]
-
-
-def table_vectors(table: pa.Table, column: str = "video_emb") -> np.ndarray:
-    """A fixed-size-list column as a float32 (N, dim) array."""
-    col = table.column(column).combine_chunks()
-    dim = col.type.list_size
-    return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
-        -1, dim
-    )
-
-
-def source_snapshot(embeddings: str) -> dict[str, Any]:
-    """Paths, sizes and mtimes of the source parts: how to tell the index is stale."""
-    parts = list_parts(embeddings) if not str(embeddings).endswith(".parquet") else [embeddings]
-    snap = []
-    for p in parts:
-        fs, path = fs_and_path(p)
-        info = fs.info(path)
-        name = p.rstrip("/").rsplit("/", 1)[-1]  # names, not paths: a moved workspace is fresh
-        snap.append({"name": name, "size": info.get("size"), "mtime": info.get("mtime")})
-    return {"uri": str(embeddings), "parts": snap}
-
-
-def load_vectors(
-    embeddings: str | pa.Table,
-    *,
-    expect_dim: int | None = None,
-    expect_encoder: str | None = None,
-) -> Vectors:
-    """Read and check per-video vectors: refuses empty tables, mixed encoders, duplicate ids,
-    NaN or zero vectors (naming the video_ids), and dimensions/encoders other than expected.
-    """
-    if isinstance(embeddings, pa.Table):
-        table, where = embeddings, "embeddings table"
-        encoder = _single_encoder(table, where)
-        source: dict[str, Any] = {"uri": None, "sha256": _table_hash(table)}
-    else:
-        where = str(embeddings)
-        cols = ["video_id", "caption", "video_emb", "encoder"]
-        if where.endswith(".parquet"):
-            table = read_table(where, EMBEDDINGS, dim=expect_dim, columns=cols)
-            meta = read_metadata(where)
-        else:
-            table = read_parts(where, EMBEDDINGS, dim=expect_dim, columns=cols)
-            meta = read_metadata(list_parts(where)[0])
-        encoder = _single_encoder(table, where)
-        meta_enc = meta.get(META_ENCODER, b"").decode()
-        if meta_enc and meta_enc != encoder:
-            raise ValueError(f"{where}: metadata says encoder '{meta_enc}', rows say '{encoder}'")
-        source = source_snapshot(where)
-    if len(table) == 0:
-        raise ValueError(f"{where}: the embeddings table is empty — nothing to index")
-    x = table_vectors(table)
-    if expect_dim is not None and x.shape[1] != expect_dim:
-        raise ValueError(
-            f"{where}: vectors have dimension {x.shape[1]}, the index expects {expect_dim} — "
-            "use the index built with the same encoder, or rebuild it"
-        )
-    if expect_encoder is not None and encoder != expect_encoder:
-        raise ValueError(
-            f"{where}: embeddings made with encoder '{encoder}', the index uses "
-            f"'{expect_encoder}' — mixing encoders gives meaningless similarities"
-        )
-    ids = np.asarray(table.column("video_id").to_pylist(), dtype=object)
-    uniq, counts = np.unique(ids.astype(str), return_counts=True)
-    if (counts > 1).any():
-        dup = uniq[counts > 1][:5].tolist()
-        raise ValueError(f"{where}: video_id(s) {dup} appear more than once — dedupe the manifest")
-    norms = np.linalg.norm(x, axis=1)
-    bad = ~np.isfinite(norms) | (norms < 1e-6)
-    if bad.any():
-        names = ids[bad][:10].tolist()
-        raise ValueError(
-            f"{where}: {int(bad.sum())} vector(s) are NaN/inf or zero (video_id {names}"
-            f"{' …' if bad.sum() > 10 else ''}) — re-embed those videos or remove them from the "
-            "manifest; an index must not rank garbage"
-        )
-    x /= norms[:, None]
-    caps = table.column("caption").to_pylist() if "caption" in table.column_names else None
-    captions = np.asarray(caps if caps is not None else [""] * len(ids), dtype=object)
-    return Vectors(ids=ids, x=x, captions=captions, encoder=encoder, source=source)
-
-
-def _single_encoder(table: pa.Table, where: str) -> str:
-    if "encoder" not in table.column_names or len(table) == 0:
-        meta = table.schema.metadata or {}
-        return meta.get(META_ENCODER, b"unknown").decode()
-    encs = table.column("encoder").unique().to_pylist()
-    if len(encs) > 1:
-        raise ValueError(f"{where}: rows from several encoders {encs} — embed with one encoder")
-    return encs[0]
-
-
-def _table_hash(table: pa.Table) -> str:
-    h = hashlib.sha256()
-    for v in table.column("video_id").to_pylist():
-        h.update(str(v).encode())
-    h.update(table_vectors(table).tobytes())
-    return h.hexdigest()
-
-
-# --- choosing and training the index ---------------------------------------------------
 
 
 def choose_factory(n: int, dim: int, memory_budget_gb: float) -> str:
@@ -349,9 +157,6 @@ def build_index(
     and counted in ``dropped``. ``ray=True`` fills shards with Ray tasks (starting a local Ray
     if none is up); ``ray=False`` uses threads unless Ray is already initialised.
     """
-    from ragvid.pipelines.index.bm25 import Bm25Index
-    from ragvid.pipelines.index.dedup import read_duplicates
-
     t0 = time.perf_counter()
     if not force and not isinstance(embeddings, pa.Table) and exists(join(out_dir, INDEX_JSON)):
         old = IndexManifest.load(out_dir)
@@ -449,9 +254,6 @@ def tune_search_params(
     a point always lies in the cell it probes first); for compressed indexes after the
     retriever's 4× over-fetch and exact re-rank.
     """
-    from ragvid.pipelines.index.search import batch_dot
-    from ragvid.pipelines.index.shards import ShardSet
-
     if man.factory.replace("IDMap,", "").startswith("Flat"):
         return {}, 1.0
     shards = ShardSet.open(man)
@@ -483,22 +285,3 @@ def tune_search_params(
         if recall >= recall_target:
             break
     return {name: value}, round(recall, 4)
-
-
-def list_indexes(root: str) -> list[IndexManifest]:
-    """Every index under ``<workspace>/indexes`` (a folder with an index.json)."""
-    base = join(root, "indexes")
-    fs, path = fs_and_path(base)
-    if not fs.exists(path):
-        return []
-    out = []
-    for p in sorted(fs.ls(path, detail=False)):
-        d = join(base, p.rstrip("/").rsplit("/", 1)[-1])
-        if exists(join(d, INDEX_JSON)):
-            out.append(IndexManifest.load(d))
-    return out
-
-
-def resolve_ids(man: IndexManifest) -> Sequence[str]:
-    """The video_ids of the index in row order."""
-    return read_table(join(man.path, IDS_FILE), INDEX_IDS).column("video_id").to_pylist()

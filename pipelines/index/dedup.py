@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ragvid.pipelines.index.build import load_vectors
+from ragvid.pipelines.index.vectors import load_vectors
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
 from ragvid.schemas.config import IndexConfig, defaults
 from ragvid.schemas.io import write_bytes_atomic

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ragvid.pipelines.index.build import INDEX_JSON, relative_path
 from ragvid.pipelines.index.dedup import read_duplicates
-from ragvid.pipelines.index.search import Retriever, batch_dot
+from ragvid.pipelines.index.layout import relative_path
+from ragvid.pipelines.index.search import Retriever
+from ragvid.pipelines.index.vectors import batch_dot
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, is_done, mark_done, write_table
 from ragvid.schemas.io import join, list_parts, output_lock, read_done, read_json
+from ragvid.schemas.workspace import INDEX_JSON
 
 
 @dataclass
@@ -165,7 +167,7 @@ def materialize_neighbours(
                     miss = [v for v, f in zip(batch, found, strict=True) if not f][:5]
                     raise KeyError(f"video_id(s) {miss} are not in the index or its embeddings")
                 ts = time.perf_counter()
-                res = r._filtered(
+                res = r.filtered_search(
                     x,
                     "video",
                     config,

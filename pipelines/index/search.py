@@ -19,10 +19,12 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from ragvid.pipelines.index.build import BM25_DIR, IDS_FILE, IndexManifest
+from ragvid.pipelines.index.layout import IndexManifest
 from ragvid.pipelines.index.shards import RayShardSet, ShardSet, read_verified, verify_file
+from ragvid.pipelines.index.vectors import batch_dot, l2_normalise
 from ragvid.schemas import EMBEDDINGS, INDEX_IDS, MANIFEST, RetrievalConfig, read_table
 from ragvid.schemas.io import fs_and_path, join, list_parts, read_parts
+from ragvid.schemas.workspace import BM25_DIR, IDS_FILE
 
 Modality = Literal["text", "video", "vector"]
 TextMode = Literal["dense", "bm25", "hybrid-rerank", "rrf"]
@@ -113,24 +115,6 @@ def _greedy_dedup(
     return kept
 
 
-def batch_dot(q: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """(n, d) · (n, c, d) → (n, c) through BLAS (einsum and strided matmul are 10–40× slower)."""
-    return np.matmul(np.ascontiguousarray(v), np.ascontiguousarray(q)[:, :, None])[..., 0]
-
-
-def l2_normalise(q: np.ndarray, dim: int, what: str) -> np.ndarray:
-    q = np.atleast_2d(np.asarray(q, dtype=np.float32))
-    if q.shape[1] != dim:
-        raise ValueError(
-            f"{what} have dimension {q.shape[1]}, the index has dimension {dim} — query with "
-            "the encoder the index was built with, or select another index"
-        )
-    norms = np.linalg.norm(q, axis=1, keepdims=True)
-    if (~np.isfinite(norms) | (norms < 1e-6)).any():
-        raise ValueError(f"{what}: some query vectors are NaN or zero — cannot search with them")
-    return q / norms
-
-
 class Retriever:
     """An opened index: shards, id map, exact vectors, captions, and its embeddings source."""
 
@@ -217,9 +201,21 @@ class Retriever:
                 raise ValueError(f"exclude_ids has {len(exclude_ids)} lists for {len(q)} queries")
             excl_rows = [self.rows_for(list(e)) for e in exclude_ids]
         extra = max((len(e) for e in excl_rows), default=0) if excl_rows else 0
-        return self._filtered(q, modality, config, excl_rows, extra)
+        return self.filtered_search(q, modality, config, excl_rows, extra)
 
-    def _filtered(self, q, modality, config, excl_rows, extra, extra_exclude=None):
+    def filtered_search(
+        self,
+        q: np.ndarray,
+        modality: Modality,
+        config: RetrievalConfig,
+        excl_rows: list[np.ndarray] | None = None,
+        extra: int = 0,
+        extra_exclude=None,
+    ) -> RetrievalResult:
+        """K filtered results for normalised query vectors ``q`` with rows to exclude per query
+        (``excl_rows``, ``extra`` more candidates fetched to make up for them) and an optional
+        ``extra_exclude(todo, rows, scores) → bool mask`` (neighbour lists drop the query's
+        near-duplicates with it). What :meth:`search` and the neighbour lists both run."""
         k, dmin = config.k, config.delta_min(modality)
         n = len(q)
         out_rows = np.full((n, k), -1, np.int64)

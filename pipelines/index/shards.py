@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ragvid.pipelines.index.build import CorruptShardError, IndexManifest
+from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest
 from ragvid.schemas.io import fs_and_path, join
 
 
