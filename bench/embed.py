@@ -13,9 +13,12 @@ steady state (Ray: from the first finished part to the last), and their ratios.
     .venv/bin/python bench/embed.py --encoder vit-b-32-random --videos 2000   # on a GPU box
     .venv/bin/python bench/embed.py --plan-rows 10000000 --skip-embed     # planning only
 
-The flow figure is the embed task of a real ``build_index_flow`` run (ephemeral Prefect) on a
-second copy of the manifest, taken from the flow's own report; ``ragvid embed``'s figure is
-``embed_corpus`` — the function that command calls — on the first copy. Both use Ray Data.
+The flow figure is the `build-index` flow's ``embed_task`` run inside a Prefect flow
+(ephemeral server) on a second copy of the manifest, timed by the task's own report;
+``ragvid embed``'s figure is ``embed_corpus`` — the function that command calls — on the first
+copy, and again on a third copy after the flow (the first Ray Data run in a process pays the
+workers' start-up); the ratio is the flow against the mean of the two. All three use Ray Data,
+started once before them.
 """
 
 from __future__ import annotations
@@ -123,26 +126,26 @@ def ray_pipeline(ws, corpus: str, config) -> dict:
 
 
 def flow_path(ws, corpus: str, config) -> dict:
-    """The deployed path: a real `build-index` flow run; its embed task's throughput."""
+    """The deployed path: the `build-index` flow's own ``embed_task`` inside a Prefect flow run
+    (ephemeral server), i.e. what a scheduled rebuild runs for its embedding step. The flow's
+    dedup/index steps are left out: on random `tiny` vectors every pair is a near-duplicate."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from ragvid.flows.build_index import build_index_flow
+    from prefect import flow
+
+    from ragvid.flows.build_index import embed_task
     from ragvid.flows.preflight import flow_settings, quiet_user_errors
+
+    @flow(name="bench-build-index-embed")
+    def embed_only():
+        return embed_task(ws.root, corpus, config, "ray", None, False)
 
     started = time.perf_counter()
     with flow_settings(), quiet_user_errors():
-        out = build_index_flow(
-            workspace=ws.root,
-            corpus=corpus,
-            encoder=config.encoder,
-            num_frames=config.num_frames,
-            part_size=config.part_size,
-            inspect_queries=[],
-        )
-    e = out["embed"]
+        report = embed_only()
     return {
-        "videos": e["rows"],
-        "frames": e["frames"],
-        "seconds": e["seconds"],
+        "videos": report.rows,
+        "frames": report.frames,
+        "seconds": report.seconds,
         "flow_seconds_total": round(time.perf_counter() - started, 2),
     }
 
@@ -253,6 +256,7 @@ def main() -> None:
     ws = Workspace.at(f"{tmp}/ws")
     _manifest(raw, ws, "bench")
     _manifest(raw, ws, "bench-flow")  # a second copy: the flow starts from nothing too
+    _manifest(raw, ws, "bench-again")  # a third: `ragvid embed` again after the flow
     config = EmbedConfig(
         encoder=args.encoder,
         num_frames=args.num_frames,
@@ -266,7 +270,10 @@ def main() -> None:
     plain_1 = plain_loop(ws, "bench", config, threads=1)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_res = ray_pipeline(ws, "bench", config)
-    flow_res = None if args.no_flow else flow_path(ws, "bench-flow", config)
+    flow_res = again = None
+    if not args.no_flow:  # CLI, flow, CLI: Ray's worker start-up lands on the first run only
+        flow_res = flow_path(ws, "bench-flow", config)
+        again = ray_pipeline(ws, "bench-again", config)
     ray.shutdown()
 
     def rate(r: dict) -> dict:
@@ -294,9 +301,9 @@ def main() -> None:
         result["ratio_steady_state"] = round(ray_res["steady"]["videos_per_s"] / p, 2)
     if flow_res is not None:
         result["flow"] = {**flow_res, **rate(flow_res)}
-        result["ratio_flow_vs_cli"] = round(
-            result["flow"]["videos_per_s"] / result["ray"]["videos_per_s"], 3
-        )
+        result["ray_after_flow"] = {**again, **rate(again)}
+        cli = (result["ray"]["videos_per_s"] + result["ray_after_flow"]["videos_per_s"]) / 2
+        result["ratio_flow_vs_cli"] = round(result["flow"]["videos_per_s"] / cli, 3)
     if args.plan_rows:
         result["plan"] = plan_bench(args.plan_rows, args.plan_files, args.part_size)
     text = json.dumps(result, indent=2)

@@ -271,3 +271,18 @@ def test_finetune_and_batch_generate_flows_on_the_demo_index(demo_run):
     assert any(rows[0]["retrieved_mask"])  # retrieval from the demo index fed the generation
     again = batch_generate_flow(**common, corpus="demo-small", run="t", job="j", num_prompts=1)
     assert (again["generated"], again["skipped"]) == (0, 1)  # idempotent job
+
+
+def test_workspace_status_reports_the_planted_bad_files(demo_run):
+    """The status flow counts the quarantined videos of every encoder's failures folder."""
+    from ragvid.flows.status_flow import workspace_status_flow
+    from ragvid.schemas.io import read_parts
+
+    out, _ = demo_run
+    status = workspace_status_flow(workspace=out["workspace"])
+    row = next(r for r in status["corpora"] if r["corpus"] == "demo-small")
+    manifest = read_parts(out["manifest"], MANIFEST).to_pylist()
+    bad = {"zero_byte", "truncated", "not_a_video", "missing"}
+    planted = [r for r in manifest if r.get("planted") in bad]
+    assert planted and row["failed_videos"] == len(planted)
+    assert row["embed_parts_pending"] == 0 and row["embed_parts_done"] > 0

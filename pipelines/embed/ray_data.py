@@ -154,8 +154,10 @@ class RayDataExecutor:
         gpus = int(resources.get("GPU", 0)) or (1 if torch.cuda.is_available() else 0)
         cpus = max(1, int(resources.get("CPU", 1)))
         rows_per_task = max(4, min(32, config.part_size))  # amortise per-task overhead
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 20 * cpus))
-        ds = ds.map_batches(read_slices_batch, batch_size=1, num_cpus=0.5)
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 256 * cpus))
+        # reading a part's manifest slice is light: a quarter CPU keeps it out of the fused
+        # decode→encode actors (fused, every part's rows came back only at the very end)
+        ds = ds.map_batches(read_slices_batch, batch_size=1, num_cpus=0.25)
         # on CPUs, decode and encode share the cores: half a logical CPU each lets one decode
         # task and one encoder actor per core interleave (encode costs ~2× decode, tiny preset)
         num_decoders = config.num_decoders or cpus
