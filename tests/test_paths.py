@@ -121,7 +121,7 @@ def test_cli_and_flows_write_the_same_tables(
 
     raw_dir, prompts = raw
     tiny_base_dir = str(tiny_base_dir)
-    model = encoder == "tiny"  # generation + evaluation once; the fitted name through training
+    model = True  # both encoders through generation and evaluation
     cli_ws, flow_ws = Workspace.at(tmp_path / "cli"), Workspace.at(tmp_path / "flow")
     _cli_chain(cli_ws.root, raw_dir, encoder, tiny_base_dir, prompts, model)
     if encoder == "fit":  # the same fitted weights in both workspaces
