@@ -3,7 +3,8 @@
 Sample once from noise, diffuse the result back to the first timestep, keep its low spatio-
 temporal frequencies (Gaussian low-pass in the 3D FFT of the latents) and take the high
 frequencies from fresh noise; repeat. It runs on the *base* model (no adapter), through the
-same pipeline components as RAGME, so the comparison uses identical prompts and seeds.
+pipeline's own denoising loop (``RagmePipeline(..., latents=..., output_type="latent")``, the
+diffusers FreeInit pattern), so the comparison uses identical prompts, seeds and sampler.
 """
 
 from __future__ import annotations
@@ -38,21 +39,6 @@ def freq_mix_3d(x: torch.Tensor, noise: torch.Tensor, lpf: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def _denoise(pipe: RagmePipeline, text, latents, steps: int, guidance: float, generator):
-    pipe.scheduler.set_timesteps(steps, device=latents.device)
-    do_cfg = guidance > 1.0
-    for t in pipe.scheduler.timesteps:
-        x = torch.cat([latents] * 2) if do_cfg else latents
-        x = pipe.scheduler.scale_model_input(x, t)
-        pred = pipe.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
-        if do_cfg:
-            uncond, cond = pred.chunk(2)
-            pred = uncond + guidance * (cond - uncond)
-        latents = pipe.scheduler.step(pred, t, latents).prev_sample
-    return latents
-
-
-@torch.no_grad()
 def freeinit_generate(
     pipe: RagmePipeline,
     prompt: str,
@@ -77,20 +63,30 @@ def freeinit_generate(
     pipe.set_adapter(None)
     try:
         device = pipe._execution_device
-        do_cfg = guidance_scale > 1.0
-        text = pipe.encode_prompt([prompt], [negative_prompt] if do_cfg else None, do_cfg)
+        dtype = pipe.unet.dtype
         f = pipe.vae_scale_factor
         shape = (1, pipe.unet.config.in_channels, num_frames, height // f, width // f)
-        noise = torch.randn(shape, generator=generator).to(device=device, dtype=text.dtype)
+        noise = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
         lpf = gaussian_lpf(num_frames, height // f, width // f, d_s, d_t)
-        latents = noise * pipe.scheduler.init_noise_sigma
+        latents = noise
         t_max = torch.tensor([pipe.scheduler.config.num_train_timesteps - 1], device=device)
         for it in range(max(1, iterations)):
-            if it > 0:
+            if it > 0:  # diffuse the last result back to t_max, keep its low frequencies
                 diffused = pipe.scheduler.add_noise(latents, noise, t_max)
-                fresh = torch.randn(shape, generator=generator).to(device=device, dtype=text.dtype)
+                fresh = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
                 latents = freq_mix_3d(diffused, fresh, lpf)
-            latents = _denoise(pipe, text, latents, num_inference_steps, guidance_scale, generator)
+            latents = pipe(  # the pipeline's own loop, from these latents
+                prompt,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                negative_prompt=negative_prompt,
+                generator=generator,
+                latents=latents,
+                output_type="latent",
+            ).frames
         video = pipe.decode_latents(latents)[0].permute(0, 2, 3, 1).cpu().numpy()
     finally:
         pipe.set_adapter(adapter)

@@ -222,8 +222,13 @@ class RagmePipeline(DiffusionPipeline):
         fps: int = 8,
         uncond_keeps_retrieval: bool | None = None,
         eta: float = 0.0,
+        latents: torch.Tensor | None = None,
     ) -> RagmeOutput:
         """Generate one video per prompt. `rag_init=None` means on whenever retrieval is given.
+
+        `latents` (b, C, F, h, w): start from these instead of noise / RagInit (scaled by the
+        scheduler's `init_noise_sigma`, as in diffusers) — what FreeInit's re-initialised
+        passes reuse this loop with; `output_type="latent"` returns the denoised latents.
 
         Under CFG the retrieval tokens are doubled with the batch; the unconditional half keeps
         them unless `uncond_keeps_retrieval=False` (default: the adapter's RagCAConfig).
@@ -250,7 +255,9 @@ class RagmePipeline(DiffusionPipeline):
             )
         if rag_init and retrieval is None:
             raise ValueError("rag_init=True needs retrieval= (RagInit averages retrieved videos)")
-        use_rag_init = retrieval is not None if rag_init is None else rag_init
+        if rag_init and latents is not None:
+            raise ValueError("pass latents= or rag_init=True, not both (both set the start)")
+        use_rag_init = (retrieval is not None if rag_init is None else rag_init) and latents is None
         b = len(prompts)
         do_cfg = guidance_scale > 1.0
 
@@ -288,7 +295,7 @@ class RagmePipeline(DiffusionPipeline):
                 tokens = tokens.for_cfg(keep)
         t0 = lap("clip_encoding", t0)
 
-        # 3. initial latents (RagInit or noise)
+        # 3. initial latents (given, RagInit or noise)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         shape = (
@@ -298,15 +305,20 @@ class RagmePipeline(DiffusionPipeline):
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
         applied = None
-        if use_rag_init:
+        if latents is not None:  # given (FreeInit's re-initialised passes)
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            latents = latents.to(device=device, dtype=text.dtype) * self.scheduler.init_noise_sigma
+        elif use_rag_init:
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
             videos = self._videos(batch, num_frames)
             lat, vmask = encode_videos(self.vae, videos, num_frames, height, width)
             vmask = vmask & torch.as_tensor(batch.mask, device=vmask.device)
             latents, applied_t = rag_init_latents(lat, vmask, self.scheduler, timesteps[0], noise)
             applied = applied_t.cpu().numpy()
         else:
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=text.dtype)
             latents = noise * self.scheduler.init_noise_sigma
         t0 = lap("vae_encoding", t0)
 

@@ -243,3 +243,29 @@ def test_generates_through_a_built_workspace_index(pipe, built_index, keyword_en
         pipe.set_adapter(None)
     assert out.frames.shape == (2, 4, 32, 32, 3) and np.isfinite(out.frames).all()
     np.testing.assert_array_equal(out.retrieved_ids, batch.ids)
+
+
+def test_freeinit_reuses_the_pipeline_loop_from_given_latents(pipe):
+    """`latents=` starts the pipeline's own loop from given latents; FreeInit is built on it:
+    one FreeInit pass is exactly the base model from the same noise, more passes differ."""
+    import torch
+
+    from ragvid.model.freeinit import freeinit_generate
+
+    kw = dict(num_inference_steps=3, guidance_scale=7.5, num_frames=4, height=32, width=32)
+    base = pipe("a red circle moving left", generator=torch.Generator().manual_seed(3), **kw)
+    one, _ = freeinit_generate(
+        pipe, "a red circle moving left", generator=torch.Generator().manual_seed(3),
+        iterations=1, **kw,
+    )  # fmt: skip
+    np.testing.assert_allclose(one, base.frames[0], atol=1e-6)
+    two, _ = freeinit_generate(
+        pipe, "a red circle moving left", generator=torch.Generator().manual_seed(3),
+        iterations=2, **kw,
+    )  # fmt: skip
+    assert np.abs(two - one).max() > 1e-3
+    noise = torch.randn(1, 4, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    given = pipe("a red circle moving left", latents=noise, output_type="latent", **kw)
+    assert tuple(given.frames.shape) == (1, 4, 4, 16, 16)
+    with pytest.raises(ValueError, match="latents have shape"):
+        pipe("x", latents=noise[:, :, :2], **kw)
