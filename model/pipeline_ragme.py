@@ -50,6 +50,19 @@ class RagmeOutput(BaseOutput):
     video_paths: list[str] | None = None
 
 
+def encode_text(tokenizer, text_encoder, texts: list[str], device) -> torch.Tensor:
+    """CLIP hidden states of ``texts`` padded to the tokenizer's length — one function for the
+    pipeline's prompts and the trainer's captions, so training conditions like inference."""
+    ids = tokenizer(
+        list(texts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
 def check_base_folder(path: str | Path) -> None:
     """Fail naming the missing piece when `path` is not a complete T2V base folder."""
     path = Path(path)
@@ -137,14 +150,9 @@ class RagmePipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """CLIP text hidden states; under CFG [negative; prompts] along the batch."""
         texts = ([*negative] if do_cfg else []) + list(prompts)
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self._execution_device)
-        return self.text_encoder(ids)[0].to(self.unet.dtype)
+        return encode_text(self.tokenizer, self.text_encoder, texts, self._execution_device).to(
+            self.unet.dtype
+        )
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(b, C, F, h, w) latents → (b, F, 3, H, W) in [0, 1]."""

@@ -41,6 +41,7 @@ from ragvid.schemas import TRAIN_LOG, EnhancerConfig, RagCAConfig, TrainConfig, 
 from ragvid.schemas.io import write_json_atomic
 
 from .adapter import RagmeAdapter, RagmeUNet, save_adapter
+from .pipeline_ragme import encode_text
 from .train_data import ResumableOrder, RetrievalTrainingSet, apply_dropout, collate
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -86,24 +87,19 @@ class BaseModel:
 
 
 def load_base(folder: str, device: str | torch.device = "cpu") -> BaseModel:
-    """Load vae/text_encoder/tokenizer/unet/scheduler from a local diffusers folder."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """The frozen base, loaded the way generation loads it (``RagmePipeline.from_pretrained``:
+    the same folder checks and components), with a DDIM noise schedule for training."""
+    from diffusers import DDIMScheduler
 
-    root = Path(folder)
-    need = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
-    missing = [n for n in need if not (root / n).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"base model folder {folder} lacks {missing} — point --base at a diffusers "
-            "text-to-video folder (ZeroScope layout) or create one with save_tiny_base"
-        )
+    from .pipeline_ragme import RagmePipeline
+
+    pipe = RagmePipeline.from_pretrained(str(folder), adapter=None)
     base = BaseModel(
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae"),
-        text_encoder=CLIPTextModel.from_pretrained(str(root / "text_encoder")),
-        tokenizer=CLIPTokenizer.from_pretrained(str(root / "tokenizer")),
-        unet=UNet3DConditionModel.from_pretrained(folder, subfolder="unet"),
-        scheduler=DDIMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        unet=pipe.unet,
+        scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
         path=str(folder),
     )
     for m in (base.vae, base.text_encoder, base.unet):
@@ -321,16 +317,10 @@ class Trainer:
     # --- one step -------------------------------------------------------------------------
 
     def _encode_text(self, captions: list[str]) -> torch.Tensor:
-        tok = self.base.tokenizer
-        ids = tok(
-            captions,
-            padding="max_length",
-            max_length=tok.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.accelerator.device)
-        with torch.no_grad():
-            return self.base.text_encoder(ids)[0]
+        with torch.no_grad():  # the pipeline's own prompt encoding: train = inference
+            return encode_text(
+                self.base.tokenizer, self.base.text_encoder, captions, self.accelerator.device
+            )
 
     def _latents(self, batch: dict, gen: torch.Generator) -> torch.Tensor:
         if "latents" in batch:
