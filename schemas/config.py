@@ -127,9 +127,7 @@ class RetrievalConfig(_Config):
         description="δ_min for text→video queries; None = off (CLIP's text–video cosines sit "
         "around 0.25–0.35, so the video threshold would pad every result)",
     )
-    delta_dedup: float = Field(
-        DELTA_DEDUP, description="drop a result this similar to a kept one"
-    )
+    delta_dedup: float = Field(DELTA_DEDUP, description="drop a result this similar to a kept one")
     overfetch: int = Field(4, ge=1, description="candidates fetched = overfetch × K (+ group)")
     rerank_exact: bool = Field(True, description="re-rank compressed-index hits exactly")
 
