@@ -37,7 +37,10 @@ class Resolver:
         return parse_encoder(spec, self.ws)
 
     def embeddings(self, corpus: str, encoder: str | EncoderSpec) -> str:
-        """The embeddings folder of ``corpus`` under ``encoder``; it must hold parts."""
+        """The embeddings folder of ``corpus`` under ``encoder``: it must exist and be complete
+        (every manifest row in a finished part) — a partial embedding is refused."""
+        from ragvid.pipelines.embed.stage import check_complete
+
         spec = self.encoder(encoder)
         path = self.ws.embeddings(corpus, spec.slug)
         if not list_parts(path):
@@ -45,7 +48,7 @@ class Resolver:
                 f"no embeddings for corpus '{corpus}' with encoder '{spec.id}' at {path} — run "
                 f"`ragvid embed --corpus {corpus} --encoder {spec.name or spec.id}` first"
             )
-        return path
+        return check_complete(self.ws, corpus, spec)
 
     # -- indexes --------------------------------------------------------------------------------
 

@@ -246,3 +246,29 @@ def test_every_executor_writes_the_same_parts(raw, ray_local, tmp_path):
     for engine in ("ray-tasks", "ray"):  # other torch threads / batching: float16-level noise
         b = np.asarray([r["video_emb"] for r in out[engine][0]], np.float32)
         np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_partial_embedding_is_refused_downstream(raw, tiny_base_dir, tmp_path):
+    """An in-progress / crashed embed (a part file without its marker) is not a corpus: dedup,
+    index build and training refuse it with what to do; finishing the embed unblocks them."""
+    from ragvid.flows.cli import app
+    from ragvid.schemas.io import done_marker
+
+    raw_dir, _ = raw
+    ws = Workspace.at(tmp_path / "ws")
+    _cli("corpus", "ingest", raw_dir, "--name", "c", "-w", ws.root)
+    _cli("embed", "-c", "c", "-e", "tiny", "--part-size", "4", "--engine", "local", "-w", ws.root)
+    part = Path(ws.embeddings("c", "preset-tiny")) / "part-00002.parquet"
+    os.remove(done_marker(str(part)))  # as if the run died between the part and its marker
+    for args in (
+        ["index", "dedup", "--corpus", "c", "--encoder", "tiny"],
+        ["index", "build", "--corpus", "c", "--encoder", "tiny", "--no-ray"],
+        ["train", "--run", "r", "--base", str(tiny_base_dir), "--neighbours", "c", "--corpus",
+         "c", "--encoder", "tiny", *TRAIN],
+    ):  # fmt: skip
+        res = CliRunner().invoke(app, [*args, "-w", ws.root])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2, said
+        assert "is incomplete" in said and "of 20 manifest rows" in said and "ragvid embed" in said
+    _cli("embed", "-c", "c", "-e", "tiny", "--part-size", "4", "--engine", "local", "-w", ws.root)
+    _cli("index", "build", "--corpus", "c", "--encoder", "tiny", "--no-ray", "-w", ws.root)

@@ -52,6 +52,11 @@ def _row_groups(file: str) -> list[int]:
         return [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
 
 
+def manifest_rows(manifest_dir: str, corpus: str = "") -> int:
+    """Rows of the whole manifest, from the files' footers."""
+    return sum(sum(_row_groups(f)) for f in manifest_files(manifest_dir, corpus))
+
+
 def plan_slices(manifest_dir: str, part_size: int, corpus: str = "") -> list[ManifestSlice]:
     """Every part's slice, in (file, row) order; footers only."""
     out = []

@@ -30,6 +30,7 @@ from ragvid.pipelines.corpus.parts import (
     ManifestSlice,
     SliceReader,
     manifest_files,
+    manifest_rows,
     plan_slices,
 )
 from ragvid.pipelines.embed.decode import DECODE_STAGE, decode_row
@@ -47,6 +48,7 @@ from ragvid.schemas.io import (
     clear_done,
     exists,
     join,
+    list_parts,
     part_name,
     read_done,
     read_table,
@@ -201,6 +203,29 @@ class EmbedStage:
             random_weights=self.spec.random,
         )
         return asdict(stats)
+
+
+def check_complete(workspace: Workspace, corpus: str, encoder: str | EncoderSpec) -> str:
+    """The embeddings folder, if every manifest row is in a finished part; otherwise a clear
+    error: downstream stages (dedup, index build, training) never read a partial embedding
+    (an in-progress or crashed run) as if it were the corpus."""
+    spec = parse_encoder(encoder, workspace.root)
+    folder = workspace.embeddings(corpus, spec.slug)
+    if spec.kind == "external":
+        return folder  # vectors made outside ragvid: no parts or markers of `ragvid embed`
+    markers = done_set(folder)
+    parts = list_parts(folder)
+    done = [p for p in parts if is_planned_done(p, markers)]
+    rows_done = sum(int(read_done(p).get("rows", 0)) for p in done)
+    total = manifest_rows(workspace.manifest(corpus), corpus)
+    if len(done) != len(parts) or rows_done != total:
+        raise ValueError(
+            f"embedding of {corpus} with {spec.id} is incomplete: {len(done)} finished parts "
+            f"hold {rows_done} of {total} manifest rows ({len(parts) - len(done)} part file(s) "
+            f"without a marker) — rerun `ragvid embed --corpus {corpus} --encoder "
+            f"{spec.name or spec.id}` to finish it"
+        )
+    return folder
 
 
 def load_manifest(workspace: Workspace, corpus: str) -> pa.Table:
