@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ragvid.schemas.config import EnhancerConfig, RagCAConfig
+from ragvid.schemas.workspace import ADAPTER_WEIGHTS  # the run layout names the file
 
 from .enhancer import TimeEnhancer
 from .ragca import (
@@ -28,7 +29,6 @@ from .ragca import (
     temporal_layer_channels,
 )
 
-ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 FORMAT = "ragvid-ragme-adapter"
 FORMAT_VERSION = 1

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ragvid.schemas import TRAIN_LOG, EnhancerConfig, RagCAConfig, TrainConfig, write_table
 from ragvid.schemas.io import write_json_atomic
 
-from .adapter import RagmeAdapter, RagmeUNet, save_adapter
+from .adapter import ADAPTER_WEIGHTS, RagmeAdapter, RagmeUNet, save_adapter
 from .pipeline_ragme import encode_text
 from .train_data import ResumableOrder, RetrievalTrainingSet, apply_dropout, collate
 
@@ -269,7 +269,7 @@ class Trainer:
 
         try:
             state = json.loads((folder / "state.json").read_text())
-            weights = load_file(str(folder / "adapter.safetensors"))
+            weights = load_file(str(folder / ADAPTER_WEIGHTS))
             opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
             sched = torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False)
             rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
@@ -294,7 +294,7 @@ class Trainer:
         missing, unexpected = self.adapter.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointError(
-                f"{folder / 'adapter.safetensors'} does not fit this adapter: missing "
+                f"{folder / ADAPTER_WEIGHTS} does not fit this adapter: missing "
                 f"{missing[:3]}, unexpected {unexpected[:3]}"
             )
         self.optimizer.load_state_dict(opt)
