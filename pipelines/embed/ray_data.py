@@ -57,6 +57,7 @@ class _EncodeActor:
                     "uri": batch["uri"][i],
                     "caption": batch["caption"][i],
                     "part": int(batch["part"][i]),
+                    "pos": int(batch["pos"][i]),
                     "frames": None
                     if err
                     else unpack(batch["frames"][i], batch["shape"][i], np.uint8),
@@ -71,7 +72,8 @@ class _EncodeActor:
         out = defaultdict(list)
         for r in rows:
             ok = r.get("error_class") is None
-            for key in ("video_id", "uri", "caption", "part", "message", "stage", "decode_s"):
+            keys = ("video_id", "uri", "caption", "part", "pos", "message", "stage", "decode_s")
+            for key in keys:
                 out[key].append(r[key])
             out["error_class"].append(r.get("error_class") or "")
             out["encode_s"].append(float(r.get("encode_s", 0.0)))
@@ -87,7 +89,7 @@ class _EncodeActor:
 
 
 def _row_from_output(r: dict, dim: int) -> dict:
-    keys = ("video_id", "uri", "caption", "message", "stage", "decode_s", "encode_s")
+    keys = ("video_id", "uri", "caption", "pos", "message", "stage", "decode_s", "encode_s")
     row = {k: r[k] for k in keys}
     row["error_class"] = r["error_class"] or None
     if row["error_class"] is None:
@@ -188,7 +190,7 @@ class RayDataExecutor:
                 pending[part].append(_row_from_output(r, dim))
                 plan = by_part[part]
                 if len(pending[part]) == plan.rows:
-                    rows = _in_manifest_order(pending.pop(part), stage, plan)
+                    rows = _in_manifest_order(pending.pop(part), plan)
                     written = write_part(
                         plan,
                         rows,
@@ -206,9 +208,10 @@ class RayDataExecutor:
             )
 
 
-def _in_manifest_order(rows: list[dict], stage: EmbedStage, plan: PartPlan) -> list[dict]:
-    order = [r["video_id"] for r in stage.rows(plan)]
-    by_id = {r["video_id"]: r for r in rows}
-    if len(by_id) != len(rows) or set(by_id) != set(order):
+def _in_manifest_order(rows: list[dict], plan: PartPlan) -> list[dict]:
+    """The part's rows in manifest order, by the position the reading worker gave each — the
+    driver never re-reads the manifest."""
+    rows = sorted(rows, key=lambda r: int(r["pos"]))
+    if [int(r["pos"]) for r in rows] != list(range(plan.rows)):
         raise RuntimeError(f"part {plan.index}: rows came back duplicated or from another part")
-    return [by_id[v] for v in order]
+    return rows

@@ -42,6 +42,7 @@ def decode_batch(batch: dict, config: dict, short_side: int | None) -> dict:
         out["uri"].append(row["uri"])
         out["caption"].append(row["caption"])
         out["part"].append(int(batch["part"][i]))
+        out["pos"].append(int(batch["pos"][i]))
         out["frames"].append(data)
         out["shape"].append(shape)
         out["frame_ts"].append(b"" if dec["frame_ts"] is None else dec["frame_ts"].tobytes())
@@ -65,8 +66,9 @@ def read_slices_batch(batch: dict) -> dict:
     out = defaultdict(list)
     for i in range(len(batch["part"])):
         sl = ManifestSlice(str(batch["file"][i]), int(batch["start"][i]), int(batch["stop"][i]))
-        for row in _READER.rows(sl):
+        for pos, row in enumerate(_READER.rows(sl)):
             for k in ("video_id", "uri", "caption"):
                 out[k].append(row[k])
             out["part"].append(int(batch["part"][i]))
+            out["pos"].append(pos)  # the row's place in its part: the driver orders by it
     return {k: np.array(v, dtype=object) for k, v in out.items()}
