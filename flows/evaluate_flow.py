@@ -44,7 +44,6 @@ def evaluate_task(
     frame_features: str,
     reference_videos: int,
 ) -> dict[str, Any]:
-    import numpy as np
 
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
@@ -55,9 +54,6 @@ def evaluate_task(
     retrieval = res.retrieval(index, config.k)
     reference = res.reference_videos(corpus, reference_videos)
 
-    def lookup(video_id: str) -> str:
-        return str(retrieval.retriever.uris(np.asarray([[video_id]], dtype=object))[0, 0])
-
     rep = evaluate_methods(
         ws.evals(name),
         prompts,
@@ -66,7 +62,7 @@ def evaluate_task(
         config,
         run=name,
         reference=reference,
-        video_lookup=lookup,
+        video_lookup=retrieval.video_uri,
         video_features=load_video_features(video_features),
         frame_features=load_frame_features(frame_features),
         methods=methods,

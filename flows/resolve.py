@@ -13,11 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
-from ragvid.schemas import RetrievalConfig
-from ragvid.schemas.io import exists, fs_and_path, list_parts
+from ragvid.schemas import FAILURES, MANIFEST, RetrievalConfig
+from ragvid.schemas.io import exists, fs_and_path, list_parts, read_table
 from ragvid.schemas.workspace import INDEX_JSON, Workspace
 
 NO_ADAPTER = "no-adapter"
@@ -53,11 +51,9 @@ class Resolver:
     # -- indexes --------------------------------------------------------------------------------
 
     def index_names(self) -> list[str]:
-        fs, root = fs_and_path(self.ws.indexes_root())
-        if not fs.exists(root):
-            return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-        return sorted(n for n in names if exists(self.ws.index_layout(n).manifest))
+        from ragvid.pipelines.index.layout import list_indexes
+
+        return [m.path.rstrip("/").rsplit("/", 1)[-1] for m in list_indexes(self.ws.root)]
 
     def index(self, name: str) -> str:
         path = self.ws.index(name)
@@ -166,8 +162,7 @@ class Resolver:
             return out
         for folder in [root, *(p for p in fs.ls(root, detail=False) if fs.isdir(p))]:
             for part in list_parts(folder):
-                with fs.open(part, "rb") as fh:
-                    out.update(pq.read_table(fh, columns=["video_id"]).column(0).to_pylist())
+                out.update(read_table(part, FAILURES, columns=["video_id"]).column(0).to_pylist())
         return out
 
     def reference_videos(self, corpus: str, count: int) -> list[str]:
@@ -178,9 +173,7 @@ class Resolver:
         bad = self.quarantined(corpus)
         out: list[str] = []
         for file in manifest_files(self.ws.manifest(corpus), corpus):
-            fs, path = fs_and_path(file)
-            with fs.open(path, "rb") as fh:
-                t = pq.read_table(fh, columns=["video_id", "uri"])
+            t = read_table(file, MANIFEST, columns=["video_id", "uri"])
             for vid, uri in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
                 if vid not in bad:
                     out.append(uri)

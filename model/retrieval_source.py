@@ -158,6 +158,10 @@ class RetrieverSource:
             ) from e
         return cls(Retriever.open(index_dir), encoder, config, **kw)
 
+    def video_uri(self, video_id: str) -> str:
+        """Where a retrieved video's file is (the evaluation's copy-detection lookup)."""
+        return str(self.retriever.uris(np.asarray([[video_id]], dtype=object))[0, 0])
+
     def retrieve(self, prompts: list[str], k: int) -> RetrievedBatch:
         from ragvid.schemas.config import RetrievalConfig
 

@@ -258,7 +258,6 @@ def evaluate(
     seed: SeedOpt = _GEN.seed,
 ) -> None:
     """The paper's comparison (base / FreeInit / RagInit only / RAGME): metrics, plots, HTML."""
-    import numpy as np
 
     from ragvid.model.batch_generate import read_prompts
     from ragvid.model.evaluate import evaluate_methods
@@ -277,9 +276,6 @@ def evaluate(
     reference = res.reference_videos(reference_corpus, reference_count)
     retrieval = res.retrieval(index, k, encoder)
 
-    def lookup(video_id: str) -> str:
-        return str(retrieval.retriever.uris(np.asarray([[video_id]], dtype=object))[0, 0])
-
     pipe = res.pipeline(base, res.adapter(adapter))
     with console.status(f"evaluating {len(method_list)} methods on {len(plist.prompts)} prompts"):
         rep = evaluate_methods(
@@ -290,7 +286,7 @@ def evaluate(
             cfg,
             run=run,
             reference=reference,
-            video_lookup=lookup,
+            video_lookup=retrieval.video_uri,
             video_features=video_net,
             frame_features=frame_net,
             flow=flow,

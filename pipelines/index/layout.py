@@ -15,7 +15,7 @@ from typing import Any
 
 from ragvid.schemas import INDEX_IDS
 from ragvid.schemas.io import exists, fs_and_path, join, read_json, read_table
-from ragvid.schemas.workspace import IDS_FILE, INDEX_JSON
+from ragvid.schemas.workspace import IDS_FILE, INDEX_JSON, Workspace
 
 
 class CorruptShardError(ValueError):
@@ -99,7 +99,7 @@ def absolute_path(path: str | None, base: str) -> str | None:
 
 def list_indexes(root: str) -> list[IndexManifest]:
     """Every index under ``<workspace>/indexes`` (a folder with an index.json)."""
-    base = join(root, "indexes")
+    base = Workspace.at(root).indexes_root()
     fs, path = fs_and_path(base)
     if not fs.exists(path):
         return []
