@@ -55,6 +55,13 @@ class ManifestConfig(_Config):
     caption_column: str | None = Field(None, description="override the detected caption column")
     uri_column: str | None = Field(None, description="override the detected file/url column")
     duration_column: str | None = Field(None, description="override the detected duration column")
+    max_failure_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="fail the run (exit non-zero, flow run failed) when more than this share of "
+        "rows is rejected: at that rate the input, not the videos, is suspect",
+    )
 
 
 class EmbedConfig(_Config):
@@ -75,6 +82,13 @@ class EmbedConfig(_Config):
     num_decoders: int | None = Field(None, description="Ray decode tasks in flight (None: CPUs)")
     num_encoders: int | None = Field(
         None, ge=1, description="Ray encoder actors (None: one per GPU, else one per CPU)"
+    )
+    max_failure_ratio: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="fail the run (exit non-zero, flow run failed) when more than this share of "
+        "rows is quarantined: at that rate the input, not the videos, is suspect",
     )
 
 

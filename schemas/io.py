@@ -1,76 +1,76 @@
-"""Validated, atomic Parquet I/O on local paths or fsspec URIs, plus part markers and locks.
+"""Validated Parquet tables on local paths or fsspec URIs: atomic writes, checked reads, parts.
 
-Writes go to a temporary name and are renamed into place, so a reader never sees half a
-file; a part is finished only when its ``.done`` marker exists (datatrove's completions
-idea), which is what resume logic checks.
+Every table file is written atomically (:mod:`.files`) with its contract metadata and Parquet
+page checksums, and read back with the contract checked and every page's CRC verified — a
+flipped bit in a page is an error naming the file, never a different vector. A folder of
+``part-*.parquet`` is a table whose parts count only with a valid marker (:mod:`.markers`);
+the lock (:mod:`.lock`) keeps two runs from writing one folder. This module re-exports the
+file helpers so callers have one import for table I/O.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import time
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .checksum import FileRecord, verify_bytes
 from .contract import SchemaMismatchError, TableSpec, file_dim
+from .files import (
+    atomic_put,
+    exists,
+    fs_and_path,
+    join,
+    makedirs,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from .lock import LockedError, output_lock
+from .markers import (
+    IncompleteTableError,
+    TableState,
+    clear_marker,
+    complete_parts,
+    is_managed,
+    read_marker,
+    write_marker,
+)
+
+__all__ = [
+    "IncompleteTableError",
+    "LockedError",
+    "atomic_put",
+    "clear_done",
+    "exists",
+    "fs_and_path",
+    "is_done",
+    "join",
+    "list_parts",
+    "makedirs",
+    "mark_done",
+    "output_lock",
+    "part_name",
+    "read_done",
+    "read_json",
+    "read_parts",
+    "read_table",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_parquet",
+    "write_table",
+]
 
 
-def fs_and_path(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Split a local path or fsspec URI (``s3://…``, ``memory://…``) into (filesystem, path)."""
-    fs, path = fsspec.core.url_to_fs(str(uri))
-    return fs, path
-
-
-def join(base: str | os.PathLike, *parts: str) -> str:
-    base = str(base).rstrip("/")
-    return "/".join([base, *[p.strip("/") for p in parts]])
-
-
-def exists(uri: str | os.PathLike) -> bool:
-    fs, path = fs_and_path(uri)
-    return fs.exists(path)
-
-
-def makedirs(uri: str | os.PathLike) -> None:
-    fs, path = fs_and_path(uri)
-    fs.makedirs(path, exist_ok=True)
-
-
-def _atomic_put(uri: str, write) -> None:
-    fs, path = fs_and_path(uri)
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
-    try:
-        with fs.open(tmp, "wb") as fh:
-            write(fh)
-        fs.mv(tmp, path)
-    except BaseException:
-        if fs.exists(tmp):
-            fs.rm(tmp)
-        raise
-
-
-def write_bytes_atomic(uri: str, data: bytes) -> None:
-    _atomic_put(str(uri), lambda fh: fh.write(data))
-
-
-def write_json_atomic(uri: str, obj: Any) -> None:
-    write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
-
-
-def read_json(uri: str) -> Any:
-    fs, path = fs_and_path(uri)
-    with fs.open(path, "rb") as fh:
-        return json.loads(fh.read().decode())
+def write_parquet(uri: str | os.PathLike, table: pa.Table) -> None:
+    """Write a Parquet file atomically, zstd, with page checksums (no contract check)."""
+    atomic_put(
+        str(uri),
+        lambda fh: pq.write_table(table, fh, compression="zstd", write_page_checksum=True),
+    )
 
 
 def write_table(
@@ -90,7 +90,7 @@ def write_table(
     meta = dict(table.schema.metadata or {})
     meta.update(spec.metadata(dim=dim if spec.has_dim else None, encoder=encoder, config=config))
     table = table.replace_schema_metadata(meta)
-    _atomic_put(uri, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    write_parquet(uri, table)
     return table
 
 
@@ -112,15 +112,22 @@ def read_table(
     dim: int | None = None,
     encoder: str | None = None,
     columns: list[str] | None = None,
+    expect: FileRecord | None = None,
 ) -> pa.Table:
-    """Read a Parquet file and check it was written under ``spec`` (version, dim, encoder)."""
+    """Read a Parquet file and check it was written under ``spec`` (version, dim, encoder),
+    verifying page checksums — and, given ``expect`` (a marker's record), the whole file's
+    size and sha256 first."""
     uri = str(uri)
     fs, path = fs_and_path(uri)
     if not fs.exists(path):
         raise FileNotFoundError(f"{uri}: no such table file — run the stage that produces it")
     try:
         with fs.open(path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
+            if expect is not None:
+                data = fh.read()
+                verify_bytes(uri, data, expect, "table file")
+                fh = pa.BufferReader(data)  # noqa: PLW2901 - parse the verified bytes
+            pf = pq.ParquetFile(fh, page_checksum_verification=True)
             meta = pf.schema_arrow.metadata
             spec.check_metadata(meta, uri, dim=dim, encoder=encoder)
             table = pf.read(columns=columns)
@@ -148,115 +155,65 @@ def read_parts(
     dim: int | None = None,
     encoder: str | None = None,
     columns: list[str] | None = None,
-    require_done: bool = False,
+    what: str = "",
+    hint: str = "rerun the stage that writes it",
 ) -> pa.Table:
-    """Read every ``part-*.parquet`` of a folder (sorted) into one table."""
-    paths = list_parts(folder, require_done=require_done)
-    if not paths:
+    """Read a table folder (its ``part-*.parquet``, sorted) into one table.
+
+    A managed table (one with ``_markers/``) is read only when every part is done, and each
+    part whole is checked against its marker's sha256; otherwise :class:`IncompleteTableError`
+    names how many parts are done and what to run.
+    """
+    parts = complete_parts(str(folder), what, hint)
+    if not parts:
         raise FileNotFoundError(f"{folder}: no part-*.parquet files — run the producing stage")
-    tables = [read_table(p, spec, dim=dim, encoder=encoder, columns=columns) for p in paths]
+    tables = [
+        read_table(
+            p,
+            spec,
+            dim=dim,
+            encoder=encoder,
+            columns=columns,
+            expect=m.record("main") if m is not None and columns is None else None,
+        )
+        for p, m in parts
+    ]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
 def list_parts(folder: str | os.PathLike, require_done: bool = False) -> list[str]:
-    fs, path = fs_and_path(str(folder))
-    if not fs.exists(path):
-        return []
-    names = sorted(
-        p
-        for p in fs.ls(path, detail=False)
-        if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
-    )
-    proto = str(folder).split("://", 1)[0] + "://" if "://" in str(folder) else ""
-    out = [proto + n if proto and not n.startswith(proto) else n for n in names]
-    if require_done:
-        out = [p for p in out if is_done(p)]
-    return out
+    """The folder's ``part-*.parquet`` files, sorted; ``require_done``: only those whose
+    marker is valid (size check), for tables with markers."""
+    state = TableState(str(folder))
+    if require_done and is_managed(str(folder)):
+        return state.done_parts()
+    return state.parts()
 
 
 def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def done_marker(part_uri: str) -> str:
-    return str(part_uri).removesuffix(".parquet") + ".done"
-
-
 def is_done(part_uri: str) -> bool:
-    return exists(done_marker(part_uri))
+    """True when the part has a valid marker (its files match the recorded sizes)."""
+    return TableState(str(part_uri).rsplit("/", 1)[0]).done(str(part_uri))
 
 
-def mark_done(part_uri: str, stats: Mapping[str, Any] | None = None) -> None:
-    """Write the part's done marker, holding its small stats record."""
-    write_json_atomic(done_marker(part_uri), dict(stats or {}))
+def mark_done(
+    part_uri: str,
+    stats: Mapping[str, Any] | None = None,
+    files: Mapping[str, str] | None = None,
+    input: Any = None,  # noqa: A002
+) -> None:
+    """Write the part's marker: its stats, and the size + sha256 of the part and ``files``."""
+    write_marker(str(part_uri), dict(stats or {}), files, input)
 
 
 def clear_done(part_uri: str) -> None:
     """Remove a part's marker (before rewriting the part in place)."""
-    fs, path = fs_and_path(done_marker(part_uri))
-    if fs.exists(path):
-        fs.rm(path)
+    clear_marker(str(part_uri))
 
 
 def read_done(part_uri: str) -> dict[str, Any]:
-    return read_json(done_marker(part_uri))
-
-
-class LockedError(RuntimeError):
-    """Another run holds the output's lock."""
-
-
-@contextmanager
-def output_lock(folder: str | os.PathLike, stale_after_s: float = 6 * 3600) -> Iterator[None]:
-    """Refuse to let two runs write the same output folder at once.
-
-    The lock is a file created exclusively; it names host and pid. A lock whose process is
-    gone (same host) or older than ``stale_after_s`` is taken over.
-    """
-    folder = str(folder)
-    makedirs(folder)
-    fs, path = fs_and_path(join(folder, ".lock"))
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-    if fs.exists(path):
-        try:
-            with fs.open(path, "rb") as fh:
-                other = json.loads(fh.read().decode())
-        except Exception:  # noqa: BLE001 - unreadable lock is stale
-            other = {}
-        alive = _pid_alive(other) if other.get("host") == me["host"] else True
-        fresh = time.time() - float(other.get("since", 0)) < stale_after_s
-        if alive and fresh:
-            raise LockedError(
-                f"{folder} is being written by another run (host {other.get('host')}, pid "
-                f"{other.get('pid')}). Wait for it to finish, or delete {path} if that run is "
-                "dead."
-            )
-    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            os.unlink(path)  # stale, checked above
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-    else:
-        with fs.open(path, "wb") as fh:
-            fh.write(json.dumps(me).encode())
-    try:
-        yield
-    finally:
-        if fs.exists(path):
-            fs.rm(path)
-
-
-def _pid_alive(info: Mapping[str, Any]) -> bool:
-    pid = int(info.get("pid", 0) or 0)
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The stats a part's marker holds."""
+    return read_marker(str(part_uri)).stats

@@ -9,9 +9,12 @@ motion from its reverse (left vs right, zoom in vs out).
 :class:`EmbedStage` follows the stage contract of :mod:`ragvid.pipelines.executor`: ``plan``
 cuts the manifest into deterministic parts of ``part_size`` rows (:mod:`..corpus.parts`, from
 file footers); ``run`` writes ``embeddings/<encoder-slug>/part-i.parquet`` and its quarantined
-rows to ``failures/<encoder-slug>/part-i.parquet``; the executor then writes ``part-i.done``
-with the part's stats, and never recomputes a part that has one. The in-process loop, Ray
-tasks and the Ray Data streaming pipeline (:mod:`.ray_data`) run the same row functions;
+rows to ``failures/<encoder-slug>/part-i.parquet``; the executor then writes the marker
+``embeddings/<encoder-slug>/_markers/part-i.json`` naming both files' sizes and checksums and the
+manifest slice they came from. A part is done only while that marker matches both files: a
+crash between the two writes, a truncated or deleted file, or a re-ingested manifest makes it
+unfinished again and the next run recomputes it — a row is never dropped silently. The
+in-process loop, Ray tasks and the Ray Data streaming pipeline (:mod:`.ray_data`) run the same row functions;
 :func:`ragvid.pipelines.embed.run.embed_corpus` picks one. Rows = embedded + quarantined,
 checked per part and over the corpus.
 """
@@ -36,24 +39,20 @@ from ragvid.pipelines.corpus.parts import (
 from ragvid.pipelines.embed.decode import DECODE_STAGE, decode_row
 from ragvid.pipelines.embed.encoder import ClipEncoder, load_encoder
 from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
-from ragvid.pipelines.executor.base import (
-    LocalExecutor,
-    Part,
-    done_set,
-    finish_part,
-    is_planned_done,
-)
+from ragvid.pipelines.executor.base import LocalExecutor, Part, finish_part, table_state
 from ragvid.schemas import EMBEDDINGS, FAILURES, MANIFEST, EmbedConfig
+from ragvid.schemas.faults import fault_point
+from ragvid.schemas.files import clean_temporaries
 from ragvid.schemas.io import (
     clear_done,
     exists,
     join,
-    list_parts,
     part_name,
     read_done,
     read_table,
     write_table,
 )
+from ragvid.schemas.markers import Marker, declare_table, is_managed
 from ragvid.schemas.workspace import Workspace
 
 ENCODE_STAGE = "encode"
@@ -87,7 +86,9 @@ def failures_dir(workspace: Workspace, corpus: str, encoder: str | EncoderSpec) 
 class PartPlan(Part):
     """Part ``index``: manifest slice ``source`` → ``uri`` (+ ``failures_uri``, + its marker)."""
 
-    failures_uri: str = ""
+    @property
+    def failures_uri(self) -> str:
+        return self.files["failures"]
 
     @property
     def slice(self) -> ManifestSlice:
@@ -166,23 +167,32 @@ class EmbedStage:
             self._reader = SliceReader()
         return self._reader
 
-    def plan(self) -> list[PartPlan]:
-        """Parts of ``part_size`` manifest rows with their done state: manifest footers and
-        one listing of the output folder — O(files + parts), no row data read."""
+    def plan(self, verify: bool = False) -> list[PartPlan]:
+        """Parts of ``part_size`` manifest rows with their done state: manifest footers, one
+        listing of each output folder and one small read per marker — no row data read.
+        ``verify`` re-hashes every finished part's files (a part that fails is recomputed).
+
+        Called with the output lock held: declares the table (so a run killed before its
+        first marker reads as incomplete) and clears temporaries a killed run left.
+        """
         slices = plan_slices(self.ws.manifest(self.corpus), self.config.part_size, self.corpus)
-        markers = done_set(self.output)
+        declare_table(self.output, self.name)
+        clean_temporaries(self.failures)
+        state = table_state(self.output, deep=verify)
         plans = []
         for i, sl in enumerate(slices):
             name = part_name(i)
             uri = join(self.output, name)
+            source = slice_input(sl)
             plans.append(
                 PartPlan(
                     index=i,
                     uri=uri,
-                    done=is_planned_done(uri, markers),
+                    done=state.done(uri, expect_input=source),
                     rows=sl.rows,
                     source=sl,
-                    failures_uri=join(self.failures, name),
+                    files={"failures": join(self.failures, name)},
+                    input=source,
                 )
             )
         return plans
@@ -205,25 +215,38 @@ class EmbedStage:
         return asdict(stats)
 
 
+def slice_input(sl: ManifestSlice) -> dict:
+    """A part's input as its marker records it: manifest file name and row range."""
+    return {"manifest": sl.file.rstrip("/").rsplit("/", 1)[-1], "start": sl.start, "stop": sl.stop}
+
+
+class IncompleteEmbeddingError(ValueError):
+    """Downstream stages refuse a partial embedding (in progress, crashed, or damaged)."""
+
+
 def check_complete(workspace: Workspace, corpus: str, encoder: str | EncoderSpec) -> str:
-    """The embeddings folder, if every manifest row is in a finished part; otherwise a clear
-    error: downstream stages (dedup, index build, training) never read a partial embedding
-    (an in-progress or crashed run) as if it were the corpus."""
+    """The embeddings folder, if every manifest row is in a part whose marker matches its
+    files; otherwise a clear error: downstream stages (dedup, index build, training) never
+    read a partial embedding (an in-progress or crashed run, a deleted or truncated part) as
+    if it were the corpus."""
     spec = parse_encoder(encoder, workspace.root)
     folder = workspace.embeddings(corpus, spec.slug)
-    if spec.kind == "external":
+    if spec.kind == "external" and not is_managed(folder):
         return folder  # vectors made outside ragvid: no parts or markers of `ragvid embed`
-    markers = done_set(folder)
-    parts = list_parts(folder)
-    done = [p for p in parts if is_planned_done(p, markers)]
-    rows_done = sum(int(read_done(p).get("rows", 0)) for p in done)
+    state = table_state(folder)
+    parts = state.parts()
+    checks = {p: state.check(p) for p in parts}
+    done = [m for m in checks.values() if isinstance(m, Marker)]
+    bad = [why for why in checks.values() if not isinstance(why, Marker)]
+    rows_done = sum(int(m.stats.get("rows", 0)) for m in done)
     total = manifest_rows(workspace.manifest(corpus), corpus)
-    if len(done) != len(parts) or rows_done != total:
-        raise ValueError(
-            f"embedding of {corpus} with {spec.id} is incomplete: {len(done)} finished parts "
-            f"hold {rows_done} of {total} manifest rows ({len(parts) - len(done)} part file(s) "
-            f"without a marker) — rerun `ragvid embed --corpus {corpus} --encoder "
-            f"{spec.name or spec.id}` to finish it"
+    if bad or rows_done != total:
+        why = f" (first: {bad[0]})" if bad else ""
+        raise IncompleteEmbeddingError(
+            f"embedding of {corpus} with {spec.id} is incomplete: {len(done)} of "
+            f"{len(parts)} part files done, holding {rows_done} of {total} manifest rows{why} "
+            f"— rerun `ragvid embed --corpus {corpus} --encoder {spec.name or spec.id}` to "
+            "finish it"
         )
     return folder
 
@@ -339,7 +362,9 @@ def write_part(
         write_table(plan.uri, emb, EMBEDDINGS, dim=dim, encoder=enc_id, config=cfg)
     else:
         _write_float32(plan.uri, emb, dim, enc_id, cfg)
+    fault_point("embed:between-part-files")
     write_table(plan.failures_uri, fail, FAILURES, config=cfg)
+    fault_point("embed:after-part-files")
     return PartStats(
         part=plan.index,
         rows=plan.rows,
@@ -358,9 +383,7 @@ def write_part(
 def _write_float32(uri: str, emb: pa.Table, dim: int | None, enc_id: str, cfg: dict) -> None:
     """float32 storage: the EMBEDDINGS contract is float16, so write with the contract's
     metadata and column names but float32 vector items (readers cast with ``conform``)."""
-    import pyarrow.parquet as pq
-
-    from ragvid.schemas.io import _atomic_put
+    from ragvid.schemas.io import write_parquet
 
     def vec(d: int) -> pa.DataType:
         return pa.list_(pa.field("item", pa.float32(), nullable=False), d)
@@ -377,7 +400,7 @@ def _write_float32(uri: str, emb: pa.Table, dim: int | None, enc_id: str, cfg: d
         [emb.column(f.name).cast(f.type) for f in fields], schema=pa.schema(fields)
     )
     table = table.replace_schema_metadata(EMBEDDINGS.metadata(dim, enc_id, cfg))
-    _atomic_put(uri, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    write_parquet(uri, table)
 
 
 # --- one part, in-process --------------------------------------------------------------------
@@ -417,9 +440,9 @@ def retry_part(
     """Reprocess only the quarantined rows of a finished part; rows that now succeed move from
     the failures part into the embeddings part. Returns ``None`` if nothing was quarantined.
 
-    The marker is removed before either file is rewritten and written back last, so a crash or
-    a full disk in between leaves the part unfinished (the next run recomputes it) — never a
-    valid marker over half-rewritten files.
+    Both files are rewritten, then the marker naming both new checksums: a crash or a full
+    disk anywhere in between leaves a marker that matches neither pair, so the part reads as
+    unfinished and the next run recomputes it whole — a retried row is never lost.
     """
     if not plan.done or not exists(plan.failures_uri):
         return None

@@ -2,8 +2,9 @@
 
 A stage says *what* a part is and how to compute it: ``plan() → parts`` (once per run, O(N)
 at most), ``run(part) → stats`` (writes the part's files, never its marker). An executor owns
-*everything else*: the output lock, skip-if-done, the ``.done`` marker holding the part's
-stats, progress, and the merged result. The in-process loop here, :mod:`.ray_tasks` and the
+*everything else*: the output lock, skip-if-done, the marker (``_markers/part-i.json``: the
+part's stats and the size + sha256 of every file it wrote, :mod:`ragvid.schemas.markers`),
+progress, and the merged result. The in-process loop here, :mod:`.ray_tasks` and the
 embed stage's Ray Data streaming executor all finish a part through :func:`finish_part`, so a
 marker means the same thing whichever engine wrote it.
 """
@@ -15,18 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ragvid.schemas.io import done_marker, fs_and_path, mark_done, output_lock, read_done
+from ragvid.schemas.io import mark_done, output_lock, read_done
+from ragvid.schemas.markers import TableState
 
 
 @dataclass
 class Part:
-    """One unit of a stage's work: its index, main output file (the marker sits beside it)."""
+    """One unit of a stage's work: its index, main output file, the other files it writes
+    (role → uri; the marker vouches for all of them) and what it is made from."""
 
     index: int
     uri: str
     done: bool = False
     rows: int = 0
     source: Any = None  # the stage's own description of its input (a manifest slice, …)
+    files: dict[str, str] = field(default_factory=dict)
+    input: Any = None  # JSON form of ``source``: a marker made from other input is not done
 
 
 @runtime_checkable
@@ -56,22 +61,16 @@ class StageResult:
         return sum(1 for s in self.stats if s.get("skipped"))
 
 
-def done_set(folder: str) -> set[str]:
-    """Names of the ``.done`` markers in ``folder`` — one listing, not one stat per part."""
-    fs, path = fs_and_path(folder)
-    if not fs.exists(path):
-        return set()
-    return {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".done")}
-
-
-def is_planned_done(part_uri: str, markers: set[str]) -> bool:
-    return done_marker(part_uri).rsplit("/", 1)[-1] in markers
+def table_state(folder: str, deep: bool = False) -> TableState:
+    """The output folder's parts and markers, listed once (``deep``: re-hash every file)."""
+    return TableState(folder, deep=deep)
 
 
 def finish_part(part: Part, stats: dict[str, Any]) -> dict[str, Any]:
-    """The one place a part becomes done: its stats go into its marker, written last."""
+    """The one place a part becomes done: its marker, written last, holds its stats and the
+    checksums of every file it wrote."""
     stats = {**stats, "finished_at": time.time()}
-    mark_done(part.uri, stats)
+    mark_done(part.uri, stats, files=part.files, input=part.input)
     part.done = True
     return stats
 
