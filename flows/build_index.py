@@ -27,6 +27,7 @@ from ragvid.flows.preflight import (
 )
 from ragvid.schemas import EmbedConfig, IndexConfig, ManifestConfig, RetrievalConfig
 from ragvid.schemas.config import defaults
+from ragvid.schemas.guards import FailureRatioError
 from ragvid.schemas.io import exists, list_parts
 from ragvid.schemas.workspace import IndexLayout, Workspace
 
@@ -41,7 +42,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     """Retry crashes and flaky I/O, not bad input (it would only fail again, slower)."""
     try:
         state.result()
-    except (ValueError, FileNotFoundError, KeyError):
+    except (ValueError, FileNotFoundError, KeyError, FailureRatioError):
         return False
     except Exception:  # noqa: BLE001
         return True

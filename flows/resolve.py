@@ -16,6 +16,7 @@ from pathlib import Path
 from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
 from ragvid.schemas import FAILURES, MANIFEST, RetrievalConfig
 from ragvid.schemas.io import exists, fs_and_path, list_parts, read_table
+from ragvid.schemas.markers import TableState, is_managed
 from ragvid.schemas.workspace import INDEX_JSON, Workspace
 
 NO_ADAPTER = "no-adapter"
@@ -41,7 +42,7 @@ class Resolver:
 
         spec = self.encoder(encoder)
         path = self.ws.embeddings(corpus, spec.slug)
-        if not list_parts(path):
+        if not TableState(path).parts() and not is_managed(path):
             raise FileNotFoundError(
                 f"no embeddings for corpus '{corpus}' with encoder '{spec.id}' at {path} — run "
                 f"`ragvid embed --corpus {corpus} --encoder {spec.name or spec.id}` first"

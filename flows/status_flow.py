@@ -15,7 +15,8 @@ from prefect import flow, task
 from ragvid.flows import monitor
 from ragvid.flows.preflight import check_workspace
 from ragvid.flows.resolve import Resolver
-from ragvid.schemas.io import exists, fs_and_path, is_done, list_parts, read_json
+from ragvid.schemas.io import exists, fs_and_path, list_parts, read_json
+from ragvid.schemas.markers import TableState
 from ragvid.schemas.workspace import Workspace
 
 
@@ -43,10 +44,10 @@ def corpus_status(workspace: str, corpus: str) -> dict[str, Any]:
     row["rejected_rows"] = _rows(list_parts(ws.rejects(corpus)))
     row["failed_videos"] = len(Resolver(ws).quarantined(corpus))  # unique ids, any encoder
     encoders = _children(ws.embeddings_root(corpus))
-    parts = [p for e in encoders for p in list_parts(ws.embeddings(corpus, e))]
+    states = [TableState(ws.embeddings(corpus, e)) for e in encoders]
     row["encoders"] = ",".join(encoders) or "-"
-    row["embed_parts_done"] = sum(is_done(p) for p in parts)
-    row["embed_parts_pending"] = len(parts) - row["embed_parts_done"]
+    row["embed_parts_done"] = sum(len(s.done_parts()) for s in states)
+    row["embed_parts_pending"] = sum(len(s.parts()) for s in states) - row["embed_parts_done"]
     return row
 
 

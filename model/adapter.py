@@ -1,9 +1,17 @@
 """The RAGME adapter — time enhancer + RagCA layers — and its files, apart from the base.
 
 On disk: `adapter.safetensors` (enhancer.* and mca.* weights) and `adapter_config.json`
-(enhancer + RagCA configs and the temporal-layer channel map of the base it was built for).
-Loading checks that map against the target UNet, so an adapter saved for another base fails
-with the layer and channel counts that differ instead of a shape error deep in torch.
+(enhancer + RagCA configs, the temporal-layer channel map of the base it was built for, and
+``weights``: the size + sha256 of `adapter.safetensors`, recorded where the weights are
+referenced). Loading checks that map against the target UNet, so an adapter saved for another
+base fails with the layer and channel counts that differ instead of a shape error deep in
+torch, and checks the weights against their record, so a truncated, flipped or swapped weights
+file is a :class:`ChecksumMismatchError` naming it, never a different model. Adapters saved
+before the record existed load unchecked.
+
+The two files are renamed into place one after the other (weights first): a writer killed in
+between leaves new weights beside the old record, which loading reports as a mismatch; the
+trainer rewrites its run's adapter from its newest checkpoint when rerun.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record, verify_file
 from ragvid.schemas.config import EnhancerConfig, RagCAConfig
+from ragvid.schemas.faults import fault_point
 from ragvid.schemas.workspace import ADAPTER_WEIGHTS  # the run layout names the file
 
 from .enhancer import TimeEnhancer
@@ -101,8 +111,10 @@ class RagmeAdapter(nn.Module):
         }
 
 
-def save_adapter(adapter: RagmeAdapter, folder: str | Path) -> Path:
-    """Write `adapter.safetensors` + `adapter_config.json` into `folder` (atomic renames)."""
+def save_adapter(adapter: RagmeAdapter, folder: str | Path, *, fault: str = "adapter") -> Path:
+    """Write `adapter.safetensors`, then `adapter_config.json` recording the weights' size and
+    sha256, into `folder` (each an atomic rename). ``fault`` names the fault point between the
+    two renames (``<fault>:after-weights``), for the fault-campaign tests."""
     from ragvid.schemas.io import write_json_atomic
 
     folder = Path(folder)
@@ -110,9 +122,24 @@ def save_adapter(adapter: RagmeAdapter, folder: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
     tmp = folder / f".{ADAPTER_WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"format": FORMAT})
+    record = file_record(tmp)
     tmp.replace(folder / ADAPTER_WEIGHTS)
-    write_json_atomic(str(folder / ADAPTER_CONFIG), adapter.config_dict())
+    fault_point(f"{fault}:after-weights")
+    config = {**adapter.config_dict(), "weights": {"path": ADAPTER_WEIGHTS, **record.to_json()}}
+    write_json_atomic(str(folder / ADAPTER_CONFIG), config)
     return folder
+
+
+def weights_record(folder: str | Path) -> FileRecord | None:
+    """The size + sha256 that `folder`'s adapter config records for its weights (None: an
+    adapter saved before records existed, or no readable config)."""
+    from ragvid.schemas.io import read_json
+
+    try:
+        cfg = read_json(str(Path(folder) / ADAPTER_CONFIG))
+    except (OSError, ValueError):
+        return None
+    return FileRecord.from_json(cfg.get("weights")) if isinstance(cfg, dict) else None
 
 
 def load_adapter(folder: str | Path, unet: nn.Module | None = None) -> RagmeAdapter:
@@ -142,7 +169,15 @@ def load_adapter(folder: str | Path, unet: nn.Module | None = None) -> RagmeAdap
     adapter = RagmeAdapter(
         enhancer, RagCALayers(layers, ragca_cfg.token_dim, ragca_cfg.num_heads), ragca_cfg
     )
-    state = load_file(str(folder / ADAPTER_WEIGHTS))
+    weights = str(folder / ADAPTER_WEIGHTS)
+    try:  # no record (an adapter saved before records existed): loaded unchecked
+        verify_file(weights, FileRecord.from_json(cfg.get("weights")), "adapter weights")
+    except ChecksumMismatchError as exc:
+        raise ChecksumMismatchError(
+            f"{exc}. If a training run was killed while saving this adapter, rerun it (it "
+            "rewrites the adapter from its newest checkpoint); otherwise restore the file"
+        ) from None
+    state = load_file(weights)
     missing, unexpected = adapter.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -19,7 +19,15 @@ import pyarrow as pa
 import torch
 
 from ragvid.schemas import EMBEDDINGS, MANIFEST, NEIGHBOURS, TableSpec, read_parts
-from ragvid.schemas.io import exists, list_parts, read_table
+from ragvid.schemas.faults import fault_point
+from ragvid.schemas.io import exists, read_table
+from ragvid.schemas.markers import (
+    IncompleteTableError,
+    Marker,
+    TableState,
+    declare_table,
+    is_managed,
+)
 
 VIDEO_LATENTS = TableSpec(
     name="video_latents",
@@ -251,15 +259,7 @@ def load_training_set(
     neigh = read_parts(neighbours_dir, NEIGHBOURS)
     emb = read_parts(embeddings_dir, EMBEDDINGS)
     manifest = read_parts(manifest_dir, MANIFEST) if manifest_dir else None
-    latents = None
-    if latents_uri:
-        if not exists(latents_uri):
-            raise FileNotFoundError(f"{latents_uri}: no latents table — run encode_latents")
-        parts = list_parts(latents_uri) if not latents_uri.endswith(".parquet") else []
-        tables = [read_table(p, VIDEO_LATENTS) for p in parts] or [
-            read_table(latents_uri, VIDEO_LATENTS)
-        ]
-        latents = pa.concat_tables(tables)
+    latents = _read_latents(latents_uri) if latents_uri else None
     return RetrievalTrainingSet(
         neigh,
         emb,
@@ -272,6 +272,25 @@ def load_training_set(
         missing=missing,
         where=neighbours_dir,
     )
+
+
+def _read_latents(uri: str) -> pa.Table:
+    """A VIDEO_LATENTS folder (every part with a valid marker, each checked against its
+    sha256) or one part file (checked against its marker when its folder has markers)."""
+    uri = str(uri)
+    if not exists(uri):
+        raise FileNotFoundError(f"{uri}: no latents table — run encode_latents")
+    hint = "rerun encode_latents for it (a part without a valid marker is recomputed)"
+    if not uri.endswith(".parquet"):
+        return read_parts(uri, VIDEO_LATENTS, what=f"latents table {uri}", hint=hint)
+    folder = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    expect = None
+    if is_managed(folder):
+        got = TableState(folder).check(uri)
+        if not isinstance(got, Marker):
+            raise IncompleteTableError(f"{got} — {hint}")
+        expect = got.record("main")
+    return read_table(uri, VIDEO_LATENTS, expect=expect)
 
 
 def encode_latents(
@@ -289,12 +308,19 @@ def encode_latents(
     VIDEO_LATENTS part at ``out_uri`` — what a WebVid-scale run trains from instead of decoding
     448×256×12 clips every step. A video that fails to decode is reported, never written.
 
+    The part counts only with its marker (``_markers/``, size + sha256 of the part, written
+    last): a part whose marker is missing or does not match is recomputed here, and refused
+    by :func:`load_training_set`.
+
     Plain function over one manifest part: a Ray task / Prefect task per part calls it.
     """
     from ragvid.pipelines.embed.decode import DecodeError, decode_video
-    from ragvid.schemas import is_done, mark_done, write_table
+    from ragvid.schemas import mark_done, write_table
+    from ragvid.schemas.io import clear_done
 
-    if is_done(out_uri):
+    out_uri = str(out_uri)
+    folder = out_uri.rsplit("/", 1)[0]
+    if TableState(folder, deep=True).done(out_uri):  # marker valid, part's sha256 matches
         return {"skipped": True}
     rows, failed = [], []
     device = next(vae.parameters()).device
@@ -326,7 +352,10 @@ def encode_latents(
                 "vae": vae_id,
             }
         )
+    declare_table(folder, VIDEO_LATENTS.name)  # parts without a marker: never trusted
+    clear_done(out_uri)  # the old marker must not vouch for the part rewritten below
     write_table(out_uri, pa.Table.from_pylist(rows, schema=VIDEO_LATENTS.schema()), VIDEO_LATENTS)
+    fault_point("latents:before-marker")
     stats = {"rows": len(rows), "failed": failed, "num_frames": num_frames, "size": [width, height]}
-    mark_done(out_uri, stats)
+    mark_done(out_uri, stats)  # records the part's size + sha256
     return stats

@@ -13,16 +13,33 @@ adapter weights (safetensors), the optimiser and LR-scheduler states, the global
 restarted continues the loss curve of an uninterrupted run bit for bit (tested on CPU).
 
 Layout under ``<run>/``: ``checkpoints/step-XXXXXXXX/`` (adapter.safetensors,
-adapter_config.json, optimizer.pt, scheduler.pt, rng.pt, state.json written last),
-``adapter.safetensors`` + ``adapter_config.json`` (latest), ``config.json``,
+adapter_config.json, optimizer.pt, scheduler.pt, rng.pt, scaler.pt under fp16, state.json
+written last), ``adapter.safetensors`` + ``adapter_config.json`` (latest), ``config.json``,
 ``train_log.parquet`` (TRAIN_LOG) and ``samples/step-XXXXXXXX/*.mp4``.
+
+Integrity: a checkpoint is written into ``.tmp-step-…`` and renamed into place after its
+``state.json``, which records the size + sha256 of every other file in it; the run's adapter
+config records its weights' checksum (:func:`~ragvid.model.adapter.save_adapter`). Resuming
+verifies the newest checkpoint against its records; a corrupt one (a mismatch, or a file that
+does not parse) is skipped with a warning naming it and the file, and the run resumes from the
+previous complete checkpoint — exact resume makes that continue bit for bit, and the skipped
+folder is replaced when the run reaches its step again. When no checkpoint is usable, resume
+refuses, naming the folders to delete (or ``--no-resume``). A checkpoint from other settings is
+always refused. Checkpoints written before records existed are loaded unchecked.
+
+Fault points (:func:`ragvid.schemas.faults.fault_point`, for the kill tests): ``train:after-step``
+(after each optimiser step), ``train:checkpoint:after-adapter`` / ``after-optimizer`` /
+``before-state`` / ``before-rename`` / ``after-rename``, ``train:checkpoint-adapter:after-weights``
+and ``train:final-adapter:after-weights`` (between an adapter's weights and its config).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -38,9 +55,11 @@ import torch
 import torch.nn.functional as F
 
 from ragvid.schemas import TRAIN_LOG, EnhancerConfig, RagCAConfig, TrainConfig, write_table
+from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record, verify_file
+from ragvid.schemas.faults import fault_point
 from ragvid.schemas.io import write_json_atomic
 
-from .adapter import ADAPTER_WEIGHTS, RagmeAdapter, RagmeUNet, save_adapter
+from .adapter import ADAPTER_WEIGHTS, RagmeAdapter, RagmeUNet, save_adapter, weights_record
 from .pipeline_ragme import encode_text
 from .train_data import ResumableOrder, RetrievalTrainingSet, apply_dropout, collate
 
@@ -70,8 +89,15 @@ def train_preset(name: str) -> TrainConfig:
     return TRAIN_PRESETS[name]
 
 
+logger = logging.getLogger(__name__)
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder is incomplete, corrupt or from an incompatible run."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A complete checkpoint whose files do not match their records or do not parse."""
 
 
 @dataclass
@@ -115,6 +141,7 @@ class TrainResult:
     log: pa.Table
     stopped_early: bool = False
     checkpoints: list[str] = field(default_factory=list)
+    skipped_checkpoints: list[str] = field(default_factory=list)  # corrupt: why, per folder
 
 
 def _fresh_accelerator_state(mixed_precision: str) -> None:
@@ -162,6 +189,14 @@ def _resume_keys(config: TrainConfig) -> dict:
     for k in ("max_steps", "checkpoint_every", "sample_every", "sample_steps", "keep_checkpoints"):
         d.pop(k)
     return d
+
+
+def _save_synced(obj: Any, path: Path) -> None:
+    """torch.save, flushed to disk before the checkpoint's state.json vouches for it."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -226,6 +261,7 @@ class Trainer:
         self.position = 0
         self.log_rows: list[dict] = []
         self.resumed_from: int | None = None
+        self._weights: FileRecord | None = None  # record of the last checkpoint's weights
         self._stop_signal = False
 
     # --- state ----------------------------------------------------------------------------
@@ -240,44 +276,103 @@ class Trainer:
         if acc.is_main_process:
             tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            save_adapter(self.adapter, tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(_rng_state(), tmp / "rng.pt")
+            save_adapter(self.adapter, tmp, fault="train:checkpoint-adapter")
+            fault_point("train:checkpoint:after-adapter")
+            _save_synced(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            fault_point("train:checkpoint:after-optimizer")
+            _save_synced(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            _save_synced(_rng_state(), tmp / "rng.pt")
             if acc.scaler is not None:  # fp16 loss scale, part of exact resume
-                torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+                _save_synced(acc.scaler.state_dict(), tmp / "scaler.pt")
+            files = {p.name: file_record(p).to_json() for p in sorted(tmp.iterdir())}
             state = {
                 "step": self.step,
                 "position": self.position,
                 "log": self.log_rows,
                 "resume_keys": _resume_keys(self.config),
                 "world_size": acc.num_processes,
+                "files": files,
             }
-            (tmp / "state.json").write_text(json.dumps(state))
+            fault_point("train:checkpoint:before-state")
+            write_json_atomic(tmp / "state.json", state)
+            fault_point("train:checkpoint:before-rename")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            save_adapter(self.adapter, self.run_dir)
+            fault_point("train:checkpoint:after-rename")
+            self._weights = FileRecord.from_json(files[ADAPTER_WEIGHTS])
+            save_adapter(self.adapter, self.run_dir, fault="train:final-adapter")
             self._write_log()
-            for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            self._prune_checkpoints()
         acc.wait_for_everyone()
         return final
 
+    def _prune_checkpoints(self) -> None:
+        for old in list_checkpoints(self.run_dir)[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _publish_adapter(self) -> None:
+        """Make ``<run>/adapter.*`` the weights of the checkpoint this state is (a run killed
+        between the checkpoint's rename and the adapter's, or between the adapter's two files,
+        left it behind or inconsistent); a finished run's rerun rewrites nothing."""
+        weights = self.run_dir / ADAPTER_WEIGHTS
+        if self._weights is not None and weights_record(self.run_dir) == self._weights:
+            try:
+                verify_file(str(weights), self._weights, "run adapter weights")
+                return
+            except ChecksumMismatchError:
+                pass
+        save_adapter(self.adapter, self.run_dir, fault="train:final-adapter")
+
+    def resume_from(self, checkpoints: list[Path]) -> list[str]:
+        """Load the newest usable of ``checkpoints`` (oldest first); returns why each newer one
+        was skipped as corrupt. No usable one: :class:`CorruptCheckpointError`."""
+        skipped: list[str] = []
+        for folder in reversed(checkpoints):
+            try:
+                self.load_checkpoint(folder)
+                return skipped
+            except CorruptCheckpointError as exc:
+                logger.warning("skipping checkpoint %s: %s", folder.name, exc)
+                skipped.append(str(exc))
+        if len(skipped) == 1:
+            what, which = skipped[0], "that folder"
+        else:
+            names = ", ".join(p.name for p in checkpoints)
+            what, which = f"all {len(skipped)} are corrupt, the newest: {skipped[0]}", names
+        raise CorruptCheckpointError(
+            f"no usable checkpoint in {checkpoints[-1].parent}: {what} — delete {which} to "
+            "start the run over in place, or pass --no-resume"
+        )
+
     def load_checkpoint(self, folder: Path) -> None:
+        """Restore the state of checkpoint ``folder``, its files verified against the records in
+        its state.json first (size + sha256)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        def load(name: str):
+            return torch.load(folder / name, map_location="cpu", weights_only=False)
+
         try:
             state = json.loads((folder / "state.json").read_text())
+            records = state.get("files") or {}  # none: a checkpoint from before records
+            for name, entry in sorted(records.items()):
+                verify_file(str(folder / name), FileRecord.from_json(entry), "checkpoint file")
             weights = load_file(str(folder / ADAPTER_WEIGHTS))
-            opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-            sched = torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False)
-            rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
-        except (OSError, SafetensorError, json.JSONDecodeError, RuntimeError, EOFError) as exc:
-            raise CheckpointError(
+            opt, sched, rng = load("optimizer.pt"), load("scheduler.pt"), load("rng.pt")
+            scaler = load("scaler.pt") if (folder / "scaler.pt").is_file() else None
+        except (
+            OSError,
+            SafetensorError,
+            json.JSONDecodeError,
+            RuntimeError,
+            EOFError,
+            ValueError,
+            pickle.UnpicklingError,
+        ) as exc:
+            raise CorruptCheckpointError(
                 f"checkpoint {folder} is corrupt or incomplete ({exc.__class__.__name__}: "
-                f"{str(exc)[:200]}) — delete that folder to resume from the previous one, "
-                "or pass --no-resume to start over"
+                f"{str(exc)[:300]})"
             ) from exc
         if state.get("resume_keys") != _resume_keys(self.config):
             theirs, ours = state.get("resume_keys", {}), _resume_keys(self.config)
@@ -298,15 +393,14 @@ class Trainer:
                 f"{missing[:3]}, unexpected {unexpected[:3]}"
             )
         self.optimizer.load_state_dict(opt)
-        if self.accelerator.scaler is not None and (folder / "scaler.pt").is_file():
-            self.accelerator.scaler.load_state_dict(
-                torch.load(folder / "scaler.pt", map_location="cpu", weights_only=False)
-            )
+        if self.accelerator.scaler is not None and scaler is not None:
+            self.accelerator.scaler.load_state_dict(scaler)
         self.lr_scheduler.load_state_dict(sched)
         _set_rng_state(rng)
         self.step, self.position = int(state["step"]), int(state["position"])
         self.log_rows = list(state["log"])
         self.resumed_from = self.step
+        self._weights = FileRecord.from_json(records.get(ADAPTER_WEIGHTS))
 
     def _write_log(self) -> pa.Table:
         table = pa.Table.from_pylist(self.log_rows, schema=TRAIN_LOG.schema())
@@ -378,6 +472,7 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        fault_point("train:after-step")
         mean = torch.tensor(total / self.accum, device=acc.device)
         return float(acc.reduce(mean, reduction="mean"))
 
@@ -409,8 +504,9 @@ class Trainer:
         if self.accelerator.is_main_process:  # half-written checkpoints of a killed run
             for tmp in (self.run_dir / "checkpoints").glob(".tmp-step-*"):
                 shutil.rmtree(tmp, ignore_errors=True)
+        skipped = []
         if resume and (ckpts := list_checkpoints(self.run_dir)):
-            self.load_checkpoint(ckpts[-1])
+            skipped = self.resume_from(ckpts)
         handlers = self._install_signals()
         stopped = False
         try:
@@ -448,7 +544,12 @@ class Trainer:
                     break
         finally:
             self._restore_signals(handlers)
-        log = self._write_log() if self.accelerator.is_main_process else pa.table({})
+        log = pa.table({})
+        if self.accelerator.is_main_process:
+            if self.step:  # a rerun after a kill in save_checkpoint's tail: finish that tail
+                self._publish_adapter()
+                self._prune_checkpoints()
+            log = self._write_log()
         return TrainResult(
             str(self.run_dir),
             self.step,
@@ -456,6 +557,7 @@ class Trainer:
             log,
             stopped_early=stopped,
             checkpoints=[str(p) for p in list_checkpoints(self.run_dir)],
+            skipped_checkpoints=skipped,
         )
 
     def _install_signals(self) -> dict:

@@ -182,12 +182,18 @@ def read_parts(
 
 
 def list_parts(folder: str | os.PathLike, require_done: bool = False) -> list[str]:
-    """The folder's ``part-*.parquet`` files, sorted; ``require_done``: only those whose
-    marker is valid (size check), for tables with markers."""
-    state = TableState(str(folder))
-    if require_done and is_managed(str(folder)):
-        return state.done_parts()
-    return state.parts()
+    """The table folder's ``part-*.parquet`` files, sorted.
+
+    For a managed table (one with ``_markers/``) every part must be done — a reader never
+    takes an unfinished or damaged part for data: :class:`IncompleteTableError` otherwise;
+    ``require_done=True`` returns just the done parts instead (previews, status).
+    """
+    folder = str(folder)
+    if not is_managed(folder):
+        return TableState(folder).parts()
+    if require_done:
+        return TableState(folder).done_parts()
+    return [p for p, _ in complete_parts(folder)]
 
 
 def part_name(index: int) -> str:

@@ -184,10 +184,17 @@ class TableState:
     def done_parts(self) -> list[str]:
         return [p for p in self.parts() if self.done(p)]
 
+    def marked(self) -> list[str]:
+        """Parts named by a marker (whether or not the part file is still there)."""
+        self.has_marker(join(self.folder, "part-00000.parquet"))  # lists the markers
+        names = sorted(n for n in self._markers or () if n.startswith("part-"))
+        return [join(self.folder, n.removesuffix(".json") + ".parquet") for n in names]
+
     def problems(self) -> dict[str, str]:
-        """part uri → why it is not done, for every part file without a valid marker."""
+        """part uri → why it is not done, for every part file without a valid marker and
+        every marker whose part file is gone."""
         out = {}
-        for p in self.parts():
+        for p in sorted(set(self.parts()) | set(self.marked())):
             got = self.check(p)
             if not isinstance(got, Marker):
                 out[p] = got
@@ -210,7 +217,7 @@ def complete_parts(folder: str, what: str = "", hint: str = "") -> list[tuple[st
     bad = state.problems()
     if bad:
         first = next(iter(bad.values()))
-        n = len(state.parts())
+        n = len(set(state.parts()) | set(state.marked()))
         raise IncompleteTableError(
             f"{what or folder} is incomplete: {n - len(bad)} of {n} parts done ({first}"
             f"{'; …' if len(bad) > 1 else ''}){' — ' + hint if hint else ''}"

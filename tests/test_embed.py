@@ -33,7 +33,8 @@ from ragvid.schemas import (
     Workspace,
     read_parts,
 )
-from ragvid.schemas.io import done_marker, output_lock, read_done
+from ragvid.schemas.io import output_lock, read_done
+from ragvid.schemas.markers import marker_uri as done_marker
 
 BAD_CLASSES = {"zero_byte": "empty", "truncated": "truncated", "not_a_video": "undecodable",
                "missing": "missing"}  # fmt: skip
@@ -181,7 +182,7 @@ def test_float32_storage_keeps_the_contract_metadata(tmp_path):
         index=0,
         uri=f"{tmp_path}/e/part-00000.parquet",
         rows=1,
-        failures_uri=f"{tmp_path}/f/p.parquet",
+        files={"failures": f"{tmp_path}/f/p.parquet"},
     )
     fe = np.random.default_rng(0).random((3, 4)).astype(np.float32)
     row = dict(video_id="a", uri="x", caption="c", frame_emb=fe, video_emb=video_embedding(fe))

@@ -144,7 +144,7 @@ def test_killed_build_index_resumes_without_recomputing(prefect_server, tmp_path
     deadline = time.monotonic() + 150
     done: list[Path] = []
     while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted(emb_dir.glob("part-*.done"))
+        done = sorted(emb_dir.glob("_markers/part-*.json"))
         if len(done) >= 2:
             os.killpg(proc.pid, signal.SIGKILL)
             break
@@ -153,12 +153,12 @@ def test_killed_build_index_resumes_without_recomputing(prefect_server, tmp_path
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-3000:]
     total_parts = 8  # 24 rows / 3
     assert 2 <= len(done) < total_parts
-    before = {p.name: p.stat().st_mtime_ns for p in emb_dir.glob("part-*.done")}
+    before = {p.name: p.stat().st_mtime_ns for p in emb_dir.glob("_markers/part-*.json")}
     assert not (Path(ws.index("kill")) / "index.json").exists()
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    after = {p.name: p.stat().st_mtime_ns for p in emb_dir.glob("part-*.done")}
+    after = {p.name: p.stat().st_mtime_ns for p in emb_dir.glob("_markers/part-*.json")}
     assert len(after) == total_parts
     assert all(after[name] == mtime for name, mtime in before.items()), "finished part redone"
     assert f"({len(before)} reused)" in rerun.stdout

@@ -196,7 +196,7 @@ def test_moved_workspace_reruns_with_nothing_recomputed(raw, tiny_base_dir, tmp_
     os.rename(first, moved)
 
     def stamps(root: Path) -> dict[str, int]:
-        keep = (".done", ".faiss", ".npy", ".json", ".safetensors", ".mp4")
+        keep = (".faiss", ".npy", ".json", ".safetensors", ".mp4")
         return {
             str(p.relative_to(root)): p.stat().st_mtime_ns
             for p in root.rglob("*")
@@ -252,14 +252,14 @@ def test_partial_embedding_is_refused_downstream(raw, tiny_base_dir, tmp_path):
     """An in-progress / crashed embed (a part file without its marker) is not a corpus: dedup,
     index build and training refuse it with what to do; finishing the embed unblocks them."""
     from ragvid.flows.cli import app
-    from ragvid.schemas.io import done_marker
+    from ragvid.schemas.markers import marker_uri
 
     raw_dir, _ = raw
     ws = Workspace.at(tmp_path / "ws")
     _cli("corpus", "ingest", raw_dir, "--name", "c", "-w", ws.root)
     _cli("embed", "-c", "c", "-e", "tiny", "--part-size", "4", "--engine", "local", "-w", ws.root)
     part = Path(ws.embeddings("c", "preset-tiny")) / "part-00002.parquet"
-    os.remove(done_marker(str(part)))  # as if the run died between the part and its marker
+    os.remove(marker_uri(str(part)))  # as if the run died between the part and its marker
     for args in (
         ["index", "dedup", "--corpus", "c", "--encoder", "tiny"],
         ["index", "build", "--corpus", "c", "--encoder", "tiny", "--no-ray"],

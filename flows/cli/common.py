@@ -1,8 +1,11 @@
 """Shared CLI plumbing: the workspace option, clean errors, rich progress.
 
-User mistakes (missing paths, schema mismatches, bad values, locked outputs) print one red
-line saying what to fix and exit with status 2 — never a traceback. ``RAGVID_DEBUG=1``
-re-raises for developers.
+Expected errors print one red line saying what to fix — never a traceback; ``RAGVID_DEBUG=1``
+re-raises for developers. Exit status 2: something to fix before rerunning — a user mistake
+(missing path, schema mismatch, bad value, locked output, incomplete table, checksum mismatch)
+or the environment (disk full, read-only or failing disk, permissions, a remote store's error;
+worded by :mod:`.errors`, naming the path). Exit status 1: the run finished but its outcome is
+bad — :class:`~ragvid.schemas.guards.FailureRatioError`, too many rows rejected/quarantined.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,7 +28,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ragvid.flows.cli.errors import describe_error, is_store_error
 from ragvid.schemas import LockedError, SchemaMismatchError
+from ragvid.schemas.checksum import ChecksumMismatchError
+from ragvid.schemas.guards import FailureRatioError
+from ragvid.schemas.markers import IncompleteTableError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -42,16 +50,15 @@ WorkspaceOpt = Annotated[
 ]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
+    OSError,  # FileNotFoundError, PermissionError, ConnectionError, TimeoutError, disk full, …
     SchemaMismatchError,
+    IncompleteTableError,
+    ChecksumMismatchError,
     LockedError,
     ValueError,
     KeyError,
-    ConnectionError,
-    TimeoutError,
 )
+OUTCOME_ERRORS: tuple[type[BaseException], ...] = (FailureRatioError,)  # exit status 1
 
 app = typer.Typer(
     name="ragvid",
@@ -82,20 +89,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Turn expected user errors into a one-line message and exit status 2."""
+    """Turn expected errors into one error line: exit status 2 for user and environment
+    errors, 1 for a bad outcome (see the module docstring). A path-less OS error names the
+    command's ``--workspace``."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            if os.environ.get("RAGVID_DEBUG"):
+        except Exception as exc:
+            expected = isinstance(exc, USER_ERRORS + OUTCOME_ERRORS) or is_store_error(exc)
+            if not expected or os.environ.get("RAGVID_DEBUG"):
                 raise
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            err_console.print(f"[bold red]error:[/] {msg}")
-            raise typer.Exit(2) from None
+            fail(
+                describe_error(exc, kwargs.get("workspace")),
+                1 if isinstance(exc, OUTCOME_ERRORS) else 2,
+            )
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` as the one error line (never wrapped, no markup) and exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code) from None
 
 
 def progress(transient: bool = False) -> Progress:

@@ -15,9 +15,11 @@ from ragvid.flows.cli.common import (
     progress,
     user_errors,
 )
-from ragvid.schemas import SynthConfig
+from ragvid.schemas import ManifestConfig, SynthConfig
+from ragvid.schemas.config import defaults
 
-_SYNTH = {k: f.default for k, f in SynthConfig.model_fields.items()}  # one set of defaults
+_SYNTH = defaults(SynthConfig)  # one set of defaults
+_MANIFEST = defaults(ManifestConfig)
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="Corpus name in the workspace.")]
 
 
@@ -108,14 +110,26 @@ def ingest(
     check_files: Annotated[
         bool, typer.Option(help="Reject rows whose local video file is missing.")
     ] = True,
+    max_failure_ratio: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Exit 1 (after writing the manifest and rejects) when more than this share "
+            "of rows is rejected.",
+        ),
+    ] = _MANIFEST["max_failure_ratio"],
 ) -> None:
     """Validate and de-duplicate a corpus into a sharded Parquet manifest (Apache Beam).
 
-    Rows with missing/empty fields, duplicate ids, unparseable durations or malformed CSV go
-    to the rejects table with file, row, field and reason; ingested + rejected = input rows.
+    Rows with missing/empty fields, duplicate ids, unparseable durations, malformed CSV or
+    bytes that are not UTF-8 — and input files that cannot be read at all — go to the rejects
+    table with file, row, field and reason; ingested + rejected = input rows. More than
+    --max-failure-ratio rejected fails the command (exit 1) once everything is written.
     """
+    from ragvid.pipelines.corpus.beam import check_rejects
     from ragvid.pipelines.corpus.beam import ingest as run_ingest
-    from ragvid.schemas import ManifestConfig, Workspace
+    from ragvid.schemas import Workspace
 
     if layout not in ("auto", "webvid", "video2dataset", "folder"):
         raise ValueError(f"--layout {layout!r}: use auto, webvid, video2dataset or folder")
@@ -129,6 +143,7 @@ def ingest(
         id_column=id_column,
         caption_column=caption_column,
         uri_column=uri_column,
+        max_failure_ratio=max_failure_ratio,
     )
     ws = Workspace.at(workspace).ensure_writable()
     with console.status(f"ingesting {input_path} with Beam ({runner})…"):
@@ -139,6 +154,7 @@ def ingest(
             config,
             source=name,
             pipeline_args=list(pipeline_option or []),
+            check_ratio=False,  # print the report first, then apply the guard
         )
     console.print(
         f"[bold]manifest {name!r}[/] ({report.layout} layout, {report.runner}, {report.seconds} s)"
@@ -156,6 +172,7 @@ def ingest(
         _show_rejects(report.rejects_dir)
     console.print(f"manifest: {report.manifest_dir} ({len(report.shards)} parts)")
     console.print(f"rejects:  {report.rejects_dir}")
+    check_rejects(report, config)
     if report.ingested == 0:
         raise ValueError(
             f"no row of {input_path} was ingested (all {report.rejected} rejected) — see the "

@@ -71,12 +71,25 @@ def embed(
     retry_failures: Annotated[
         bool, typer.Option("--retry-failures", help="Reprocess only the quarantined rows.")
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Re-hash every finished part (sha256) before skipping it; damaged parts are "
+            "recomputed. Without it, parts are checked by size.",
+        ),
+    ] = False,
+    max_failure_ratio: Annotated[
+        float,
+        typer.Option(help="Exit 1 when more than this share of videos is quarantined."),
+    ] = _EMBED["max_failure_ratio"],
 ) -> None:
     """Embed a corpus: decode T frames per video, CLIP-encode frames and captions, Eq. 3 video
     vectors, written as resumable parts; undecodable videos are quarantined with a reason."""
     from ragvid.pipelines.embed.run import ENGINES, embed_corpus
     from ragvid.pipelines.embed.spec import parse_encoder
     from ragvid.schemas import EmbedConfig, Workspace
+    from ragvid.schemas.guards import check_failure_ratio
 
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -94,6 +107,7 @@ def embed(
         num_decoders=num_decoders,
         decode_timeout_s=decode_timeout,
         storage_dtype=storage_dtype,
+        max_failure_ratio=max_failure_ratio,
     )
     with progress() as bar:
         task = bar.add_task(f"embed {corpus}", total=None)
@@ -104,6 +118,8 @@ def embed(
             engine=engine,
             ray_address=ray_address,
             retry_failures=retry_failures,
+            verify=verify,
+            check_ratio=False,  # print the report first, then apply the guard
             progress=lambda done, total, _s: bar.update(task, completed=done, total=total),
             on_retry=lambda done, total: bar.update(
                 task, description=f"retry quarantined rows of {corpus}", completed=done, total=total
@@ -114,7 +130,8 @@ def embed(
     table.add_column("value", justify="right")
     table.add_row("manifest rows", str(report.rows))
     table.add_row("embedded", str(report.embedded))
-    table.add_row("quarantined", str(report.quarantined))
+    ratio = report.quarantined / report.rows if report.rows else 0.0
+    table.add_row("quarantined", f"{report.quarantined} ({ratio:.1%})")
     for cls, n in sorted(report.by_class.items()):
         table.add_row(f"  {cls}", str(n))
     table.add_row("parts (skipped, already done)", f"{report.parts} ({report.parts_skipped})")
@@ -127,6 +144,15 @@ def embed(
     console.print(f"embeddings: {report.output}")
     if report.quarantined:
         console.print(f"quarantined rows: {report.failures} (retry with --retry-failures)")
+    check_failure_ratio(
+        f"embedding of {corpus}",
+        report.quarantined,
+        report.rows,
+        report.by_class,
+        config.max_failure_ratio,
+        report.failures,
+        "--max-failure-ratio",
+    )
 
 
 @encoder_app.command("list")

@@ -13,15 +13,26 @@ the workers can reach.
 
 Outputs are written to staging folders and swapped into place when the pipeline succeeded
 and the count invariant (ingested + rejected = input rows) holds, so a rerun replaces the
-manifest as a whole and a failed run leaves the previous one untouched.
+manifest as a whole and a failed run leaves the previous one untouched — a disk that fills up
+mid-run costs only the staging folders (removed), and the rerun starts clean.
+
+Bad input is rejected row by row (see :mod:`.readers` for bad bytes and special files), but a
+run that rejects more than ``ManifestConfig.max_failure_ratio`` of its rows is suspect (a wrong
+column, the wrong encoding everywhere): after the manifest and rejects are in place, ingest
+raises :class:`~ragvid.schemas.guards.FailureRatioError` naming the top reasons.
+
+A step's ``OSError`` (disk full, permission denied) reaches the caller as that ``OSError``,
+naming the file it was writing — not as Beam's ``RuntimeError`` wrapper.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,6 +48,7 @@ from ragvid.pipelines.corpus.manifest import (
     validate_record,
 )
 from ragvid.schemas.config import ManifestConfig
+from ragvid.schemas.guards import check_failure_ratio
 from ragvid.schemas.io import (
     exists,
     fs_and_path,
@@ -99,27 +111,79 @@ def _dedup(kv: tuple[str, Any]):
         yield beam.pvalue.TaggedOutput("rejects", r)
 
 
+@contextlib.contextmanager
+def _writing(uri: str) -> Iterator[None]:
+    """Name ``uri`` in an OSError that lacks a file name (a failed write or close reports
+    only ``[Errno 28] No space left on device``), so the user learns where the disk is full."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None and exc.filename is None:
+            exc.filename = uri
+        raise
+
+
 def _write_shard(kv: tuple[int, Any], folder: str, extras: tuple[str, ...], config: dict) -> int:
     shard, rows = kv
     rows = list(rows)
-    write_table(
-        join(folder, part_name(shard)), manifest_table(rows, extras), MANIFEST, config=config
-    )
-    write_json_atomic(join(folder, f"_stats-{shard:05d}.json"), {"part": shard, "rows": len(rows)})
+    part = join(folder, part_name(shard))
+    with _writing(part):
+        write_table(part, manifest_table(rows, extras), MANIFEST, config=config)
+    stats = join(folder, f"_stats-{shard:05d}.json")
+    with _writing(stats):
+        write_json_atomic(stats, {"part": shard, "rows": len(rows)})
     return len(rows)
 
 
 def _write_rejects(kv: tuple[int, Any], folder: str, config: dict) -> int:
     rows = list(kv[1])
-    write_table(join(folder, part_name(0)), rejects_table(rows), REJECTS, config=config)
+    part = join(folder, part_name(0))
+    with _writing(part):
+        write_table(part, rejects_table(rows), REJECTS, config=config)
     return len(rows)
 
 
 def _write_count(n: int, folder: str) -> None:
-    write_json_atomic(join(folder, "_input_rows.json"), {"input_rows": int(n)})
+    uri = join(folder, "_input_rows.json")
+    with _writing(uri):
+        write_json_atomic(uri, {"input_rows": int(n)})
+
+
+def _step_error(exc: BaseException) -> BaseException:
+    """The OSError a Beam step raised, if Beam re-raised it as ``RuntimeError("OSError: …
+    [while running 'Step']")`` (it does for any exception it cannot rebuild with the step's
+    name appended); otherwise ``exc`` itself."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, OSError):
+            break
+        seen = seen.__cause__ or seen.__context__
+    return seen if isinstance(seen, OSError) and isinstance(exc, RuntimeError) else exc
+
+
+def check_rejects(report: IngestReport, config: ManifestConfig) -> None:
+    """Raise :class:`~ragvid.schemas.guards.FailureRatioError` when more than
+    ``config.max_failure_ratio`` of the input rows were rejected (top reasons named)."""
+    check_failure_ratio(
+        f"ingest of {report.input_path}",
+        report.rejected,
+        report.input_rows,
+        report.rejects_by_reason,
+        config.max_failure_ratio,
+        report.rejects_dir,
+        "max_failure_ratio (ragvid corpus ingest --max-failure-ratio)",
+    )
 
 
 # --- driver --------------------------------------------------------------------------------
+
+
+class _NoRaisedTracebacks(logging.Filter):
+    """Beam logs a failing step's exception, traceback and all, then re-raises it: the caller
+    gets the exception (the CLI shows it as one line), so the log record is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
 
 
 def _import_beam():
@@ -131,6 +195,9 @@ def _import_beam():
         import apache_beam
     finally:
         root.setLevel(level)
+    steps = logging.getLogger("apache_beam.runners.common")
+    if not any(isinstance(f, _NoRaisedTracebacks) for f in steps.filters):
+        steps.addFilter(_NoRaisedTracebacks())
     return apache_beam
 
 
@@ -174,6 +241,7 @@ def ingest(
     source: str | None = None,
     pipeline_args: list[str] | None = None,
     videos_dir: str | None = None,
+    check_ratio: bool = True,
 ) -> IngestReport:
     """Turn a corpus (WebVid CSVs, video2dataset shards, folder + captions) into a manifest.
 
@@ -181,8 +249,10 @@ def ingest(
     shard = crc32(id) % num_shards), ``rejects_dir/part-00000.parquet`` and
     ``manifest_dir/_report.json``. ``videos_dir`` is where video2dataset tar members are
     extracted (default: ``<manifest_dir>/../videos``). Raises FileNotFoundError for a missing
-    input, ValueError for an unknown layout or an empty corpus, RuntimeError if the counts do
-    not add up (a bug: no row may vanish).
+    input, ValueError for an unknown layout or an empty corpus, OSError (naming the file) when
+    a write fails, RuntimeError if the counts do not add up (a bug: no row may vanish), and —
+    after writing everything — FailureRatioError when more than ``max_failure_ratio`` of the
+    rows were rejected (``check_ratio=False``: report only; see :func:`check_rejects`).
     """
     beam = _import_beam()
 
@@ -239,15 +309,22 @@ def ingest(
                     | "WriteRejects" >> beam.Map(_write_rejects, stage_r, meta)
                 )
             report = _finish(plan, config, source, runner, stage_m, stage_r, meta)
-        except BaseException:
+            report.manifest_dir, report.rejects_dir = manifest_dir, rejects_dir
+            report.seconds = round(time.perf_counter() - started, 3)
+            report_uri = join(stage_m, REPORT_NAME)
+            with _writing(report_uri):
+                write_json_atomic(report_uri, asdict(report))
+        except BaseException as exc:
             _rm(stage_m)
             _rm(stage_r)
+            original = _step_error(exc)
+            if original is not exc:
+                raise original from None
             raise
-        report.manifest_dir, report.rejects_dir = manifest_dir, rejects_dir
-        report.seconds = round(time.perf_counter() - started, 3)
-        write_json_atomic(join(stage_m, "_report.json"), asdict(report))
         _swap(stage_r, rejects_dir)
         _swap(stage_m, manifest_dir)
+    if check_ratio:
+        check_rejects(report, config)
     return report
 
 
@@ -274,8 +351,9 @@ def _finish(
             shards.append(int(read_json(stats)["rows"]))
             _rm(stats)
         else:
-            empty = manifest_table([], plan.extra_columns)
-            write_table(join(stage_m, part_name(i)), empty, MANIFEST, config=meta)
+            part = join(stage_m, part_name(i))
+            with _writing(part):
+                write_table(part, manifest_table([], plan.extra_columns), MANIFEST, config=meta)
             shards.append(0)
     rejects_part = join(stage_r, part_name(0))
     if exists(rejects_part):
@@ -284,7 +362,8 @@ def _finish(
         rej = read_table(rejects_part, REJECTS, columns=["reason"])
         reasons = Counter(rej.column("reason").to_pylist())
     else:
-        write_table(rejects_part, rejects_table([]), REJECTS, config=meta)
+        with _writing(rejects_part):
+            write_table(rejects_part, rejects_table([]), REJECTS, config=meta)
         reasons = Counter()
     _rm(join(stage_r, "_input_rows.json"))
     ingested, rejected = sum(shards), sum(reasons.values())

@@ -1,13 +1,24 @@
 """Corpus layouts: detect what an input is (WebVid CSVs, video2dataset shards, a folder +
-captions) and plan its files and column roles. See :mod:`.manifest` for the layouts."""
+captions) and plan its files and column roles. See :mod:`.manifest` for the layouts.
+
+Planning never lets one bad input file abort the others. An entry that is not a regular file
+(a FIFO, a socket, a device, a folder named ``.csv``), a Parquet shard that is not Parquet, or
+a CSV whose header is not UTF-8 is planned with no columns and a ``problem``: its reader makes
+the file one reject instead of reading it (opening a FIFO would block the ingest forever).
+Text is decoded as UTF-8 with ``surrogateescape`` (:func:`_open_text`), so a bad byte costs
+its row, not the file: see :mod:`.readers`.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
+import stat
+import tarfile
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ragvid.schemas.config import ManifestConfig
@@ -46,6 +57,7 @@ class InputFile:
     uri: str
     kind: str  # "csv" | "jsonl" | "parquet" | "tar"
     columns: tuple[str, ...] = ()  # header / schema / keys seen
+    problem: tuple[str, str] | None = None  # (reason, detail): the file is one reject
 
 
 @dataclass(frozen=True)
@@ -84,11 +96,50 @@ def _parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
 
-def detect_layout(input_path: str) -> str:
-    """Guess the layout of ``input_path`` (see module docstring) or say what was expected."""
+def not_a_file(uri: str) -> str | None:
+    """What ``uri`` is when it is not a regular file ("a folder", "a FIFO (named pipe)",
+    "a socket", …), None for a regular file; FileNotFoundError when it does not exist. Reading
+    a FIFO blocks until someone writes to it, so nothing may open one before this check."""
+    fs, path = fs_and_path(uri)
+    info = fs.info(path)
+    kind = info.get("type")
+    if kind in ("file", "directory"):
+        return None if kind == "file" else "a folder"
+    mode = info.get("mode") or 0
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), f"a special file ({kind})")
+
+
+def not_regular(uri: str, kind: str) -> tuple[str, str]:
+    """The (reason, detail) of a reject for an input that is not a regular file."""
+    return (
+        "not a regular file",
+        f"{uri} is {kind}, not a regular file — ingest reads only regular files; replace it "
+        "with the file itself (or move it out of the corpus folder)",
+    )
+
+
+def _check_top(input_path: str) -> None:
     fs, path = fs_and_path(input_path)
     if not fs.exists(path):
         raise FileNotFoundError(f"input {input_path} does not exist: pass a corpus file/folder")
+    kind = not_a_file(input_path)
+    if kind and kind != "a folder":
+        raise ValueError(
+            f"input {input_path} is {kind}, not a regular file or folder — pass the corpus "
+            "file or folder itself"
+        )
+
+
+def detect_layout(input_path: str) -> str:
+    """Guess the layout of ``input_path`` (see module docstring) or say what was expected."""
+    _check_top(input_path)
+    fs, path = fs_and_path(input_path)
     if fs.isfile(path):
         name = _basename(path).lower()
         if name.endswith((".parquet", ".tar")):
@@ -96,7 +147,7 @@ def detect_layout(input_path: str) -> str:
         if name.endswith(".jsonl"):
             return "folder"
         if name.endswith(".csv"):
-            header = _csv_header(_uri(fs, path, input_path))
+            header, _ = _csv_header(_uri(fs, path, input_path))
             return "webvid" if set(REQUIRED_WEBVID) <= set(header) else "folder"
         raise ValueError(
             f"input {input_path}: cannot tell its layout from the name; pass a results_*.csv, "
@@ -116,26 +167,72 @@ def detect_layout(input_path: str) -> str:
     )
 
 
+# --- text: UTF-8, with undecodable bytes kept for the reject ------------------------------
+
+
 def _open_text(uri: str):
+    """``uri`` as UTF-8 text (a BOM is skipped). Bytes that are not UTF-8 do not raise: they
+    decode to lone surrogates (``surrogateescape``), so one Latin-1 byte costs its row, not the
+    file — readers check each row with :func:`is_clean` and reject the ones that are not."""
     fs, path = fs_and_path(uri)
-    return fs.open(path, "rt", encoding="utf-8-sig", newline="", errors="strict")
+    return fs.open(path, "rt", encoding="utf-8-sig", newline="", errors="surrogateescape")
 
 
-def _csv_header(uri: str) -> list[str]:
+def is_clean(text: str) -> bool:
+    """True when ``text`` holds no undecodable byte (a C-speed check, cheap per row)."""
     try:
-        with _open_text(uri) as fh:
-            for row in csv.reader(fh):
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` safe to store as UTF-8: each undecodable byte shown as ``\\xe9``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def encoding_problem(text: str) -> str:
+    """Say which bytes of ``text`` are not UTF-8 and how to fix the file."""
+    bad = [c for c in text if "\udc80" <= c <= "\udcff"]
+    shown = "".join(f"\\x{ord(c) - 0xDC00:02x}" for c in bad[:8]) + ("…" if len(bad) > 8 else "")
+    return (
+        f"byte(s) {shown} are not UTF-8 (the file is in another encoding, e.g. Latin-1/cp1252); "
+        "re-encode the file as UTF-8 (`iconv -f cp1252 -t utf-8`)"
+    )
+
+
+def _csv_header(uri: str) -> tuple[list[str], tuple[str, str] | None]:
+    """The first non-blank row, or ``([], problem)`` when it is unreadable or not UTF-8: then
+    no column of the file can be named, so the whole file is one reject (and its garbage no
+    column name)."""
+    with _open_text(uri) as fh:
+        reader = csv.reader(fh)
+        try:
+            for row in reader:
                 if row and any(c.strip() for c in row):
-                    return [c.strip() for c in row]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{uri} is not UTF-8 ({exc}); re-encode it as UTF-8") from None
-    return []
+                    if is_clean("".join(row)):
+                        return [c.strip() for c in row], None
+                    return [], (
+                        "not UTF-8",
+                        f"{uri} line {reader.line_num} (the header): "
+                        f"{encoding_problem(''.join(row))}; no row of this file could be read",
+                    )
+        except csv.Error as exc:  # e.g. an oversized field: binary data named .csv
+            return [], (
+                "unreadable file",
+                f"{uri} line {reader.line_num}: CSV parse error before any header ({exc}) — "
+                "is it a CSV file?",
+            )
+    return [], None
 
 
 def _jsonl_keys(uri: str) -> list[str]:
     keys: dict[str, None] = {}
     with _open_text(uri) as fh:
         for line in fh:
+            if not is_clean(line):
+                continue  # rejected by the reader
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
@@ -149,9 +246,8 @@ def plan_inputs(
     input_path: str, config: ManifestConfig, videos_dir: str | None = None
 ) -> InputPlan:
     """List the input files of ``input_path`` and resolve the column roles and extras."""
+    _check_top(input_path)
     fs, path = fs_and_path(input_path)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"input {input_path} does not exist: pass a corpus file/folder")
     layout = detect_layout(input_path) if config.layout == "auto" else config.layout
     top = _uri(fs, path, input_path)
     entries = [top] if fs.isfile(path) else _ls(top)
@@ -161,7 +257,7 @@ def plan_inputs(
         csvs = [e for e in entries if e.endswith(".csv")]
         if not fs.isfile(path):
             csvs = [e for e in csvs if re.fullmatch(r"results_.*\.csv", _basename(e))]
-        files = [InputFile(u, "csv", tuple(_csv_header(u))) for u in csvs]
+        files = [_input_file(u, "csv") for u in csvs]
         for f in files:
             missing = [c for c in REQUIRED_WEBVID if c not in f.columns]
             if missing and f.columns:
@@ -174,20 +270,13 @@ def plan_inputs(
         pqs = [e for e in entries if e.endswith(".parquet")]
         tars = [e for e in entries if e.endswith(".tar")]
         with_pq = {_basename(p).removesuffix(".parquet") for p in pqs}
-        files = [InputFile(u, "parquet", tuple(_parquet_columns(u))) for u in pqs]
+        files = [_input_file(u, "parquet") for u in pqs]
         files += [
-            InputFile(u, "tar", ("key", "caption"))
-            for u in tars
-            if _basename(u).removesuffix(".tar") not in with_pq
+            _input_file(u, "tar") for u in tars if _basename(u).removesuffix(".tar") not in with_pq
         ]
     elif layout == "folder":
         caps = [e for e in entries if e.endswith((".csv", ".jsonl"))]
-        files = [
-            InputFile(u, "csv", tuple(_csv_header(u)))
-            if u.endswith(".csv")
-            else InputFile(u, "jsonl", tuple(_jsonl_keys(u)))
-            for u in caps
-        ]
+        files = [_input_file(u, "csv" if u.endswith(".csv") else "jsonl") for u in caps]
         base = _parent(top) if fs.isfile(path) else top
         for folder in (base, join(base, "videos")):
             ffs, fpath = fs_and_path(folder)
@@ -205,6 +294,12 @@ def plan_inputs(
             "path and --layout"
         )
     columns = list(dict.fromkeys(c for f in files for c in f.columns))
+    if not columns and any(f.problem for f in files):
+        problems = [f"{_basename(f.uri)}: {f.problem[0]}" for f in files if f.problem]
+        raise ValueError(
+            f"input {input_path}: none of its files can be read ({'; '.join(problems)}) — "
+            "fix them (regular, intact files; CSV/JSONL in UTF-8) and rerun"
+        )
     roles = _roles(layout, columns, config)
     if roles["caption"] is None or (roles["id"] is None and roles["uri"] is None):
         raise ValueError(
@@ -222,6 +317,45 @@ def _parquet_columns(uri: str) -> list[str]:
     fs, path = fs_and_path(uri)
     with fs.open(path, "rb") as fh:
         return list(pq.ParquetFile(fh).schema_arrow.names)
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True for a parse error of a Parquet/tar file's bytes (``ArrowInvalid``; Arrow's own
+    ``OSError`` such as "Couldn't deserialize thrift", which has no errno; a ``TarError``) —
+    not for a failing disk (an OSError with an errno), which must stop the run instead of
+    rejecting good files."""
+    if isinstance(exc, pa.ArrowInvalid | tarfile.TarError | EOFError):
+        return True
+    return isinstance(exc, OSError) and exc.errno is None
+
+
+def unreadable(uri: str, what: str, exc: BaseException) -> tuple[str, str]:
+    """The (reason, detail) of a reject for a file whose bytes do not parse."""
+    return (
+        "unreadable file",
+        f"{uri} is not a readable {what} ({type(exc).__name__}: {str(exc)[:200]}) — replace "
+        "it with an intact copy",
+    )
+
+
+def _input_file(uri: str, kind: str) -> InputFile:
+    """Plan one input file, never opening a special file and never raising on bad bytes."""
+    special = not_a_file(uri)
+    if special:
+        return InputFile(uri, kind, (), not_regular(uri, special))
+    if kind == "csv":
+        header, problem = _csv_header(uri)
+        return InputFile(uri, kind, tuple(header), problem)
+    if kind == "jsonl":
+        return InputFile(uri, kind, tuple(_jsonl_keys(uri)))
+    if kind == "parquet":
+        try:
+            return InputFile(uri, kind, tuple(_parquet_columns(uri)))
+        except Exception as exc:  # noqa: BLE001 - pyarrow's parse errors are untyped
+            if not is_corrupt(exc):
+                raise
+            return InputFile(uri, kind, (), unreadable(uri, "Parquet file", exc))
+    return InputFile(uri, kind, ("key", "caption"))
 
 
 def _roles(layout: str, columns: list[str], config: ManifestConfig) -> dict[str, str | None]:

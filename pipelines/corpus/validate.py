@@ -1,5 +1,10 @@
 """Row validation: raw records → manifest rows or rejects (file, row, field, reason), the
-de-duplication by key, and the manifest / rejects tables."""
+de-duplication by key, and the manifest / rejects tables.
+
+A record the reader marked bad (malformed, not UTF-8, an unreadable file: see
+:mod:`.readers`) is rejected with the reader's reason and field. With ``check_files`` a local
+video must exist *and* be a regular file: a FIFO named ``.mp4`` is rejected here as "not a
+regular file" rather than reaching the decoder, which would block on it or call it empty."""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ragvid.pipelines.corpus.layouts import InputPlan, _basename, _parent
+from ragvid.pipelines.corpus.layouts import InputPlan, _basename, _parent, not_a_file
 from ragvid.schemas.config import ManifestConfig
-from ragvid.schemas.io import fs_and_path, join
+from ragvid.schemas.io import join
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -86,7 +91,9 @@ def validate_record(
     """One raw record → ``(manifest_row, None)`` or ``(None, reject_row)``."""
     where = f"{rec['source_file']} row {rec['source_row']}"
     if rec.get("error"):
-        return None, _reject(rec, rec["error"], f"{where}: {rec.get('detail')}", None)
+        # a file-level reject (row 0) already names its file
+        detail = rec.get("detail") if rec["source_row"] == 0 else f"{where}: {rec.get('detail')}"
+        return None, _reject(rec, rec["error"], detail, rec.get("field"))
     values: dict[str, Any] = rec["values"]
     roles = plan.roles
     vid = _text(values.get(roles["id"])) if roles["id"] else None
@@ -120,11 +127,9 @@ def validate_record(
     if uri is None:
         return None, _reject(rec, problem[0], f"{where}: {problem[1]}", roles["uri"], vid)
     if config.check_files and "://" not in uri:
-        fs, path = fs_and_path(uri)
-        if not fs.exists(path):
-            return None, _reject(
-                rec, "file not found", f"{where}: video {uri} does not exist", roles["uri"], vid
-            )
+        problem = _video_problem(uri)
+        if problem:
+            return None, _reject(rec, problem[0], f"{where}: {problem[1]}", roles["uri"], vid)
     duration_col = roles["duration"]
     try:
         duration = parse_duration(values.get(duration_col)) if duration_col else None
@@ -142,6 +147,20 @@ def validate_record(
     for c in plan.extra_columns:
         row[c] = _text(values.get(c))
     return row, None
+
+
+def _video_problem(uri: str) -> tuple[str, str] | None:
+    """Why a local video cannot be read — missing, not a regular file, or not stat-able —
+    from one stat (a row-level reject: the failure-ratio guard catches a systematic cause)."""
+    try:
+        kind = not_a_file(uri)
+    except (FileNotFoundError, NotADirectoryError):
+        return "file not found", f"video {uri} does not exist"
+    except OSError as exc:
+        return "unreadable file", f"video {uri} cannot be read ({exc.strerror or exc})"
+    if kind:
+        return "not a regular file", f"video {uri} is {kind}, not a regular file — replace it"
+    return None
 
 
 def _resolve_uri(

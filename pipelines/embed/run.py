@@ -2,8 +2,10 @@
 
 It builds the :class:`~.stage.EmbedStage` (parsing the encoder spec once, before any worker
 starts, so a bad name fails here with the list of valid ones and is never retried), runs it on
-the chosen executor, optionally retries quarantined rows, and merges the part markers into an
-:class:`~.stage.EmbedReport`.
+the chosen executor (which plans under the output lock), optionally retries quarantined rows,
+merges the part markers into an :class:`~.stage.EmbedReport`, and finally applies the
+failure-ratio guard: everything is written and marked first, so a run failed by the guard
+loses nothing and a rerun (after fixing the cause) resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ragvid.pipelines.embed.stage import (
 from ragvid.pipelines.executor.base import LocalExecutor, ProgressFn
 from ragvid.pipelines.executor.ray_tasks import RayTaskExecutor
 from ragvid.schemas import EmbedConfig
+from ragvid.schemas.guards import check_failure_ratio
 from ragvid.schemas.io import output_lock
 from ragvid.schemas.workspace import Workspace
 
@@ -52,20 +55,25 @@ def embed_corpus(
     engine: str = "ray",
     ray_address: str | None = None,
     retry_failures: bool = False,
+    verify: bool = False,
     progress: ProgressFn | None = None,
     on_retry: Callable[[int, int], None] | None = None,
+    check_ratio: bool = True,
 ) -> EmbedReport:
     """Embed every unfinished part of ``corpus``; with ``retry_failures`` also reprocess the
-    quarantined rows of finished parts (in this process)."""
+    quarantined rows of finished parts (in this process). ``verify`` re-hashes every finished
+    part's files first (a part that fails is recomputed). Raises
+    :class:`~ragvid.schemas.guards.FailureRatioError` after the run when more than
+    ``config.max_failure_ratio`` of the rows are quarantined (``check_ratio=False``: report
+    only)."""
     started = time.perf_counter()
-    stage = EmbedStage(workspace, corpus, config)  # parses + validates the encoder spec
+    stage = EmbedStage(workspace, corpus, config, verify=verify)  # parses the encoder spec
     executor = executor_for(engine, ray_address)
-    plans = stage.plan()
-    fresh = {p.index for p in plans if not p.done}
-    result = executor.run(stage, progress=progress, parts=plans)
+    result = executor.run(stage, progress=progress)  # plans under the lock
+    plans = result.parts
     stats = {s["part"]: PartStats.from_dict(s) for s in result.stats}
     if retry_failures:
-        retry = [p for p in plans if p.index not in fresh and stats[p.index].quarantined]
+        retry = [p for p in plans if stats[p.index].skipped and stats[p.index].quarantined]
         if retry:
             with output_lock(stage.output):
 
@@ -79,4 +87,15 @@ def embed_corpus(
                     if on_retry:
                         on_retry(n, len(retry))
     ordered = [stats[p.index] for p in plans if p.index in stats]
-    return summarize(stage, plans, ordered, time.perf_counter() - started)
+    report = summarize(stage, plans, ordered, time.perf_counter() - started)
+    if check_ratio:
+        check_failure_ratio(
+            f"embedding of {corpus}",
+            report.quarantined,
+            report.rows,
+            report.by_class,
+            config.max_failure_ratio,
+            stage.failures,
+            "--max-failure-ratio",
+        )
+    return report

@@ -14,9 +14,9 @@ rows to ``failures/<encoder-slug>/part-i.parquet``; the executor then writes the
 manifest slice they came from. A part is done only while that marker matches both files: a
 crash between the two writes, a truncated or deleted file, or a re-ingested manifest makes it
 unfinished again and the next run recomputes it — a row is never dropped silently. The
-in-process loop, Ray tasks and the Ray Data streaming pipeline (:mod:`.ray_data`) run the same row functions;
-:func:`ragvid.pipelines.embed.run.embed_corpus` picks one. Rows = embedded + quarantined,
-checked per part and over the corpus.
+in-process loop, Ray tasks and the Ray Data streaming pipeline (:mod:`.ray_data`) run the same
+row functions; :func:`ragvid.pipelines.embed.run.embed_corpus` picks one. Rows = embedded +
+quarantined, checked per part and over the corpus.
 """
 
 from __future__ import annotations
@@ -137,8 +137,10 @@ class EmbedStage:
         corpus: str,
         config: EmbedConfig,
         encoder: ClipEncoder | None = None,
+        verify: bool = False,
     ) -> None:
         self.ws = Workspace.at(workspace)
+        self.verify = verify
         self.corpus, self.config = corpus, config
         self.spec: EncoderSpec = parse_encoder(config.encoder, self.ws)
         self.output = self.ws.embeddings(corpus, self.spec.slug)
@@ -167,7 +169,7 @@ class EmbedStage:
             self._reader = SliceReader()
         return self._reader
 
-    def plan(self, verify: bool = False) -> list[PartPlan]:
+    def plan(self, verify: bool | None = None) -> list[PartPlan]:
         """Parts of ``part_size`` manifest rows with their done state: manifest footers, one
         listing of each output folder and one small read per marker — no row data read.
         ``verify`` re-hashes every finished part's files (a part that fails is recomputed).
@@ -178,7 +180,7 @@ class EmbedStage:
         slices = plan_slices(self.ws.manifest(self.corpus), self.config.part_size, self.corpus)
         declare_table(self.output, self.name)
         clean_temporaries(self.failures)
-        state = table_state(self.output, deep=verify)
+        state = table_state(self.output, deep=self.verify if verify is None else verify)
         plans = []
         for i, sl in enumerate(slices):
             name = part_name(i)

@@ -3,8 +3,9 @@
 The query is the video's own embedding; the query is excluded by id, its whole near-duplicate
 group is excluded (duplicates table), and so is any candidate with cosine ≥ δ_dedup to the
 query — otherwise training learns to copy the target. Then the usual filters: δ_min (video),
-mutual dedup, keep K, pad + mask. Output: Parquet parts with ``.done`` markers (resume skips
-finished parts; a rerun with other parameters is refused instead of mixing lists).
+mutual dedup, keep K, pad + mask. Output: Parquet parts, each vouched for by a marker holding
+its checksum and the parameters' hash (resume skips finished parts and recomputes a damaged
+one; a rerun with other parameters is refused instead of mixing lists).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy as np
 import pyarrow as pa
 
 from ragvid.pipelines.index.dedup import read_duplicates
-from ragvid.pipelines.index.layout import relative_path
+from ragvid.pipelines.index.layout import IndexManifest, relative_path
 from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.vectors import batch_dot
-from ragvid.schemas import NEIGHBOURS, RetrievalConfig, is_done, mark_done, write_table
-from ragvid.schemas.io import join, list_parts, output_lock, read_done, read_json
-from ragvid.schemas.workspace import INDEX_JSON
+from ragvid.schemas import NEIGHBOURS, RetrievalConfig, mark_done, write_table
+from ragvid.schemas.faults import fault_point
+from ragvid.schemas.io import join, output_lock
+from ragvid.schemas.markers import Marker, TableState, declare_table
 
 
 @dataclass
@@ -97,12 +99,12 @@ def _params(
     duplicates: str | None,
     ids_hash: str,
     part_size: int,
+    man: IndexManifest,
 ) -> dict:
     """What the lists depend on; paths relative to the output, so a moved workspace matches."""
-    man = read_json(join(index_dir, INDEX_JSON))
     return {
         "index": relative_path(str(index_dir), out_dir),
-        "index_shards_sha256": [s.get("sha256") for s in man["shards"]],
+        "index_shards_sha256": [s.get("sha256") for s in man.shards],
         "retrieval": config.model_dump(),
         "duplicates": relative_path(duplicates, out_dir),
         "video_ids_sha256": ids_hash,
@@ -135,15 +137,18 @@ def materialize_neighbours(
         d = read_duplicates(duplicates)
         groups = dict(zip(d["video_id"], d["group_id"], strict=True))
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size)
+    params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size, r.man)
     excl = _Exclusion(r, groups, config.delta_dedup, not r.man.compressed or config.rerank_exact)
     extra = max_group(groups) + 1
     n_parts = (len(ids) + part_size - 1) // part_size
     written = skipped = fully_padded = 0
     valid_sum, search_s = 0.0, 0.0
     with output_lock(out_dir):
-        for p in list_parts(out_dir):
-            if is_done(p) and read_done(p).get("params_sha256") != _sha(params):
+        declare_table(out_dir, "neighbours")
+        state = TableState(out_dir)
+        for p in state.parts():
+            m = state.check(p)
+            if isinstance(m, Marker) and m.stats.get("params_sha256") != _sha(params):
                 raise ValueError(
                     f"{out_dir} holds neighbour lists made with other parameters ({p}) — pick "
                     "another name, or delete the folder to recompute"
@@ -151,9 +156,10 @@ def materialize_neighbours(
         for part in range(n_parts):
             uri = join(out_dir, f"part-{part:05d}.parquet")
             lo, hi = part * part_size, min(len(ids), (part + 1) * part_size)
-            if is_done(uri):
+            marker = state.check(uri, expect_input={"rows": [lo, hi]})
+            if isinstance(marker, Marker):
                 skipped += 1
-                stats = read_done(uri)
+                stats = marker.stats
                 valid_sum += stats["valid_slots"]
                 fully_padded += stats["fully_padded"]
                 if progress:
@@ -190,7 +196,8 @@ def materialize_neighbours(
                 "fully_padded": int((~mk.any(axis=1)).sum()),
                 "params_sha256": _sha(params),
             }
-            mark_done(uri, stats)
+            fault_point("neighbours:before-marker")
+            mark_done(uri, stats, input={"rows": [lo, hi]})
             written += 1
             valid_sum += stats["valid_slots"]
             fully_padded += stats["fully_padded"]
