@@ -65,7 +65,19 @@ def output_lock(folder: str | os.PathLike, ttl_s: float = 120.0) -> Iterator[dic
     lock = _local_lock if is_local(folder) else _store_lock
     with lock(folder, ttl_s) as owner:
         clean_temporaries(folder)
+        for sub in _bookkeeping_folders(folder):
+            clean_temporaries(sub)
         yield owner
+
+
+def _bookkeeping_folders(folder: str) -> list[str]:
+    """``_``-prefixed subfolders (``_markers/``): written under the same lock."""
+    fs, path = fs_and_path(folder)
+    return [
+        join(folder, p.rstrip("/").rsplit("/", 1)[-1])
+        for p in fs.ls(path, detail=False)
+        if p.rstrip("/").rsplit("/", 1)[-1].startswith("_") and fs.isdir(p)
+    ]
 
 
 @contextmanager

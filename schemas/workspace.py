@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .io import fs_and_path, join
+from .io import exists, fs_and_path, join, read_json
 
 DEFAULT_WORKSPACE = "ragvid-workspace"
 
@@ -23,6 +23,11 @@ BM25_DIR = "bm25"
 DUPLICATES_FILE = "duplicates.parquet"
 DUPLICATES_HISTOGRAM = "top1_similarity.png"
 INSPECT_DIR = "inspect"
+VERSIONS_DIR = "versions"
+VERSION_PREFIX = "v-"
+LEGACY_VERSION = ""  # the flat layout before versions: the index root holds the files
+SHARD_FILE = "shard-{:03d}.faiss"
+EMBEDDINGS_DIR = "embeddings"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 GENERATIONS_FILE = "generations.parquet"
 METRICS_FILE = "metrics.parquet"
@@ -30,40 +35,111 @@ METRICS_FILE = "metrics.parquet"
 
 @dataclass(frozen=True)
 class IndexLayout:
-    """The files of one index folder (``<root>/indexes/<name>`` or any folder)."""
+    """The files of one index folder (``<root>/indexes/<name>`` or any folder).
+
+    Index level — ``index.json``: the manifest of the *current* version (replacing it, one
+    atomic rename, is how a build switches readers over); ``duplicates.parquet``: the dedup
+    output, an input of builds; ``inspect/``; ``versions/``. Version level — each build writes
+    a fresh ``versions/v-NNNNNN/`` (shards, ``ids.parquet``, ``vectors.npy``, ``bm25/``, its
+    copy of the duplicates table and its own ``index.json``), so the previous version serves
+    until the switch (``ragvid.pipelines.index.versions``).
+
+    ``version=None`` means "the current one", looked up in ``index.json`` at each access of a
+    version-level path; pin it with :meth:`current` before reading several files, or a build
+    switching in between could hand you files of two versions. ``LEGACY_VERSION`` is the flat
+    layout written before versions existed (files at the index root): it still opens.
+    """
 
     root: str
+    version: str | None = None
+
+    # -- index level ------------------------------------------------------------------------
 
     @property
     def manifest(self) -> str:
+        """``index.json`` at the index root: the current version's manifest (the pointer)."""
         return join(self.root, INDEX_JSON)
 
     @property
-    def ids(self) -> str:
-        return join(self.root, IDS_FILE)
-
-    @property
-    def vectors(self) -> str:
-        return join(self.root, VECTORS_FILE)
-
-    @property
-    def bm25(self) -> str:
-        return join(self.root, BM25_DIR)
-
-    @property
     def duplicates(self) -> str:
+        """Where ``ragvid index dedup`` writes the duplicates table that builds read."""
         return join(self.root, DUPLICATES_FILE)
 
     @property
     def inspect(self) -> str:
         return join(self.root, INSPECT_DIR)
 
+    @property
+    def versions_root(self) -> str:
+        return join(self.root, VERSIONS_DIR)
+
+    def at(self, version: str) -> IndexLayout:
+        """The layout pinned at ``version`` (a name from :func:`version_name`, or legacy)."""
+        return IndexLayout(self.root, version)
+
+    def current(self) -> IndexLayout:
+        """Pinned at the version ``index.json`` names (legacy when it names none)."""
+        if self.version is not None:
+            return self
+        if not exists(self.manifest):
+            raise FileNotFoundError(
+                f"{self.root}: no {INDEX_JSON} — not a ragvid index; build one with "
+                "`ragvid index build` (or check --index / the workspace)"
+            )
+        return self.at(read_json(self.manifest).get("version") or LEGACY_VERSION)
+
+    # -- version level ----------------------------------------------------------------------
+
+    @property
+    def folder(self) -> str:
+        """The folder holding this version's files."""
+        version = self.current().version
+        return join(self.versions_root, version) if version else self.root
+
+    @property
+    def version_manifest(self) -> str:
+        """The version's own copy of its manifest (what the switch copies to the root)."""
+        return join(self.folder, INDEX_JSON)
+
+    @property
+    def ids(self) -> str:
+        return join(self.folder, IDS_FILE)
+
+    @property
+    def vectors(self) -> str:
+        return join(self.folder, VECTORS_FILE)
+
+    @property
+    def bm25(self) -> str:
+        return join(self.folder, BM25_DIR)
+
+    @property
+    def built_duplicates(self) -> str:
+        """The copy of the duplicates table this version was built with."""
+        return join(self.folder, DUPLICATES_FILE)
+
+    @property
+    def embeddings(self) -> str:
+        """Where a build from an in-memory table keeps its embeddings source."""
+        return join(self.folder, EMBEDDINGS_DIR)
+
     def shard(self, i: int) -> str:
-        return join(self.root, f"shard-{i:03d}.faiss")
+        return join(self.folder, SHARD_FILE.format(i))
 
     def file(self, name: str) -> str:
-        """A file the index manifest names (shards, vectors) — relative to the folder."""
-        return join(self.root, name)
+        """A file the index manifest names (shards, vectors, …) — relative to the version."""
+        return join(self.folder, name)
+
+
+def version_name(number: int) -> str:
+    """``v-000003``: zero-padded, so names sort in build order."""
+    return f"{VERSION_PREFIX}{number:06d}"
+
+
+def version_number(name: str) -> int | None:
+    """The number of a version folder name, or None for anything else."""
+    digits = name.removeprefix(VERSION_PREFIX)
+    return int(digits) if name.startswith(VERSION_PREFIX) and digits.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -137,6 +213,7 @@ class Workspace:
         return join(self.indexes_root(), name)
 
     def index_layout(self, name: str) -> IndexLayout:
+        """The index's layout, unpinned: its version-level paths follow the current version."""
         return IndexLayout(self.index(name))
 
     def neighbours(self, name: str) -> str:

@@ -161,3 +161,13 @@ def test_sample_indices():
         sample_indices(10, 4, "fps")
     with pytest.raises(ValueError, match="Available"):
         sample_indices(10, 4, "random")
+
+
+def test_fifo_is_called_what_it_is_and_never_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(DecodeError, match="not a regular file") as info:
+        decode_video(str(fifo), timeout_s=None)  # opening it would block forever
+    assert info.value.error_class == "undecodable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.shards import RayShardSet, ShardSet
 from ragvid.pipelines.index.vectors import table_vectors
 from ragvid.schemas import EMBEDDINGS, IndexConfig, write_table
+from ragvid.schemas.workspace import IndexLayout
 
 
 def _exact(x: np.ndarray, q: np.ndarray, k: int):
@@ -95,7 +97,7 @@ def test_truncated_shard_is_named(built_index, tmp_path):
     out, _, _ = built_index
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    shard = copy / "shard-001.faiss"
+    shard = Path(IndexLayout(str(copy)).current().shard(1))  # the current version's shard
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(CorruptShardError, match="shard-001.faiss.*checksum mismatch"):
         Retriever.open(str(copy))

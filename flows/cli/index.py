@@ -81,10 +81,17 @@ def build(
     manifest = ws.manifest(corpus) if list_parts(ws.manifest(corpus)) else None
     with console.status(f"building index '{name or corpus}' from {emb}"):
         man = build_index(emb, out, cfg, ray=ray, manifest=manifest, force=force)
+    if man.reused:
+        console.print(
+            f"[green]index[/] {out} is up to date: version {man.version}, every file verified "
+            "(--force rebuilds it)"
+        )
+        return
     console.print(
-        f"[green]index[/] {out}: {man.ntotal} videos, {man.factory}, {len(man.shards)} shard(s), "
-        f"search {man.search_params or 'exact'} (recall@10 {man.tuned_recall}), "
-        f"{man.build_seconds:.1f}s" + (f", left out {man.dropped}" if man.dropped else "")
+        f"[green]index[/] {out}: version {man.version}, {man.ntotal} videos, {man.factory}, "
+        f"{len(man.shards)} shard(s), search {man.search_params or 'exact'} "
+        f"(recall@10 {man.tuned_recall}), {man.build_seconds:.1f}s"
+        + (f", left out {man.dropped}" if man.dropped else "")
     )
 
 
@@ -103,7 +110,9 @@ def dedup(
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
-    """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram."""
+    """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram
+    (the next `ragvid index build` copies it into the new version; the current one keeps
+    the table it was built with)."""
     from ragvid.pipelines.index.dedup import find_duplicates
 
     ws = Workspace.at(workspace).ensure_writable()
@@ -131,11 +140,21 @@ def list_(workspace: WorkspaceOpt = DEFAULT_WORKSPACE) -> None:
         console.print(f"no indexes in {workspace} — build one with `ragvid index build`")
         return
     t = Table(
-        "name", "encoder", "dim", "videos", "factory", "shards", "search", "recall@10", "duplicates"
+        "name",
+        "version",
+        "encoder",
+        "dim",
+        "videos",
+        "factory",
+        "shards",
+        "search",
+        "recall@10",
+        "duplicates",
     )
     for m in mans:
         t.add_row(
-            m.path.rstrip("/").rsplit("/", 1)[-1],
+            m.name,
+            m.version or "flat (rebuild)",
             m.encoder,
             str(m.dim),
             str(m.ntotal),

@@ -124,6 +124,8 @@ def _open_source(uri: str) -> tuple[str | io.BytesIO, int]:
             raise DecodeError("missing", f"{uri}: no such file")
         if os.path.isdir(path):
             raise DecodeError("undecodable", f"{uri}: is a directory, not a video file")
+        if not os.path.isfile(path):  # a FIFO, socket or device: opening a FIFO would block
+            raise DecodeError("undecodable", f"{uri}: not a regular file (a FIFO or device)")
         return path, os.path.getsize(path)
     import fsspec
 

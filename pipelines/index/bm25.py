@@ -2,15 +2,19 @@
 plus reciprocal-rank fusion for the hybrid mode.
 
 A query whose words match no caption returns padded slots (id None, score 0), not an error.
+Saved indexes are verified on load against the records :meth:`Bm25Index.records` took after
+saving (the index build keeps them in ``index.json``): bm25s would read a damaged file as a
+different ranking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import bm25s
 import numpy as np
 
+from ragvid.schemas.checksum import FileRecord, file_record, verify_file
 from ragvid.schemas.io import exists, fs_and_path, join, read_json, write_json_atomic
 
 IDS_JSON = "ids.json"
@@ -42,10 +46,21 @@ class Bm25Index:
         self.model.save(path, show_progress=False)
         write_json_atomic(join(out_dir, IDS_JSON), [str(i) for i in self.ids])
 
+    @staticmethod
+    def records(out_dir: str) -> dict[str, FileRecord]:
+        """Size + sha256 of every file of a saved index, by name (taken right after saving)."""
+        fs, path = fs_and_path(out_dir)
+        names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        return {n: file_record(join(out_dir, n)) for n in names if not n.startswith(".")}
+
     @classmethod
-    def load(cls, out_dir: str) -> Bm25Index:
+    def load(cls, out_dir: str, expect: Mapping[str, FileRecord | None] | None = None) -> Bm25Index:
+        """Load a saved index; ``expect`` (from :meth:`records`) checks every file first
+        (:class:`~ragvid.schemas.checksum.ChecksumMismatchError` names a damaged one)."""
         if not exists(join(out_dir, IDS_JSON)):
             raise FileNotFoundError(f"{out_dir}: no BM25 index here — rebuild the index")
+        for name, rec in (expect or {}).items():
+            verify_file(join(out_dir, name), rec, "BM25 index file")
         _, path = fs_and_path(out_dir)
         model = bm25s.BM25.load(path, show_progress=False)
         return cls(model, read_json(join(out_dir, IDS_JSON)))

@@ -1,17 +1,20 @@
 """Build a sharded FAISS index over per-video CLIP vectors (RAGME §3: cosine = inner product).
 
 One quantizer is trained once on a sample; shards are filled from it in parallel (Ray tasks
-when Ray is up, threads otherwise) and written with sha256 checksums into ``index.json``.
-Alongside the shards the index keeps ``ids.parquet`` (row id → video_id, shard, caption),
-``vectors.npy`` (the exact normalised vectors, float32 — re-ranking and the mutual-dedup
-filter need them whatever the index compresses), a BM25 index over the captions, and the
-embeddings source it was built from (``frame_embeddings`` reads the per-frame vectors there).
+when Ray is up, threads otherwise). Alongside the shards a version keeps ``ids.parquet`` (row
+id → video_id, shard, caption), ``vectors.npy`` (the exact normalised vectors, float32 —
+re-ranking and the mutual-dedup filter need them whatever the index compresses), a BM25
+index over the captions, a copy of the duplicates table, and the embeddings source it was
+built from (``frame_embeddings`` reads the per-frame vectors there); ``index.json`` records
+the size and sha256 of each. Every build is a new version, switched to only once complete
+and verified (:mod:`.versions`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +24,10 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from ragvid.pipelines.index import versions
 from ragvid.pipelines.index.bm25 import Bm25Index
 from ragvid.pipelines.index.dedup import read_duplicates
-from ragvid.pipelines.index.layout import IndexManifest
+from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest
 from ragvid.pipelines.index.shards import ShardSet
 from ragvid.pipelines.index.vectors import (
     Vectors,
@@ -32,23 +36,26 @@ from ragvid.pipelines.index.vectors import (
     source_snapshot,
 )
 from ragvid.schemas import EMBEDDINGS, INDEX_IDS, IndexConfig, write_table
+from ragvid.schemas.checksum import FileRecord, bytes_record, file_record
+from ragvid.schemas.faults import fault_point
 from ragvid.schemas.io import (
     exists,
+    fs_and_path,
     join,
-    makedirs,
     output_lock,
+    part_name,
     write_bytes_atomic,
-    write_json_atomic,
 )
 from ragvid.schemas.workspace import (  # the index folder's file names live with the layout
     BM25_DIR,
     DUPLICATES_FILE,
     IDS_FILE,
-    INDEX_JSON,
     VECTORS_FILE,
+    IndexLayout,
 )
 
 FLAT_MAX_N = 100_000  # exact search below this: fast enough and no recall loss
+log = logging.getLogger("ragvid.index")
 
 
 # --- loading and checking the embeddings -----------------------------------------------
@@ -114,10 +121,12 @@ def build_shard(trained: bytes, x: np.ndarray, row_ids: np.ndarray, uri: str) ->
     }
 
 
-def _fill_shards(trained: bytes, x: np.ndarray, out_dir: str, num_shards: int, use_ray: bool):
+def _fill_shards(
+    trained: bytes, x: np.ndarray, target: IndexLayout, num_shards: int, use_ray: bool
+):
     bounds = np.linspace(0, len(x), num_shards + 1).astype(int)
     jobs = [
-        (x[a:b], np.arange(a, b, dtype=np.int64), join(out_dir, f"shard-{i:03d}.faiss"))
+        (x[a:b], np.arange(a, b, dtype=np.int64), target.shard(i))
         for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
     ]
     if use_ray:
@@ -146,10 +155,13 @@ def build_index(
     manifest: str | None = None,
     force: bool = False,
 ) -> IndexManifest:
-    """Build ``out_dir`` (index.json, shard-NNN.faiss, ids.parquet, vectors.npy, bm25/).
+    """Build a new version of the index folder ``out_dir`` and switch readers to it
+    (:mod:`.versions`: shards, ids.parquet, vectors.npy, bm25/, a copy of the duplicates).
 
-    Idempotent: when ``out_dir`` already holds an index built with the same config from the
-    same source parts (paths, sizes, mtimes) it is returned as is, unless ``force``.
+    Idempotent: when the current version was built with the same config from the same source
+    parts (names, sizes, mtimes) and duplicates table, and every one of its files still matches
+    its sha256 (checked under the lock), it is returned as is (``reused``) unless ``force``;
+    a damaged current version is rebuilt, never reported up to date.
 
     NaN/zero vectors are refused (not dropped) with the offending video_ids named. With
     ``config.canonical_only`` (needs ``duplicates``; defaults to ``out_dir/duplicates.parquet``
@@ -158,91 +170,155 @@ def build_index(
     if none is up); ``ray=False`` uses threads unless Ray is already initialised.
     """
     t0 = time.perf_counter()
-    if not force and not isinstance(embeddings, pa.Table) and exists(join(out_dir, INDEX_JSON)):
-        old = IndexManifest.load(out_dir)
-        same_src = old.source.get("parts") == source_snapshot(str(embeddings))["parts"]
-        if same_src and old.config == config.model_dump():
-            return old
-    vec = load_vectors(embeddings)
-    dropped: dict[str, int] = {}
-    if duplicates is None and exists(join(out_dir, DUPLICATES_FILE)):
-        duplicates = join(out_dir, DUPLICATES_FILE)
-    if config.canonical_only:
-        if duplicates is None:
+    layout = IndexLayout(str(out_dir).rstrip("/"))
+    with output_lock(layout.root):
+        if duplicates is None and exists(layout.duplicates):
+            duplicates = layout.duplicates
+        if config.canonical_only and duplicates is None:
             raise ValueError(
                 "canonical_only=True needs the duplicates table: run `ragvid index dedup` "
                 "first and pass duplicates=<path>"
             )
-        dups = read_duplicates(duplicates)
-        non_canon = {
-            v for v, c in zip(dups["video_id"], dups["is_canonical"], strict=True) if not c
-        }
-        keep = np.array([v not in non_canon for v in vec.ids], dtype=bool)
-        dropped["non_canonical"] = int((~keep).sum())
-        vec = Vectors(vec.ids[keep], vec.x[keep], vec.captions[keep], vec.encoder, vec.source)
+        current = versions.load_current(layout)
+        previous = current.version if current is not None else None  # flat layouts: None
+        if current is not None and not force and not isinstance(embeddings, pa.Table):
+            reason = _stale(current, str(embeddings), config, duplicates)
+            if reason is None:
+                try:
+                    versions.verify(current, deep=True)
+                except CorruptShardError as exc:
+                    reason, previous = f"the current version is damaged: {exc}", None
+            if reason is None:
+                versions.collect(layout, current)
+                current.reused = True
+                return current
+            log.warning("rebuilding index %s: %s", layout.root, reason)
+        target = versions.begin(layout, current)  # also removes what killed builds left
+        try:
+            man, x = _build_version(embeddings, target, config, duplicates, ray, manifest)
+            man.previous = previous
+            man.search_params, man.tuned_recall = tune_search_params(man, x, config.recall_target)
+            man.build_seconds = round(time.perf_counter() - t0, 3)
+            versions.seal(man)
+            versions.verify(man, deep=True)  # what readers will check, read back from disk
+        except BaseException:
+            versions.abandon(target)
+            raise
+        fault_point("index-build:before-switch")
+        versions.switch(man)
+        fault_point("index-build:after-switch")
+        versions.collect(layout, man)
+    return man
+
+
+def _stale(old: IndexManifest, embeddings: str, config: IndexConfig, dups: str | None):
+    """Why ``old`` is not what a build with these inputs would make (None: it is)."""
+    if not old.version:
+        return "it has the flat layout of an older ragvid (rebuilt as a version)"
+    if old.source.get("parts") != source_snapshot(embeddings)["parts"]:
+        return "the embeddings changed"
+    if old.config != config.model_dump():
+        return "the index config changed"
+    want = file_record(dups) if dups is not None else None
+    if want != old.duplicates_record:
+        return "the duplicates table changed"
+    return None
+
+
+def _build_version(
+    embeddings: str | pa.Table,
+    target: IndexLayout,
+    config: IndexConfig,
+    duplicates: str | None,
+    ray: bool,
+    manifest: str | None,
+) -> tuple[IndexManifest, np.ndarray]:
+    """Write every file of a new version into ``target``; return its manifest (not yet sealed,
+    search parameters not yet tuned) and the normalised vectors."""
+    vec = load_vectors(embeddings)
+    files: dict[str, dict[str, Any]] = {}
+    dropped: dict[str, int] = {}
+    if duplicates is not None:
+        dups, record = _copy_duplicates(duplicates, target)
+        files[DUPLICATES_FILE] = record.to_json()
+        if config.canonical_only:
+            non_canon = {
+                v for v, c in zip(dups["video_id"], dups["is_canonical"], strict=True) if not c
+            }
+            keep = np.array([v not in non_canon for v in vec.ids], dtype=bool)
+            dropped["non_canonical"] = int((~keep).sum())
+            vec = Vectors(vec.ids[keep], vec.x[keep], vec.captions[keep], vec.encoder, vec.source)
     n, dim = vec.x.shape
     factory = config.factory or choose_factory(n, dim, config.memory_budget_gb)
     num_shards = max(1, min(config.num_shards, n))
-    with output_lock(out_dir):
-        makedirs(out_dir)
-        if isinstance(embeddings, pa.Table):  # keep the source next to the index
-            src_dir = join(out_dir, "embeddings")
-            write_table(
-                join(src_dir, "part-00000.parquet"), embeddings, EMBEDDINGS, encoder=vec.encoder
-            )
-            vec.source = {**vec.source, **source_snapshot(src_dir)}
-        trained = train_index(vec.x, factory, config.train_sample)
-        import ray as ray_mod
-
-        use_ray = ray or ray_mod.is_initialized()
-        shards, bounds = _fill_shards(trained, vec.x, out_dir, num_shards, use_ray)
-        shard_of = np.repeat(np.arange(num_shards, dtype=np.int32), np.diff(bounds))
-        ids_table = pa.table(
-            {
-                "row_id": pa.array(np.arange(n, dtype=np.int64)),
-                "video_id": pa.array(vec.ids.tolist(), pa.string()),
-                "shard": pa.array(shard_of),
-                "caption": pa.array([str(c) if c is not None else "" for c in vec.captions]),
-            }
-        )
+    if isinstance(embeddings, pa.Table):  # keep the source with the version
         write_table(
-            join(out_dir, IDS_FILE),
-            ids_table,
-            INDEX_IDS,
-            encoder=vec.encoder,
-            config=config.model_dump(),
+            join(target.embeddings, part_name(0)), embeddings, EMBEDDINGS, encoder=vec.encoder
         )
-        buf = io.BytesIO()
-        np.save(buf, vec.x)
-        write_bytes_atomic(join(out_dir, VECTORS_FILE), buf.getvalue())
-        vectors = {
-            "file": VECTORS_FILE,
-            "dtype": "float32",
-            "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+        vec.source = {**vec.source, **source_snapshot(target.embeddings)}
+    trained = train_index(vec.x, factory, config.train_sample)
+    import ray as ray_mod
+
+    shards, bounds = _fill_shards(
+        trained, vec.x, target, num_shards, ray or ray_mod.is_initialized()
+    )
+    fault_point("index-build:after-shards")
+    shard_of = np.repeat(np.arange(num_shards, dtype=np.int32), np.diff(bounds))
+    ids_table = pa.table(
+        {
+            "row_id": pa.array(np.arange(n, dtype=np.int64)),
+            "video_id": pa.array(vec.ids.tolist(), pa.string()),
+            "shard": pa.array(shard_of),
+            "caption": pa.array([str(c) if c is not None else "" for c in vec.captions]),
         }
-        bm25 = Bm25Index.build([str(c) for c in vec.captions], vec.ids.tolist())
-        bm25.save(join(out_dir, BM25_DIR))
-        man = IndexManifest(
-            encoder=vec.encoder,
-            dim=dim,
-            metric="inner_product",
-            factory=factory,
-            ntotal=n,
-            shards=shards,
-            search_params={},
-            source={**vec.source, "manifest": manifest},
-            build_seconds=0.0,
-            config=config.model_dump(),
-            vectors=vectors,
-            canonical_only=config.canonical_only,
-            duplicates=duplicates,
-            dropped=dropped,
-            path=out_dir,
+    )
+    write_table(target.ids, ids_table, INDEX_IDS, encoder=vec.encoder, config=config.model_dump())
+    files[IDS_FILE] = file_record(target.ids).to_json()
+    buf = io.BytesIO()
+    np.save(buf, vec.x)
+    write_bytes_atomic(target.vectors, buf.getvalue())
+    vectors = {"file": VECTORS_FILE, "dtype": "float32", **bytes_record(buf.getvalue()).to_json()}
+    bm25 = Bm25Index.build([str(c) for c in vec.captions], vec.ids.tolist())
+    bm25.save(target.bm25)
+    files.update(
+        {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(target.bm25).items()}
+    )
+    fault_point("index-build:after-files")
+    man = IndexManifest(
+        encoder=vec.encoder,
+        dim=dim,
+        metric="inner_product",
+        factory=factory,
+        ntotal=n,
+        shards=shards,
+        search_params={},
+        source={**vec.source, "manifest": manifest},
+        build_seconds=0.0,
+        config=config.model_dump(),
+        vectors=vectors,
+        canonical_only=config.canonical_only,
+        duplicates=target.built_duplicates if duplicates is not None else None,
+        dropped=dropped,
+        version=target.version,
+        files=files,
+        path=target.root,
+    )
+    return man, vec.x
+
+
+def _copy_duplicates(src: str, target: IndexLayout) -> tuple[dict[str, list], FileRecord]:
+    """Copy the duplicates table into the version (a later `ragvid index dedup` then cannot
+    change what this version was built with) and read the copy back, checked whole."""
+    fs, path = fs_and_path(src)
+    if not fs.exists(path):
+        raise FileNotFoundError(
+            f"duplicates table {src} does not exist — run `ragvid index dedup` or pass another"
         )
-        man.search_params, man.tuned_recall = tune_search_params(man, vec.x, config.recall_target)
-        man.build_seconds = round(time.perf_counter() - t0, 3)
-        write_json_atomic(join(out_dir, INDEX_JSON), man.to_json())
-    return man
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    write_bytes_atomic(target.built_duplicates, data)
+    record = bytes_record(data)
+    return read_duplicates(target.built_duplicates, record), record
 
 
 def tune_search_params(

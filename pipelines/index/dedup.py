@@ -13,6 +13,10 @@ frame: the mean cosine of its time-aligned frame embeddings must reach ``delta_f
 Re-encoded, resized or trimmed copies keep their frames; distinct clips do not (on the demo
 corpus: copies ≥ 0.974, distinct pairs above δ_dedup ≤ 0.92; BENCHMARKS.md). Tables without
 frame embeddings skip the check.
+
+The table's size and sha256 go into the report; an index build copies the table into its
+version and records them in ``index.json``, and readers of an index's duplicates pass that
+record to :func:`read_duplicates` (checked whole before parsing).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import faiss
 import numpy as np
@@ -29,8 +34,10 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ragvid.pipelines.index.layout import IndexManifest, damaged
 from ragvid.pipelines.index.vectors import load_vectors
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
+from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record
 from ragvid.schemas.config import IndexConfig, defaults
 from ragvid.schemas.io import write_bytes_atomic
 
@@ -51,6 +58,7 @@ class DuplicateReport:
     table_path: str
     histogram_path: str
     seconds: float
+    record: dict[str, Any] = field(default_factory=dict)  # size + sha256 of the table file
 
 
 def similar_pairs(
@@ -267,17 +275,32 @@ def find_duplicates(
         table_path=str(out_path),
         histogram_path=hist,
         seconds=round(time.perf_counter() - t0, 3),
+        record=file_record(out_path).to_json(),
     )
 
 
-def read_duplicates(path: str) -> dict[str, list]:
-    """The duplicates table as columns (video_id, group_id, canonical_id, is_canonical, …)."""
-    return read_table(path, DUPLICATES).to_pydict()
+def read_duplicates(path: str, expect: FileRecord | None = None) -> dict[str, list]:
+    """The duplicates table as columns (video_id, group_id, canonical_id, is_canonical, …);
+    ``expect`` (e.g. ``IndexManifest.duplicates_record``) checks the whole file first."""
+    return read_table(path, DUPLICATES, expect=expect).to_pydict()
 
 
-def group_of_rows(path: str, row_of: dict[str, int], n: int) -> np.ndarray:
+def read_index_duplicates(man: IndexManifest) -> dict[str, list] | None:
+    """The duplicates table an index version was built with (its copy, checked against the
+    record in ``index.json``), or None when it was built without one."""
+    if man.duplicates is None:
+        return None
+    try:
+        return read_duplicates(man.duplicates, man.duplicates_record)
+    except ChecksumMismatchError as exc:
+        raise damaged(exc, man.path) from None
+
+
+def group_of_rows(
+    path: str, row_of: dict[str, int], n: int, expect: FileRecord | None = None
+) -> np.ndarray:
     """For each index row, its duplicate group id (-1 when it is in no group)."""
-    d = read_duplicates(path)
+    d = read_duplicates(path, expect)
     out = np.full(n, -1, dtype=np.int64)
     for v, g in zip(d["video_id"], d["group_id"], strict=True):
         r = row_of.get(v)

@@ -93,6 +93,7 @@ def page_html(
     sheet: str,
     delta_min: float | None,
     mode: str,
+    version: str | None = None,
 ) -> str:
     esc = html.escape
     cells = []
@@ -108,13 +109,14 @@ def page_html(
             f"<small>{esc(str(t.get('uri') or ''))}</small></figcaption></figure>"
         )
     dm = "off" if delta_min is None else f"{delta_min:g}"
+    ver = f" · version {esc(version)}" if version else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>ragvid inspect: {esc(query)}</title><style>
 body{{font-family:sans-serif;margin:2em}} figure{{display:inline-block;width:200px;
 vertical-align:top;margin:6px}} img{{width:196px}} .ph{{width:196px;height:110px;
 background:#ccc}} figcaption{{font-size:12px}}</style></head><body>
 <h1>“{esc(query)}”</h1>
-<p>index <code>{esc(str(index_dir))}</code> · mode {esc(mode)} · δ_min {dm} ·
+<p>index <code>{esc(str(index_dir))}</code>{ver} · mode {esc(mode)} · δ_min {dm} ·
 {sum(1 for t in tiles if t["id"] is not None)} of {len(tiles)} slots filled ·
 contact sheet <a href="{esc(sheet)}">{esc(sheet)}</a></p>
 {"".join(cells)}
@@ -132,7 +134,8 @@ def write_inspection(
     config: RetrievalConfig | None = None,
     retriever: Retriever | None = None,
 ) -> tuple[str, str]:
-    """Retrieve K videos for ``query`` and write ``inspect-<slug>.html`` and ``.png``."""
+    """Retrieve K videos for ``query`` from the index's current version (named on the page:
+    pages outlive rebuilds) and write ``inspect-<slug>.html`` and ``.png``."""
     from ragvid.schemas import slug
 
     r = retriever or Retriever.open(index_dir)
@@ -155,6 +158,6 @@ def write_inspection(
     name = f"inspect-{slug(query)[:60] or 'query'}"
     png_uri, html_uri = join(out_dir, name + ".png"), join(out_dir, name + ".html")
     write_bytes_atomic(png_uri, contact_sheet(query, tiles, res.delta_min))
-    page = page_html(query, tiles, index_dir, name + ".png", res.delta_min, res.mode)
+    page = page_html(query, tiles, index_dir, name + ".png", res.delta_min, res.mode, r.man.version)
     write_bytes_atomic(html_uri, page.encode())
     return html_uri, png_uri

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from ragvid.pipelines.index.dedup import read_duplicates
+from ragvid.pipelines.index.dedup import read_duplicates, read_index_duplicates
 from ragvid.pipelines.index.layout import IndexManifest, relative_path
 from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.vectors import batch_dot
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, mark_done, write_table
+from ragvid.schemas.checksum import file_record
 from ragvid.schemas.faults import fault_point
 from ragvid.schemas.io import join, output_lock
 from ragvid.schemas.markers import Marker, TableState, declare_table
@@ -41,6 +42,16 @@ class NeighbourReport:
     seconds: float
     search_seconds: float
     videos_per_s: float
+
+
+def _content_sha(duplicates: str | None, man: IndexManifest) -> str | None:
+    """What the duplicates table holds, not where it sits (a rebuild moves it to a new version
+    folder with the same bytes: resuming must still match)."""
+    if not duplicates:
+        return None
+    if duplicates == man.duplicates and man.duplicates_record is not None:
+        return man.duplicates_record.sha256
+    return file_record(duplicates).sha256
 
 
 def _list_array(values: pa.Array, n: int, k: int) -> pa.ListArray:
@@ -106,7 +117,8 @@ def _params(
         "index": relative_path(str(index_dir), out_dir),
         "index_shards_sha256": [s.get("sha256") for s in man.shards],
         "retrieval": config.model_dump(),
-        "duplicates": relative_path(duplicates, out_dir),
+        "duplicates_sha256": _content_sha(duplicates, man),
+        "index_ids_sha256": man.ids_record.sha256 if man.ids_record else None,
         "video_ids_sha256": ids_hash,
         "part_size": part_size,
     }
@@ -134,7 +146,11 @@ def materialize_neighbours(
     duplicates = duplicates or r.man.duplicates
     groups: dict[str, int] = {}
     if duplicates:
-        d = read_duplicates(duplicates)
+        d = (
+            read_index_duplicates(r.man)  # the version's copy, checked against index.json
+            if duplicates == r.man.duplicates
+            else read_duplicates(duplicates)
+        )
         groups = dict(zip(d["video_id"], d["group_id"], strict=True))
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size, r.man)

@@ -19,12 +19,13 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from ragvid.pipelines.index.layout import IndexManifest
+from ragvid.pipelines.index.layout import IndexManifest, damaged, read_ids
 from ragvid.pipelines.index.shards import RayShardSet, ShardSet, read_verified, verify_file
 from ragvid.pipelines.index.vectors import batch_dot, l2_normalise
-from ragvid.schemas import EMBEDDINGS, INDEX_IDS, MANIFEST, RetrievalConfig, read_table
-from ragvid.schemas.io import fs_and_path, join, list_parts, read_parts
-from ragvid.schemas.workspace import BM25_DIR, IDS_FILE
+from ragvid.schemas import EMBEDDINGS, MANIFEST, RetrievalConfig, read_table
+from ragvid.schemas.checksum import ChecksumMismatchError
+from ragvid.schemas.io import exists, fs_and_path, list_parts, read_parts
+from ragvid.schemas.workspace import VECTORS_FILE
 
 Modality = Literal["text", "video", "vector"]
 TextMode = Literal["dense", "bm25", "hybrid-rerank", "rrf"]
@@ -138,11 +139,13 @@ class Retriever:
 
     @classmethod
     def open(cls, index_dir: str, *, backend: Literal["threads", "ray"] = "threads") -> Retriever:
-        """Open ``index_dir``, verifying every shard's and the vectors' checksums."""
+        """Open the current version of ``index_dir``, verifying the checksums of every shard,
+        the ids table and the vectors (BM25 files: when first searched). The version stays
+        the one opened, whatever later builds switch to."""
         man = IndexManifest.load(index_dir)
         shards = ShardSet.open(man) if backend == "threads" else RayShardSet(man)
-        ids_table = read_table(join(index_dir, IDS_FILE), INDEX_IDS)
-        vuri = join(index_dir, man.vectors.get("file", "vectors.npy"))
+        ids_table = read_ids(man)
+        vuri = man.layout.file(man.vectors.get("file", VECTORS_FILE))
         fs, vpath = fs_and_path(vuri)
         if isinstance(fs, LocalFileSystem):  # memory-map: 1M × 512 float32 is 2 GB
             verify_file(vuri, man.vectors.get("sha256"), "vectors file")
@@ -285,7 +288,16 @@ class Retriever:
         from ragvid.pipelines.index.bm25 import Bm25Index
 
         if self._bm25 is None:
-            self._bm25 = Bm25Index.load(join(self.man.path, BM25_DIR))
+            folder = self.man.layout.bm25
+            if not exists(folder) and self.man.version:
+                raise FileNotFoundError(
+                    f"{self.man.path}: version {self.man.version}, which this search opened, "
+                    "has been replaced by newer builds and removed — reopen the index"
+                )
+            try:
+                self._bm25 = Bm25Index.load(folder, expect=self.man.bm25_records())
+            except ChecksumMismatchError as exc:
+                raise damaged(exc, self.man.path) from None
         return self._bm25
 
     def search_text(
@@ -357,8 +369,7 @@ class Retriever:
     # --- what the model pipeline reads ------------------------------------------------
 
     def _source_uri(self) -> str:
-        uri = self.man.source.get("uri") or join(self.man.path, "embeddings")
-        return uri
+        return self.man.source.get("uri") or self.man.layout.embeddings
 
     def _frames_index(self) -> dict[str, tuple[int, int]]:
         if self._frames_map is None:

@@ -15,20 +15,18 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest
-from ragvid.schemas.io import fs_and_path, join
+from ragvid.pipelines.index.layout import REBUILD, CorruptShardError, IndexManifest
+from ragvid.schemas.io import fs_and_path
 
 
 def _missing(uri: str, what: str) -> CorruptShardError:
-    return CorruptShardError(
-        f"{what} {uri} is missing — the index is incomplete; rebuild it with `ragvid index build`"
-    )
+    return CorruptShardError(f"{what} {uri} is missing — the index is incomplete; {REBUILD}")
 
 
 def _mismatch(uri: str, what: str, size: int) -> CorruptShardError:
     return CorruptShardError(
         f"{what} {uri} is corrupted or truncated (checksum mismatch: {size} bytes, sha256 "
-        "differs from index.json) — rebuild the index with `ragvid index build`"
+        f"differs from index.json) — {REBUILD}"
     )
 
 
@@ -59,8 +57,9 @@ def verify_file(uri: str, sha256: str | None, what: str, chunk: int = 1 << 24) -
 
 
 def load_shard(man: IndexManifest, i: int) -> faiss.Index:
+    """Shard ``i`` of the manifest's version, checked against its sha256 before FAISS reads it."""
     rec = man.shards[i]
-    data = read_verified(join(man.path, rec["file"]), rec.get("sha256"), f"shard {i}")
+    data = read_verified(man.layout.file(rec["file"]), rec.get("sha256"), f"shard {i}")
     try:
         return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:  # pragma: no cover - checksum catches this first
@@ -122,8 +121,9 @@ class ShardSet:
 
 
 class _ShardActor:
-    def __init__(self, path: str, shard: int):
-        man = IndexManifest.load(path)
+    def __init__(self, man: IndexManifest, shard: int):
+        # the driver's manifest, not a fresh load: a build switching versions meanwhile
+        # must not hand the actors shards of another version than the driver's ids
         self.index = load_shard(man, shard)
         set_params(self.index, man.search_params)
 
@@ -141,7 +141,7 @@ class RayShardSet:
             ray.init(include_dashboard=False, log_to_driver=False)
         actor = ray.remote(num_cpus=num_cpus)(_ShardActor)
         self.man = man
-        self.actors = [actor.remote(man.path, i) for i in range(len(man.shards))]
+        self.actors = [actor.remote(man, i) for i in range(len(man.shards))]
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import ray
