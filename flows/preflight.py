@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
+from ragvid.schemas.guards import FailureRatioError
 from ragvid.schemas.io import exists, list_parts
 from ragvid.schemas.workspace import Workspace
 
@@ -137,13 +138,10 @@ def flow_settings() -> Iterator[None]:
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
+    OSError,  # disk full, permissions, stores: the CLI prints one line naming the path
     ValueError,
     KeyError,
-    ConnectionError,
-    TimeoutError,
+    FailureRatioError,
 )
 
 

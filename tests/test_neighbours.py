@@ -11,7 +11,7 @@ import pytest
 from ragvid.pipelines.index.neighbours import materialize_neighbours
 from ragvid.pipelines.index.search import Retriever
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, list_parts, read_parts
-from ragvid.schemas.markers import marker_uri
+from ragvid.schemas.markers import IncompleteTableError, marker_uri
 
 
 def _lists(out: str):
@@ -83,9 +83,11 @@ def test_resume_skips_done_parts_and_refuses_other_params(built_index, tmp_path)
     again = materialize_neighbours(index, out, cfg, part_size=100)
     assert again.parts_skipped == 5 and again.parts_written == 0
     assert [os.path.getmtime(p) for p in parts] == mtimes
-    # a crashed run: part 2 written but never marked done
-    os.remove(marker_uri(parts[2]))
     before = _lists(out)
+    # a crashed run: part 2 written but never marked done — not part of the table any more
+    os.remove(marker_uri(parts[2]))
+    with pytest.raises(IncompleteTableError, match="4 of 5 parts done"):
+        _lists(out)
     third = materialize_neighbours(index, out, cfg, part_size=100)
     assert third.parts_written == 1 and third.parts_skipped == 4
     after = _lists(out)
