@@ -5,7 +5,9 @@ Sections are owned by areas; add new shared fixtures by appending a section (nev
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -572,3 +574,45 @@ def demo_embeddings(tmp_path_factory):
         raw=raw,
         holdout=read_holdout(spec),
     )
+
+
+# --- full disks (issue 12): a real tmpfs where the machine allows mounting one ---------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs at ``tmp_path/disk`` (root only; skipped where mounting is refused)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "ragvid-test", str(mnt)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _fill_disk(disk, leave_pages: int):
+    """Fill ``disk`` up to ``leave_pages`` free 4 KiB pages with a filler file."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave_pages * 4096))
+    return filler
+
+
+@pytest.fixture
+def fill_disk():
+    """``fill_disk(disk, leave_pages)``: fill a small disk up to that many free 4 KiB pages."""
+    return _fill_disk

@@ -360,42 +360,9 @@ def test_disk_full_while_flushing_is_one_line_then_rerun_succeeds(tmp_path, demo
     _assert_clean_rerun(demo_corpus_raw.out_dir, ws, demo_corpus_raw)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 512 KiB tmpfs at ``tmp_path/disk`` (root only; skipped where mounting is refused)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "ragvid-test", str(mnt)], capture_output=True
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-def _fill(disk: Path, leave_pages: int) -> Path:
-    """Fill ``disk`` up to ``leave_pages`` free 4 KiB pages with a filler file."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    os.truncate(filler, max(0, filler.stat().st_size - leave_pages * 4096))
-    return filler
-
-
-def test_real_full_disk_is_one_line_then_rerun_succeeds(small_disk, demo_corpus_raw):
+def test_real_full_disk_is_one_line_then_rerun_succeeds(small_disk, fill_disk, demo_corpus_raw):
     ws = small_disk / "ws"
-    filler = _fill(small_disk, leave_pages=4)  # room for the lock and a JSON, not the manifest
+    filler = fill_disk(small_disk, leave_pages=4)  # room for the lock and a JSON, not the manifest
     full = _ingest_cli(demo_corpus_raw.out_dir, ws)
     _assert_one_disk_full_line(full, ws)
     filler.unlink()  # free space

@@ -213,3 +213,21 @@ def test_all_bad_corpus_fails_the_run_after_writing_everything(raw, tmp_path):
     said = " ".join(out.split())
     assert "20 of 20 rows failed" in said and "top errors" in said
     assert "Traceback" not in out
+
+
+def test_disk_full_mid_embed_is_one_line_and_the_rerun_resumes(raw, small_disk, fill_disk):
+    from ragvid.pipelines.embed.stage import check_complete
+
+    ws = Workspace.at(small_disk / "ws")
+    _cli("corpus", "ingest", raw, "--name", "c", "-w", ws.root)
+    filler = fill_disk(small_disk, leave_pages=8)  # room for a part or two, not the corpus
+    args = ["embed", "-c", "c", "-e", "tiny", "--part-size", "4", "--engine", "local"]
+    out = _cli(*args, "-w", ws.root, code=2)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full" in errors[0], out
+    assert "Traceback" not in out
+    filler.unlink()
+    again = _cli(*args, "-w", ws.root)
+    assert "20" in again
+    check_complete(ws, "c", "tiny")  # every manifest row in a verified part
+    assert not [p for p in Path(ws.root).rglob("*.tmp")]
