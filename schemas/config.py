@@ -155,7 +155,15 @@ class IndexConfig(_Config):
     factory: str | None = Field(None, description="FAISS factory string; overrides the choice")
     memory_budget_gb: float = Field(8.0, gt=0)
     num_shards: int = Field(1, ge=1)
-    train_sample: int = Field(100_000, ge=1)
+    train_sample: int | None = Field(
+        None,
+        ge=1,
+        description="vectors the quantizer is trained on; None sizes it to the index: "
+        "train_points_per_list × nlist (FAISS wants ≥ 39 per centroid; PQ codebooks ≥ 9,984), "
+        "capped at train_sample_cap",
+    )
+    train_points_per_list: int = Field(64, ge=39)
+    train_sample_cap: int = Field(2_000_000, ge=10_000)
     recall_target: float = Field(0.95, gt=0, le=1)
     canonical_only: bool = Field(False, description="index canonical members of dup groups only")
     delta_dedup: float = Field(DELTA_DEDUP, description="video cosine of a near-duplicate pair")
@@ -164,6 +172,33 @@ class IndexConfig(_Config):
         description="mean cosine of time-aligned frames a near-duplicate pair must also reach "
         "(the frame mean is blind to order and path); None skips the check",
     )
+
+
+class DedupConfig(_Config):
+    """How corpus near-duplicate pairs are found (the thresholds live on IndexConfig).
+
+    ``clustered`` is the SemDeDup shape (Abbas et al. 2023): spherical k-means, each vector in
+    its ``assign`` nearest clusters, exact blocked products within a cluster — cost linear in N
+    for a fixed cluster size. ``exact`` is a Flat range search (quadratic; the baseline),
+    ``ivf`` the earlier one-process IVF range search."""
+
+    method: Literal["auto", "exact", "ivf", "clustered"] = Field(
+        "auto", description="auto: exact up to exact_max_n videos, clustered above"
+    )
+    exact_max_n: int = Field(20_000, ge=1)
+    cluster_size: int = Field(
+        2048, ge=16, description="target members per cluster, multi-assigned copies included"
+    )
+    max_cluster_size: int = Field(
+        8192, ge=16, description="a bigger cluster is split by k-means again (one more level)"
+    )
+    assign: int = Field(2, ge=1, le=8, description="nearest centroids each vector joins")
+    train_points_per_centroid: int = Field(64, ge=39, description="FAISS wants ≥ 39 per centroid")
+    train_sample_cap: int = Field(262_144, ge=1_000)
+    kmeans_iter: int = Field(20, ge=1)
+    block_rows: int = Field(2048, ge=64, description="rows per matrix product inside a cluster")
+    workers: int = Field(1, ge=1, description="threads over clusters when Ray is not initialised")
+    seed: int = 0
 
 
 class EnhancerConfig(_Config):

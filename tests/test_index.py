@@ -281,3 +281,15 @@ def test_embeddings_of_other_dim_or_encoder_are_refused(clustered_embeddings):
         load_vectors(folder, expect_dim=512)
     with pytest.raises(ValueError, match="encoder 'test:clustered-32', the index uses 'other'"):
         load_vectors(folder, expect_encoder="other")
+
+
+def test_quantizer_sample_is_sized_to_the_index():
+    from ragvid.pipelines.index.build import PQ_TRAIN_MIN, train_sample_size
+
+    cfg = IndexConfig()
+    assert train_sample_size("Flat", 10**6, 64, cfg) == 0  # nothing to train
+    assert train_sample_size("IVF4096,Flat", 10**6, 64, cfg) == 64 * 4096  # not a fixed 100k
+    assert train_sample_size("IVF65536,Flat", 10**8, 64, cfg) == cfg.train_sample_cap
+    assert train_sample_size("IVF16,PQ8", 10**6, 64, cfg) == PQ_TRAIN_MIN  # PQ codebooks
+    assert train_sample_size("IVF4096,Flat", 5000, 64, cfg) == 5000  # never more than N
+    assert train_sample_size("IVF4096,Flat", 10**6, 64, IndexConfig(train_sample=1234)) == 1234

@@ -91,6 +91,25 @@ def _new_index(dim: int, factory: str) -> faiss.Index:
     return index
 
 
+PQ_TRAIN_MIN = 256 * 39  # FAISS: 39 points per centroid, 256 centroids per PQ sub-quantizer
+
+
+def train_sample_size(factory: str, n: int, dim: int, config: IndexConfig) -> int:
+    """How many vectors train the quantizer: sized to the index, not a fixed 100k (at nlist
+    16384 a fixed 100k is ≈ 6 points per centroid and recall degrades silently)."""
+    if config.train_sample is not None:
+        return min(n, config.train_sample)
+    index = _new_index(dim, factory)
+    if index.is_trained:
+        return 0
+    ivf = faiss.try_extract_index_ivf(index)
+    nlist = ivf.nlist if ivf is not None else 1
+    want = config.train_points_per_list * nlist
+    if any(t in factory for t in ("PQ", "SQ", "RQ")):
+        want = max(want, PQ_TRAIN_MIN)
+    return min(n, config.train_sample_cap, max(want, 1))
+
+
 def train_index(x: np.ndarray, factory: str, sample: int, seed: int = 0) -> bytes:
     """Train once on a random sample; return the serialized empty, trained index."""
     index = _new_index(x.shape[1], factory)
@@ -256,7 +275,7 @@ def _build_version(
             join(target.embeddings, part_name(0)), embeddings, EMBEDDINGS, encoder=vec.encoder
         )
         vec.source = {**vec.source, **source_snapshot(target.embeddings)}
-    trained = train_index(vec.x, factory, config.train_sample)
+    trained = train_index(vec.x, factory, train_sample_size(factory, n, dim, config))
     import ray as ray_mod
 
     shards, bounds = _fill_shards(
