@@ -34,7 +34,10 @@ MANIFEST = TableSpec(
         ]
     ),
     extra_columns_allowed=True,
-    doc="One row per video: id, location, caption, duration; extra corpus columns carried.",
+    doc="One row per video: id, location, caption, duration; extra corpus columns carried. "
+    "``uri`` is a local path, an fsspec URI, or — for a video inside a video2dataset tar shard, "
+    "read in place (never extracted) — fsspec's tar chaining form "
+    "``tar://<member>::<shard path or URI>``.",
 )
 
 REJECTS = TableSpec(

@@ -247,8 +247,9 @@ def ingest(
 
     Writes ``manifest_dir/part-0000N.parquet`` (``num_shards`` parts, rows sorted by id,
     shard = crc32(id) % num_shards), ``rejects_dir/part-00000.parquet`` and
-    ``manifest_dir/_report.json``. ``videos_dir`` is where video2dataset tar members are
-    extracted (default: ``<manifest_dir>/../videos``). Raises FileNotFoundError for a missing
+    ``manifest_dir/_report.json``. video2dataset tar shards are read in place: a video's
+    ``uri`` is ``tar://<member>::<shard>`` and no video bytes are written (``videos_dir`` is
+    accepted for compatibility and unused). Raises FileNotFoundError for a missing
     input, ValueError for an unknown layout or an empty corpus, OSError (naming the file) when
     a write fails, RuntimeError if the counts do not add up (a bug: no row may vanish), and —
     after writing everything — FailureRatioError when more than ``max_failure_ratio`` of the
@@ -263,7 +264,7 @@ def ingest(
     parent = manifest_dir.rsplit("/", 1)[0] if "/" in manifest_dir else "."
     if not exists(input_path):
         raise FileNotFoundError(f"input {input_path} does not exist: pass a corpus file/folder")
-    plan = plan_inputs(input_path, config, videos_dir or join(parent, "videos"))
+    plan = plan_inputs(input_path, config, videos_dir)
     source = source or plan.input_path.rstrip("/").rsplit("/", 1)[-1]
     tag = uuid.uuid4().hex[:8]
     stage_m, stage_r = f"{manifest_dir}.staging-{tag}", f"{rejects_dir}.staging-{tag}"

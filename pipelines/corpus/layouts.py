@@ -7,6 +7,15 @@ a CSV whose header is not UTF-8 is planned with no columns and a ``problem``: it
 the file one reject instead of reading it (opening a FIFO would block the ingest forever).
 Text is decoded as UTF-8 with ``surrogateescape`` (:func:`_open_text`), so a bad byte costs
 its row, not the file: see :mod:`.readers`.
+
+**Tar members are read in place.** A video2dataset ``*.tar`` shard is never extracted: the
+manifest ``uri`` of a video inside it is fsspec's tar URL chaining form,
+``tar://<member>::<shard uri>`` — e.g. ``tar://000000000.mp4::/data/v2d/00000.tar`` or
+``tar://000000000.mp4::s3://bucket/v2d/00000.tar`` (:func:`tar_uri`, :func:`split_tar_uri`).
+``fsspec.open(uri)`` opens it as it stands; the decoder (``ragvid.pipelines.embed.decode``)
+instead looks the member up in the shard's header index (:func:`tar_index`: one pass over the
+512-byte headers, no video bytes; cached per process) and reads only the member's byte range.
+A member name holding ``::`` cannot be written in this form (the shard's sample is rejected).
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import json
 import re
 import stat
 import tarfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -70,7 +81,7 @@ class InputPlan:
     roles: dict[str, str | None]  # role → column name
     extra_columns: tuple[str, ...]
     videos: dict[str, str] = field(default_factory=dict)  # folder layout: id/stem → video uri
-    videos_dir: str | None = None  # video2dataset: where tar members are extracted
+    videos_dir: str | None = None  # unused: video2dataset tars are read in place (kept for API)
 
 
 def _uri(fs, path: str, like: str) -> str:
@@ -245,7 +256,9 @@ def _jsonl_keys(uri: str) -> list[str]:
 def plan_inputs(
     input_path: str, config: ManifestConfig, videos_dir: str | None = None
 ) -> InputPlan:
-    """List the input files of ``input_path`` and resolve the column roles and extras."""
+    """List the input files of ``input_path`` and resolve the column roles and extras.
+
+    ``videos_dir`` is accepted for compatibility and unused: tar members are read in place."""
     _check_top(input_path)
     fs, path = fs_and_path(input_path)
     layout = detect_layout(input_path) if config.layout == "auto" else config.layout
@@ -308,8 +321,6 @@ def plan_inputs(
         )
     mapped = {c for r, c in roles.items() if c and not (layout == "video2dataset" and r == "uri")}
     extras = tuple(c for c in columns if c not in mapped)
-    if layout == "video2dataset" and videos_dir is None:
-        raise ValueError("video2dataset inputs need videos_dir= (where tar members are extracted)")
     return InputPlan(top, layout, tuple(files), roles, extras, videos, videos_dir)
 
 
@@ -377,3 +388,115 @@ def _roles(layout: str, columns: list[str], config: ManifestConfig) -> dict[str,
         else:
             roles[role] = next((c for c in CANDIDATES[layout][role] if c in columns), None)
     return roles
+
+
+# --- tar members in place: tar://<member>::<shard uri> ----------------------------------------
+
+TAR_PREFIX = "tar://"
+
+
+def tar_uri(member: str, shard_uri: str) -> str:
+    """The manifest uri of ``member`` inside the tar ``shard_uri`` (fsspec chaining form)."""
+    if "::" in member:
+        raise ValueError(f"tar member {member!r} of {shard_uri} holds '::': no tar:// uri for it")
+    return f"{TAR_PREFIX}{member}::{shard_uri}"
+
+
+def split_tar_uri(uri: str) -> tuple[str, str] | None:
+    """``(member, shard uri)`` of a ``tar://<member>::<shard>`` uri, None for any other uri."""
+    if not uri.startswith(TAR_PREFIX) or "::" not in uri:
+        return None
+    member, shard = uri[len(TAR_PREFIX) :].split("::", 1)
+    return member, shard
+
+
+class TarIndex(dict):
+    """member name → ``(offset_data, size)`` of a tar shard's regular files (``compressed``:
+    the shard is gzip/bz2/xz, so offsets are in the decompressed stream and mean nothing;
+    ``truncated``: why the walk stopped early — the shard ends inside a member)."""
+
+    compressed: bool = False
+    truncated: str | None = None
+
+
+_INDEX_CACHE: OrderedDict[tuple, TarIndex] = OrderedDict()
+_INDEX_LOCK = threading.Lock()
+_INDEX_CACHE_SIZE = 32  # a 10k-sample shard indexes ~30k members (a few MB)
+
+
+def _is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return bool({"file", "local"} & set(protocols))
+
+
+def _stamp(fs, path: str) -> tuple:
+    info = fs.info(path)
+    return (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"))
+
+
+def tar_index(shard_uri: str, partial: bool = False) -> TarIndex:
+    """The member index of a tar shard from its headers alone (an uncompressed tar is walked
+    by seeking from header to header; no member's bytes are read). Cached per process by
+    (uri, size, mtime): a rewritten shard is indexed again. FileNotFoundError when the shard
+    does not exist; ``tarfile.TarError`` when it is not a tar — or, unless ``partial``, when
+    it ends inside a member (``partial=True``, for the decoder: the members before the cut
+    stay readable, the cut one fails its length check in :func:`read_tar_member`)."""
+    index = _walk(shard_uri)
+    if index.truncated and not partial:
+        raise tarfile.ReadError(index.truncated)
+    return index
+
+
+def _walk(shard_uri: str) -> TarIndex:
+    fs, path = fs_and_path(shard_uri)
+    key = (shard_uri, *_stamp(fs, path))
+    with _INDEX_LOCK:
+        if key in _INDEX_CACHE:
+            _INDEX_CACHE.move_to_end(key)
+            return _INDEX_CACHE[key]
+    index = TarIndex()
+    kwargs = {} if _is_local(fs) else {"block_size": 1 << 16}  # a header costs 64 KiB, not 5 MB
+    with fs.open(path, "rb", **kwargs) as fh:
+        magic = fh.read(6)
+        fh.seek(0)
+        index.compressed = (
+            magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == (b"\xfd7zXZ\x00")
+        )
+        with tarfile.open(fileobj=fh, mode="r:*") as tar:
+            try:
+                for m in tar:
+                    if m.isfile():
+                        index[m.name] = (m.offset_data, m.size)
+            except tarfile.ReadError as exc:  # "unexpected end of data": cut inside a member
+                if not index:
+                    raise
+                index.truncated = f"{shard_uri}: {exc} after member {next(reversed(index))}"
+    with _INDEX_LOCK:
+        _INDEX_CACHE[key] = index
+        while len(_INDEX_CACHE) > _INDEX_CACHE_SIZE:
+            _INDEX_CACHE.popitem(last=False)
+    return index
+
+
+def read_tar_member(shard_uri: str, member: str, index: TarIndex | None = None) -> bytes:
+    """The bytes of one member: a seek + read of its byte range (a ranged read on a remote
+    store); a compressed shard is streamed up to the member. KeyError when it is not listed;
+    EOFError when the shard ends before the member does (a truncated shard)."""
+    index = tar_index(shard_uri, partial=True) if index is None else index
+    offset, size = index[member]
+    fs, path = fs_and_path(shard_uri)
+    if index.compressed:
+        with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:*") as tar:
+            return tar.extractfile(member).read()  # type: ignore[union-attr]
+    if _is_local(fs):
+        with fs.open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(size)
+    else:
+        data = fs.cat_file(path, start=offset, end=offset + size) if size else b""
+    if len(data) != size:
+        raise EOFError(
+            f"member {member} needs bytes {offset}..{offset + size} of {shard_uri}, which ends "
+            f"at {offset + len(data)} (a truncated shard)"
+        )
+    return data

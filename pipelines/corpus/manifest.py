@@ -11,14 +11,16 @@ and anything else (a Ray job, a test) can call them directly. Supported layouts:
 * ``video2dataset`` — a video2dataset output folder: ``NNNNN.parquet`` shards (``key``,
   ``caption``, ``url``, ``status``, …) with the videos in ``NNNNN.tar`` (webdataset:
   ``<key>.mp4`` + ``<key>.txt``/``.json``) or ``NNNNN/<key>.mp4`` (files format). Tar members
-  are extracted once to ``<videos_dir>/<shard>/<key>.mp4`` so decord/PyAV can open them by
-  path; the manifest ``uri`` points there. Without a parquet, the tar's samples are the rows.
+  are read in place, never extracted: the manifest ``uri`` is ``tar://<key>.mp4::<shard.tar>``
+  (fsspec's chaining form, see :mod:`.layouts`). Without a parquet, the tar's samples are the
+  rows.
 * ``folder`` — video files plus a captions ``*.csv`` or ``*.jsonl`` (id/caption/file columns
   detected by name, or set in ``ManifestConfig``); without a file column the video is
   ``<id>.<ext>`` in the folder (or its ``videos/``).
 
-``source_row`` is 1-based: the line where a CSV record starts (the header is line 1), the
-line of a JSONL record, the row of a parquet shard, the sample of a tar.
+``source_row`` is 1-based (0: the whole file, for a file that cannot be read at all): the
+line where a CSV record starts (the header is line 1), the line of a JSONL record, the row of
+a parquet shard, the sample of a tar.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Bad bytes never abort an ingest; they cost the smallest unit that holds them:
   header) is one reject with ``source_row`` 0 ("the file as a whole"); so is a tar shard that
   is not a tar. Rows of a Parquet shard whose video tar is corrupt are each rejected.
 
+Tar shards are read in place: a sample's video becomes the uri ``tar://<member>::<shard>``
+(see :mod:`.layouts`), found from the tar's headers; no video bytes are read or written at
+ingest. A video member that is cut short or corrupt is the decoder's to classify.
+
 A failing disk or store (an ``OSError`` with an errno) is not bad input: it still raises.
 """
 
@@ -37,14 +41,15 @@ from ragvid.pipelines.corpus.layouts import (
     _basename,
     _open_text,
     _parent,
-    _uri,
     encoding_problem,
     is_clean,
     is_corrupt,
     printable,
+    tar_index,
+    tar_uri,
     unreadable,
 )
-from ragvid.schemas.io import fs_and_path, join, makedirs, write_bytes_atomic
+from ragvid.schemas.io import fs_and_path, join
 
 # --- readers: one input file → raw records -----------------------------------------------
 
@@ -156,14 +161,14 @@ def _read_parquet(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
         return
     shard = _basename(f.uri).removesuffix(".parquet")
     base = _parent(f.uri)
-    tar_uri = join(base, shard + ".tar")
-    tfs, tpath = fs_and_path(tar_uri)
+    tar = join(base, shard + ".tar")
+    tfs, tpath = fs_and_path(tar)
     try:
-        extracted = _extract_tar(tar_uri, plan.videos_dir, shard) if tfs.exists(tpath) else {}
+        in_tar = _tar_videos(tar) if tfs.exists(tpath) else {}
     except Exception as exc:  # noqa: BLE001 - see is_corrupt
         if not is_corrupt(exc):
             raise
-        _, detail = unreadable(tar_uri, "tar file", exc)
+        _, detail = unreadable(tar, "tar file", exc)
         for i, values in enumerate(table.to_pylist(), 1):
             raw = json.dumps(values, default=str, ensure_ascii=False)[:2000]
             yield _rec(f, i, {}, raw, "unreadable file", f"its videos' shard: {detail}")
@@ -171,7 +176,7 @@ def _read_parquet(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
     files_dir = join(base, shard)
     for i, values in enumerate(table.to_pylist(), 1):
         key = values.get(plan.roles["id"] or "key")
-        video = extracted.get(str(key)) if key is not None else None
+        video = in_tar.get(str(key)) if key is not None else None
         if video is None and key is not None:
             for ext in VIDEO_EXTS:
                 cand = join(files_dir, f"{key}{ext}")
@@ -183,48 +188,61 @@ def _read_parquet(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
         yield _rec(f, i, values, json.dumps(values, default=str, ensure_ascii=False)[:2000])
 
 
-def _extract_tar(tar_uri: str, videos_dir: str | None, shard: str) -> dict[str, str]:
-    """Extract a webdataset shard's videos once (idempotent) → key → extracted path."""
+def _split_member(name: str) -> tuple[str, str] | None:
+    """webdataset naming: ``[dir/]<key>.<ext>`` → (key, lower-case ext), None without a dot."""
+    name = name.rsplit("/", 1)[-1]
+    if "." not in name:
+        return None
+    key, ext = name.split(".", 1)
+    return key, ext.lower()
+
+
+def _video_uri(member: str, shard_uri: str) -> str | None:
+    try:
+        return tar_uri(member, shard_uri)
+    except ValueError:  # a member name holding '::': its row gets no video (a reject)
+        return None
+
+
+def _tar_videos(shard_uri: str) -> dict[str, str]:
+    """key → ``tar://<member>::<shard>`` of each sample's video, from the header index alone
+    (the first video member of a key wins). Nothing is extracted or read."""
     out: dict[str, str] = {}
-    samples = _tar_samples(tar_uri)
-    target = join(videos_dir or _parent(tar_uri), shard)
-    makedirs(target)
-    tfs, _ = fs_and_path(target)
-    for key, members in samples.items():
-        ext = next((e for e in members if "." + e in VIDEO_EXTS), None)
-        if ext is None:
-            continue
-        dest = join(target, f"{key}.{ext}")
-        data = members[ext]
-        dfs, dpath = fs_and_path(dest)
-        if not (dfs.exists(dpath) and dfs.size(dpath) == len(data)):
-            write_bytes_atomic(dest, data)
-        out[key] = _uri(dfs, dpath, dest)
+    for member in tar_index(shard_uri):
+        parts = _split_member(member)
+        if parts and "." + parts[1] in VIDEO_EXTS and parts[0] not in out:
+            uri = _video_uri(member, shard_uri)
+            if uri is not None:
+                out[parts[0]] = uri
     return out
 
 
-def _tar_samples(tar_uri: str) -> dict[str, dict[str, bytes]]:
-    """webdataset grouping: ``<key>.<ext>`` members → {key: {ext: bytes}} in tar order."""
-    fs, path = fs_and_path(tar_uri)
+def _tar_samples(shard_uri: str) -> tuple[dict[str, dict[str, bytes]], dict[str, str]]:
+    """webdataset grouping in tar order: ``({key: {ext: bytes}}, {key: video uri})``. Only the
+    small ``.txt``/``.json`` members are read; a video member becomes a ``tar://`` uri (its
+    bytes are never read), any other member only makes its key a sample."""
+    fs, path = fs_and_path(shard_uri)
     samples: dict[str, dict[str, bytes]] = {}
+    videos: dict[str, str] = {}
     with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:*") as tar:
         for m in tar:
-            if not m.isfile():
+            parts = _split_member(m.name) if m.isfile() else None
+            if parts is None:
                 continue
-            name = m.name.rsplit("/", 1)[-1]
-            if "." not in name:
-                continue
-            key, ext = name.split(".", 1)
-            data = tar.extractfile(m).read()  # type: ignore[union-attr]
-            samples.setdefault(key, {})[ext.lower()] = data
-    return samples
+            key, ext = parts
+            members = samples.setdefault(key, {})
+            if "." + ext in VIDEO_EXTS:
+                uri = _video_uri(m.name, shard_uri)
+                if uri is not None:
+                    videos.setdefault(key, uri)
+            elif ext in ("txt", "json"):
+                members[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    return samples, videos
 
 
 def _read_tar(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
-    shard = _basename(f.uri).removesuffix(".tar")
     try:
-        extracted = _extract_tar(f.uri, plan.videos_dir, shard)
-        samples = _tar_samples(f.uri)
+        samples, videos = _tar_samples(f.uri)
     except Exception as exc:  # noqa: BLE001 - see is_corrupt
         if not is_corrupt(exc):
             raise
@@ -253,6 +271,6 @@ def _read_tar(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
             meta = {}
         caption = text.get("txt")
         values = {"key": key, "caption": caption if caption is not None else meta.get("caption")}
-        if key in extracted:
-            values["__video"] = extracted[key]
+        if key in videos:
+            values["__video"] = videos[key]
         yield _rec(f, i, values, json.dumps(values, ensure_ascii=False)[:2000])

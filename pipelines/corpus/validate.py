@@ -4,7 +4,10 @@ de-duplication by key, and the manifest / rejects tables.
 A record the reader marked bad (malformed, not UTF-8, an unreadable file: see
 :mod:`.readers`) is rejected with the reader's reason and field. With ``check_files`` a local
 video must exist *and* be a regular file: a FIFO named ``.mp4`` is rejected here as "not a
-regular file" rather than reaching the decoder, which would block on it or call it empty."""
+regular file" rather than reaching the decoder, which would block on it or call it empty.
+A ``tar://<member>::<shard>`` uri (a video2dataset tar read in place) is checked from the
+shard's header index — the shard must exist (locally or in its store) and list the member;
+the video's bytes are not read (the index is cached, so a shard costs one header pass)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from ragvid.pipelines.corpus.layouts import InputPlan, _basename, _parent, not_a_file
+from ragvid.pipelines.corpus.layouts import (
+    InputPlan,
+    _basename,
+    _parent,
+    is_corrupt,
+    not_a_file,
+    split_tar_uri,
+    tar_index,
+    unreadable,
+)
 from ragvid.schemas.config import ManifestConfig
 from ragvid.schemas.io import join
 
@@ -126,7 +138,7 @@ def validate_record(
     uri, problem = _resolve_uri(rec, values, plan, vid, file_value)
     if uri is None:
         return None, _reject(rec, problem[0], f"{where}: {problem[1]}", roles["uri"], vid)
-    if config.check_files and "://" not in uri:
+    if config.check_files and ("://" not in uri or split_tar_uri(uri)):
         problem = _video_problem(uri)
         if problem:
             return None, _reject(rec, problem[0], f"{where}: {problem[1]}", roles["uri"], vid)
@@ -151,7 +163,11 @@ def validate_record(
 
 def _video_problem(uri: str) -> tuple[str, str] | None:
     """Why a local video cannot be read — missing, not a regular file, or not stat-able —
-    from one stat (a row-level reject: the failure-ratio guard catches a systematic cause)."""
+    from one stat (a row-level reject: the failure-ratio guard catches a systematic cause).
+    A tar member: why its shard cannot be read or does not list it (see :func:`_member_problem`)."""
+    in_tar = split_tar_uri(uri)
+    if in_tar:
+        return _member_problem(uri, *in_tar)
     try:
         kind = not_a_file(uri)
     except (FileNotFoundError, NotADirectoryError):
@@ -160,6 +176,25 @@ def _video_problem(uri: str) -> tuple[str, str] | None:
         return "unreadable file", f"video {uri} cannot be read ({exc.strerror or exc})"
     if kind:
         return "not a regular file", f"video {uri} is {kind}, not a regular file — replace it"
+    return None
+
+
+def _member_problem(uri: str, member: str, shard: str) -> tuple[str, str] | None:
+    """Why ``member`` of the tar ``shard`` cannot be read, from the shard's header index."""
+    if "://" not in shard:
+        problem = _video_problem(shard)
+        if problem:
+            return problem[0], f"{problem[1]} (the tar shard of {uri})"
+    try:
+        index = tar_index(shard)
+    except (FileNotFoundError, NotADirectoryError):
+        return "file not found", f"tar shard {shard} of {uri} does not exist"
+    except Exception as exc:  # noqa: BLE001 - see is_corrupt
+        if not is_corrupt(exc):
+            raise
+        return unreadable(shard, "tar file", exc)
+    if member not in index:
+        return "file not found", f"tar shard {shard} has no member {member!r}"
     return None
 
 

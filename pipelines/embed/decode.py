@@ -9,6 +9,12 @@ Failures raise :class:`DecodeError` whose ``error_class`` is one of :data:`ERROR
 time limit is real: with ``timeout_s`` set, decoding runs in a persistent helper process
 (``python -m ragvid.pipelines.embed.decode --serve``) that is killed and restarted when a video
 overruns, so a decoder stuck (or crashing) inside C code never hangs or kills the caller.
+
+A uri is a local path, an fsspec URI (read into memory), or a member of a video2dataset tar
+shard read in place, ``tar://<member>::<shard path or URI>`` (see
+``ragvid.pipelines.corpus.layouts``): only the member's bytes are read, found from the shard's
+header index; a shard or member that is not there is ``missing``, a shard cut short inside the
+member ``truncated``. The helper process receives the uri string and keeps its own index cache.
 """
 
 from __future__ import annotations
@@ -116,16 +122,55 @@ def _local_path(uri: str) -> str | None:
     return None if "://" in uri else uri
 
 
+def _check_local(path: str, uri: str, what: str = "") -> None:
+    if not os.path.exists(path):
+        raise DecodeError("missing", f"{uri}: no such file{what}")
+    if os.path.isdir(path):
+        raise DecodeError("undecodable", f"{uri}: is a directory, not a video file{what}")
+    if not os.path.isfile(path):  # a FIFO, socket or device: opening a FIFO would block
+        raise DecodeError("undecodable", f"{uri}: not a regular file (a FIFO or device){what}")
+
+
+def _open_tar_member(uri: str, member: str, shard: str) -> tuple[io.BytesIO, int]:
+    """An in-memory copy of one member of a tar shard, read in place: the shard's header
+    index (cached per process) gives the member's offset and size, and only that byte range
+    is read — a seek locally, a ranged read on a remote store."""
+    import tarfile
+
+    from ragvid.pipelines.corpus.layouts import read_tar_member, tar_index
+
+    path = _local_path(shard)
+    if path is not None:
+        _check_local(path, uri, f" (the tar shard {shard})")
+    try:
+        index = tar_index(shard, partial=True)
+    except FileNotFoundError:
+        raise DecodeError("missing", f"{uri}: no tar shard {shard}") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise DecodeError("undecodable", f"{uri}: {shard} is not a readable tar ({exc})") from None
+    if member not in index:
+        raise DecodeError("missing", f"{uri}: the tar shard {shard} has no member {member!r}")
+    try:
+        data = read_tar_member(shard, member, index)
+    except FileNotFoundError:  # the shard went away since it was indexed
+        raise DecodeError("missing", f"{uri}: no tar shard {shard}") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise DecodeError("truncated", f"{uri}: {exc}") from None
+    return io.BytesIO(data), len(data)
+
+
 def _open_source(uri: str) -> tuple[str | io.BytesIO, int]:
-    """A path (local) or an in-memory copy (remote fsspec URI) and its size in bytes."""
+    """A path (local), or an in-memory copy (a remote fsspec URI; a ``tar://<member>::<shard>``
+    member of a video2dataset shard, of just that member) and its size in bytes."""
+    if uri.startswith("tar://"):
+        from ragvid.pipelines.corpus.layouts import split_tar_uri
+
+        in_tar = split_tar_uri(uri)
+        if in_tar:
+            return _open_tar_member(uri, *in_tar)
     path = _local_path(uri)
     if path is not None:
-        if not os.path.exists(path):
-            raise DecodeError("missing", f"{uri}: no such file")
-        if os.path.isdir(path):
-            raise DecodeError("undecodable", f"{uri}: is a directory, not a video file")
-        if not os.path.isfile(path):  # a FIFO, socket or device: opening a FIFO would block
-            raise DecodeError("undecodable", f"{uri}: not a regular file (a FIFO or device)")
+        _check_local(path, uri)
         return path, os.path.getsize(path)
     import fsspec
 
@@ -434,7 +479,8 @@ def decode_video(
     timeout_s: float | None = 60.0,
     _test_delay_s: float = 0.0,
 ) -> DecodedVideo:
-    """Decode ``num_frames`` frames of the video at ``uri`` (a path or fsspec URI).
+    """Decode ``num_frames`` frames of the video at ``uri`` (a path, an fsspec URI or a
+    ``tar://<member>::<shard>`` member).
 
     ``size=(w, h)`` decodes at exactly that size; ``short_side=s`` scales down (never up) so
     the shorter side is ``s``, keeping the aspect ratio. Fewer than ``min_frames`` decodable
