@@ -187,17 +187,27 @@ class DedupConfig(_Config):
     )
     exact_max_n: int = Field(20_000, ge=1)
     cluster_size: int = Field(
-        2048, ge=16, description="target members per cluster, multi-assigned copies included"
+        2048, ge=16, description="target members per cluster (k = N / cluster_size)"
     )
     max_cluster_size: int = Field(
         8192, ge=16, description="a bigger cluster is split by k-means again (one more level)"
     )
-    assign: int = Field(2, ge=1, le=8, description="nearest centroids each vector joins")
+    assign: int = Field(2, ge=1, le=8, description="nearest centroids a vector may join")
+    assign_margin: float = Field(
+        0.05,
+        ge=0,
+        le=2,
+        description="join the 2nd… nearest centroid only within this cosine of the nearest "
+        "(border vectors); 2 joins always — but then a hub centroid gathers every vector",
+    )
     train_points_per_centroid: int = Field(64, ge=39, description="FAISS wants ≥ 39 per centroid")
     train_sample_cap: int = Field(262_144, ge=1_000)
     kmeans_iter: int = Field(20, ge=1)
     block_rows: int = Field(2048, ge=64, description="rows per matrix product inside a cluster")
     workers: int = Field(1, ge=1, description="threads over clusters when Ray is not initialised")
+    vectors_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="how the driver holds the N vectors (float16: half the memory)"
+    )
     seed: int = 0
 
 

@@ -1,10 +1,14 @@
 """Corpus-level near-duplicate groups: all pairs with cosine ≥ δ_dedup, connected components.
 
-Pairs come from a FAISS range search — exact (Flat) up to ``exact_max_n`` videos, IVF
-cluster-then-pairwise above (near-duplicates at 0.965 share a cell or a neighbouring one, so
-a few probes find them). The canonical member of a group is its smallest video_id
-(deterministic, independent of part order). Singletons get no row: a video absent from the
-table is its own canonical member. A histogram of every video's top-1 similarity, with the
+Pairs come from an exact FAISS range search (Flat) up to ``exact_max_n`` videos and, above,
+from :mod:`.dedup_blocks`: spherical k-means, border vectors in their nearest few clusters, exact
+blocked products inside each cluster (Ray tasks when Ray is up) — linear in N for a bounded
+cluster size (``DedupConfig``; the older one-process IVF range search stays as
+``method="ivf"``). Vectors are read part by part (``video_id`` + ``video_emb`` only), frame
+embeddings only for the rows of candidate pairs; components come from scipy over the rows in
+pairs, with no Python object per corpus row. The canonical member of a group is its smallest
+video_id (deterministic, independent of part order). Singletons get no row: a video absent from
+the table is its own canonical member. A histogram of every video's top-1 similarity, with the
 threshold drawn in, is written next to the table to help choose δ_dedup on a new corpus.
 
 A video embedding is a frame mean (Eq. 3), blind to order: a clip and its reverse, or the same
@@ -34,11 +38,11 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ragvid.pipelines.index.dedup_blocks import clustered_pairs, read_frame_rows, read_video_vectors
 from ragvid.pipelines.index.layout import IndexManifest, damaged
-from ragvid.pipelines.index.vectors import load_vectors
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
 from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record
-from ragvid.schemas.config import IndexConfig, defaults
+from ragvid.schemas.config import DedupConfig, IndexConfig, defaults
 from ragvid.schemas.io import write_bytes_atomic
 
 _INDEX = defaults(IndexConfig)
@@ -153,33 +157,60 @@ def verify_pairs(
     return keep
 
 
-def group_pairs(ids: np.ndarray, i: np.ndarray, j: np.ndarray, s: np.ndarray) -> pa.Table:
-    """Connected components of the pair graph as a DUPLICATES table (members of groups ≥ 2)."""
-    n = len(ids)
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    sizes = np.bincount(label, minlength=label.max() + 1 if n else 0)
-    member = sizes[label] > 1
-    max_sim = np.full(n, -1.0, dtype=np.float32)
-    np.maximum.at(max_sim, i, s)
-    np.maximum.at(max_sim, j, s)
-    rows = np.flatnonzero(member)
-    sid = ids.astype(str)
-    canon: dict[int, str] = {}
-    for r in rows:  # groups only: small next to the corpus
-        lab = int(label[r])
-        if lab not in canon or sid[r] < canon[lab]:
-            canon[lab] = sid[r]
-    gid = {lab: g for g, (c, lab) in enumerate(sorted((c, lab) for lab, c in canon.items()))}
-    order = sorted(rows, key=lambda r: (gid[int(label[r])], sid[r]))
+def verify_rows(
+    i: np.ndarray, j: np.ndarray, frames: dict[int, np.ndarray], delta: float
+) -> np.ndarray:
+    """:func:`verify_pairs` over row numbers (frames keyed by row, from
+    :func:`~ragvid.pipelines.index.dedup_blocks.read_frame_rows`)."""
+    keep = np.ones(len(i), dtype=bool)
+    for k, (a, b) in enumerate(zip(i.tolist(), j.tolist(), strict=True)):
+        fa, fb = frames.get(a), frames.get(b)
+        if fa is not None and fb is not None and fa.size and fb.size:
+            keep[k] = aligned_frame_agreement(fa, fb) >= delta
+    return keep
+
+
+def group_pairs(
+    ids: np.ndarray | pa.Array, i: np.ndarray, j: np.ndarray, s: np.ndarray
+) -> pa.Table:
+    """Connected components of the pair graph as a DUPLICATES table (members of groups ≥ 2).
+
+    Only rows that appear in a pair are touched (relabelled to 0..m-1 for scipy's
+    ``connected_components``); the canonical member is the group's smallest video_id, groups
+    are numbered in their canonical ids' order and rows sorted by (group, video_id)."""
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    nodes, inv = np.unique(np.concatenate([i, j]), return_inverse=True)
+    m = len(nodes)
+    li, lj = inv[: len(i)], inv[len(i) :]
+    graph = coo_matrix((np.ones(len(i)), (li, lj)), shape=(m, m))
+    _, label = connected_components(graph, directed=False) if m else (0, np.empty(0, int))
+    sizes = np.bincount(label) if m else np.empty(0, np.int64)
+    max_sim = np.full(m, -1.0, dtype=np.float32)
+    np.maximum.at(max_sim, li, s)
+    np.maximum.at(max_sim, lj, s)
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        sid = np.asarray(ids.take(pa.array(nodes, pa.int64())).to_pylist(), dtype=str)
+    else:
+        sid = np.asarray(ids, dtype=object)[nodes].astype(str)
+    by_label = np.lexsort((sid, label))  # each label's rows, smallest id first
+    first = np.ones(m, dtype=bool)
+    first[1:] = label[by_label][1:] != label[by_label][:-1]
+    canon_row = np.empty(sizes.size, dtype=np.int64)
+    canon_row[label[by_label][first]] = by_label[first]
+    canon = sid[canon_row]  # per label
+    gid_of_label = np.empty(sizes.size, dtype=np.int64)
+    gid_of_label[np.argsort(canon, kind="stable")] = np.arange(sizes.size)
+    gid = gid_of_label[label]
+    order = np.lexsort((sid, gid))
     return pa.table(
         {
-            "video_id": pa.array([sid[r] for r in order], pa.string()),
-            "group_id": pa.array([gid[int(label[r])] for r in order], pa.int64()),
-            "canonical_id": pa.array([canon[int(label[r])] for r in order], pa.string()),
-            "is_canonical": pa.array([sid[r] == canon[int(label[r])] for r in order]),
-            "group_size": pa.array([int(sizes[label[r]]) for r in order], pa.int32()),
-            "max_sim": pa.array([float(max_sim[r]) for r in order], pa.float32()),
+            "video_id": pa.array(sid[order].tolist(), pa.string()),
+            "group_id": pa.array(gid[order], pa.int64()),
+            "canonical_id": pa.array(canon[label[order]].tolist(), pa.string()),
+            "is_canonical": pa.array(sid[order] == canon[label[order]]),
+            "group_size": pa.array(sizes[label[order]].astype(np.int32), pa.int32()),
+            "max_sim": pa.array(max_sim[order], pa.float32()),
         }
     )
 
@@ -220,28 +251,44 @@ def find_duplicates(
     delta_dedup: float = _INDEX["delta_dedup"],
     *,
     delta_frame: float | None = _INDEX["delta_frame"],
-    exact_max_n: int = 20_000,
+    exact_max_n: int | None = None,
     nprobe: int = 16,
+    config: DedupConfig | None = None,
 ) -> DuplicateReport:
     """Find near-duplicate groups, write the DUPLICATES table and its histogram PNG.
 
     Candidate pairs (video cosine ≥ ``delta_dedup``) must also pass the aligned-frame check
-    (≥ ``delta_frame``; None turns it off)."""
+    (≥ ``delta_frame``; None turns it off). ``config`` picks how pairs are found (exact range
+    search up to ``exact_max_n`` videos, clustered above; ``exact_max_n`` overrides the
+    config's); ``nprobe`` is for ``method="ivf"`` only. Reads ``video_id`` + ``video_emb``
+    part by part, and ``frame_emb`` only for the rows in candidate pairs."""
     if not -1.0 < delta_dedup <= 1.0:
         raise ValueError(f"delta_dedup={delta_dedup} must be in (-1, 1] (paper: 0.965)")
     if delta_frame is not None and not -1.0 < delta_frame <= 1.0:
         raise ValueError(f"delta_frame={delta_frame} must be in (-1, 1], or None to skip")
+    cfg = config or DedupConfig()
+    if exact_max_n is not None:
+        cfg = cfg.model_copy(update={"exact_max_n": exact_max_n})
     t0 = time.perf_counter()
-    vec = load_vectors(embeddings)
-    i, j, s, top1, method = similar_pairs(
-        vec.x, delta_dedup, exact_max_n=exact_max_n, nprobe=nprobe
-    )
+    vec = read_video_vectors(embeddings, dtype=cfg.vectors_dtype)
+    n = len(vec.ids)
+    how = cfg.method
+    if how == "auto":
+        how = "exact" if n <= cfg.exact_max_n else "clustered"
+    if how == "clustered":
+        i, j, s, top1, method = clustered_pairs(vec.x, delta_dedup, cfg)
+    else:
+        i, j, s, top1, method = similar_pairs(
+            np.asarray(vec.x, dtype=np.float32),
+            delta_dedup,
+            exact_max_n=n if how == "exact" else 0,
+            nprobe=nprobe,
+        )
     rejected = 0
     if delta_frame is not None and len(i):
-        involved = set(vec.ids[i].astype(str)) | set(vec.ids[j].astype(str))
-        frames = load_frames(embeddings, involved)
+        frames = read_frame_rows(vec.parts, np.concatenate([i, j]))
         if frames:
-            keep = verify_pairs(vec.ids, i, j, frames, delta_frame)
+            keep = verify_rows(i, j, frames, delta_frame)
             rejected = int((~keep).sum())
             i, j, s = i[keep], j[keep], s[keep]
             method += f" + aligned frames ≥ {delta_frame:g}"
@@ -255,15 +302,16 @@ def find_duplicates(
             "delta_dedup": delta_dedup,
             "delta_frame": delta_frame,
             "method": method,
-            "n_videos": len(vec.ids),
+            "n_videos": n,
             "n_rejected_by_frames": rejected,
+            "dedup": cfg.model_dump(),
         },
     )
     hist = histogram_path(out_path)
     write_histogram(top1, delta_dedup, hist)
     canon = table.column("is_canonical").to_numpy(zero_copy_only=False)
     return DuplicateReport(
-        n_videos=len(vec.ids),
+        n_videos=n,
         n_pairs=len(i),
         n_groups=len(set(table.column("group_id").to_pylist())),
         n_in_groups=len(table),
