@@ -16,7 +16,6 @@ so a run killed before its first marker still reads as incomplete, not as "no ma
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,11 +222,3 @@ def complete_parts(folder: str, what: str = "", hint: str = "") -> list[tuple[st
             f"{'; …' if len(bad) > 1 else ''}){' — ' + hint if hint else ''}"
         )
     return [(p, state.check(p)) for p in state.parts()]  # type: ignore[misc]
-
-
-def legacy_markers(folder: str) -> list[str]:
-    """``part-*.done`` files of the old layout (beside the parts), which nothing trusts now."""
-    fs, path = fs_and_path(folder)
-    if not fs.exists(path):
-        return []
-    return [p for p in fs.ls(path, detail=False) if os.path.basename(p).endswith(".done")]

@@ -89,7 +89,6 @@ def embed(
     from ragvid.pipelines.embed.run import ENGINES, embed_corpus
     from ragvid.pipelines.embed.spec import parse_encoder
     from ragvid.schemas import EmbedConfig, Workspace
-    from ragvid.schemas.guards import check_failure_ratio
 
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -144,15 +143,7 @@ def embed(
     console.print(f"embeddings: {report.output}")
     if report.quarantined:
         console.print(f"quarantined rows: {report.failures} (retry with --retry-failures)")
-    check_failure_ratio(
-        f"embedding of {corpus}",
-        report.quarantined,
-        report.rows,
-        report.by_class,
-        config.max_failure_ratio,
-        report.failures,
-        "--max-failure-ratio",
-    )
+    report.check_failure_ratio(config.max_failure_ratio)
 
 
 @encoder_app.command("list")

@@ -25,7 +25,6 @@ from ragvid.pipelines.embed.stage import (
 from ragvid.pipelines.executor.base import LocalExecutor, ProgressFn
 from ragvid.pipelines.executor.ray_tasks import RayTaskExecutor
 from ragvid.schemas import EmbedConfig
-from ragvid.schemas.guards import check_failure_ratio
 from ragvid.schemas.io import output_lock
 from ragvid.schemas.workspace import Workspace
 
@@ -89,13 +88,5 @@ def embed_corpus(
     ordered = [stats[p.index] for p in plans if p.index in stats]
     report = summarize(stage, plans, ordered, time.perf_counter() - started)
     if check_ratio:
-        check_failure_ratio(
-            f"embedding of {corpus}",
-            report.quarantined,
-            report.rows,
-            report.by_class,
-            config.max_failure_ratio,
-            stage.failures,
-            "--max-failure-ratio",
-        )
+        report.check_failure_ratio(config.max_failure_ratio)
     return report

@@ -43,6 +43,7 @@ from ragvid.pipelines.executor.base import LocalExecutor, Part, finish_part, tab
 from ragvid.schemas import EMBEDDINGS, FAILURES, MANIFEST, EmbedConfig
 from ragvid.schemas.faults import fault_point
 from ragvid.schemas.files import clean_temporaries
+from ragvid.schemas.guards import check_failure_ratio
 from ragvid.schemas.io import (
     clear_done,
     exists,
@@ -186,15 +187,18 @@ class EmbedStage:
             name = part_name(i)
             uri = join(self.output, name)
             source = slice_input(sl)
+            marker = state.check(uri, expect_input=source)
+            done = isinstance(marker, Marker)
             plans.append(
                 PartPlan(
                     index=i,
                     uri=uri,
-                    done=state.done(uri, expect_input=source),
+                    done=done,
                     rows=sl.rows,
                     source=sl,
                     files={"failures": join(self.failures, name)},
                     input=source,
+                    marker=marker.stats if done else None,
                 )
             )
         return plans
@@ -460,7 +464,7 @@ def retry_part(
     old_rows = {r["video_id"]: r for r in read_table(plan.uri, EMBEDDINGS).to_pylist()}
     merged = [old_rows.get(r["video_id"]) or redone[r["video_id"]] for r in part_rows]
     clear_done(plan.uri)
-    plan.done = False
+    plan.done, plan.marker = False, None
     stats = write_part(
         plan,
         merged,
@@ -507,6 +511,18 @@ class EmbedReport:
     def frames_per_s(self) -> float:
         done = sum(s.frames for s in self.part_stats if not s.skipped)
         return done / self.seconds if self.seconds > 0 else 0.0
+
+    def check_failure_ratio(self, limit: float) -> None:
+        """The failure-ratio guard over this run (raises ``FailureRatioError``)."""
+        check_failure_ratio(
+            f"embedding of {self.corpus}",
+            self.quarantined,
+            self.rows,
+            self.by_class,
+            limit,
+            self.failures,
+            "--max-failure-ratio",
+        )
 
 
 def summarize(

@@ -32,6 +32,7 @@ class Part:
     source: Any = None  # the stage's own description of its input (a manifest slice, …)
     files: dict[str, str] = field(default_factory=dict)
     input: Any = None  # JSON form of ``source``: a marker made from other input is not done
+    marker: dict[str, Any] | None = None  # the stats of its valid marker, read while planning
 
 
 @runtime_checkable
@@ -71,12 +72,14 @@ def finish_part(part: Part, stats: dict[str, Any]) -> dict[str, Any]:
     checksums of every file it wrote."""
     stats = {**stats, "finished_at": time.time()}
     mark_done(part.uri, stats, files=part.files, input=part.input)
-    part.done = True
+    part.done, part.marker = True, stats
     return stats
 
 
 def marker_stats(part: Part) -> dict[str, Any]:
-    return {**read_done(part.uri), "skipped": True}
+    """A finished part's stats: kept from planning when the plan read them, else its marker."""
+    stats = part.marker if part.marker is not None else read_done(part.uri)
+    return {**stats, "skipped": True}
 
 
 class LocalExecutor:

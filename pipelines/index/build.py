@@ -12,7 +12,6 @@ and verified (:mod:`.versions`).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -132,11 +131,12 @@ def build_shard(trained: bytes, x: np.ndarray, row_ids: np.ndarray, uri: str) ->
     index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), row_ids.astype(np.int64))
     data = faiss.serialize_index(index).tobytes()
     write_bytes_atomic(uri, data)
+    record = bytes_record(data)
     return {
         "file": uri.rsplit("/", 1)[-1],
         "count": int(index.ntotal),
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": record.size,
+        "sha256": record.sha256,
     }
 
 

@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from ragvid.pipelines.index.layout import REBUILD, CorruptShardError, IndexManifest
+from ragvid.schemas.checksum import file_record
 from ragvid.schemas.io import fs_and_path
 
 
@@ -42,18 +43,14 @@ def read_verified(uri: str, sha256: str | None, what: str) -> bytes:
     return data
 
 
-def verify_file(uri: str, sha256: str | None, what: str, chunk: int = 1 << 24) -> None:
+def verify_file(uri: str, sha256: str | None, what: str) -> None:
     """Stream a file through sha256 (no full copy in memory) and check it."""
     fs, path = fs_and_path(uri)
     if not fs.exists(path):
         raise _missing(uri, what)
-    h, size = hashlib.sha256(), 0
-    with fs.open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-            size += len(block)
-    if sha256 is not None and h.hexdigest() != sha256:
-        raise _mismatch(uri, what, size)
+    got = file_record(uri)
+    if sha256 is not None and got.sha256 != sha256:
+        raise _mismatch(uri, what, got.size)
 
 
 def load_shard(man: IndexManifest, i: int) -> faiss.Index:
