@@ -15,6 +15,7 @@ from prefect import flow, task
 from ragvid.flows import monitor
 from ragvid.flows.preflight import check_workspace
 from ragvid.flows.resolve import Resolver
+from ragvid.schemas.files import open_arrow
 from ragvid.schemas.io import exists, fs_and_path, list_parts, read_json
 from ragvid.schemas.markers import TableState
 from ragvid.schemas.workspace import Workspace
@@ -23,8 +24,7 @@ from ragvid.schemas.workspace import Workspace
 def _rows(parts: list[str]) -> int:
     total = 0
     for uri in parts:
-        fs, path = fs_and_path(uri)
-        with fs.open(path, "rb") as fh:
+        with open_arrow(uri) as fh:
             total += pq.ParquetFile(fh).metadata.num_rows
     return total
 

@@ -13,9 +13,12 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 
 from .faults import fault_point
 
@@ -101,6 +104,34 @@ def atomic_put(uri: str | os.PathLike, write) -> None:
         except OSError:
             pass
         raise
+
+
+def arrow_buffer(data: bytes) -> pa.Buffer:
+    """``data`` copied into Arrow's own memory.
+
+    Arrow frees buffers from its worker threads; a buffer that wraps Python ``bytes`` needs the
+    GIL to be freed, and a worker that asks for it while the interpreter exits aborts the whole
+    process ("terminate called without an active exception", exit 134, after a clean run).
+    """
+    out = pa.BufferOutputStream()
+    out.write(data)
+    return out.getvalue()
+
+
+@contextmanager
+def open_arrow(uri: str | os.PathLike) -> Iterator[pa.NativeFile]:
+    """A file for Arrow / Parquet readers that holds no Python-owned memory (see
+    :func:`arrow_buffer`): local files are opened natively; a remote object is read once into
+    Arrow memory (stage parts are bounded in size)."""
+    fs, path = fs_and_path(uri)
+    if is_local(uri):
+        with pa.OSFile(path, "r") as fh:
+            yield fh
+        return
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    with pa.BufferReader(arrow_buffer(data)) as reader:
+        yield reader
 
 
 def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import pyarrow as pa
@@ -20,11 +21,13 @@ import pyarrow.parquet as pq
 from .checksum import FileRecord, verify_bytes
 from .contract import SchemaMismatchError, TableSpec, file_dim
 from .files import (
+    arrow_buffer,
     atomic_put,
     exists,
     fs_and_path,
     join,
     makedirs,
+    open_arrow,
     read_json,
     write_bytes_atomic,
     write_json_atomic,
@@ -122,11 +125,14 @@ def read_table(
     if not fs.exists(path):
         raise FileNotFoundError(f"{uri}: no such table file — run the stage that produces it")
     try:
-        with fs.open(path, "rb") as fh:
-            if expect is not None:
+        if expect is not None:
+            with fs.open(path, "rb") as fh:
                 data = fh.read()
-                verify_bytes(uri, data, expect, "table file")
-                fh = pa.BufferReader(data)  # noqa: PLW2901 - parse the verified bytes
+            verify_bytes(uri, data, expect, "table file")
+            source = nullcontext(pa.BufferReader(arrow_buffer(data)))  # the verified bytes
+        else:
+            source = open_arrow(uri)
+        with source as fh:
             pf = pq.ParquetFile(fh, page_checksum_verification=True)
             meta = pf.schema_arrow.metadata
             spec.check_metadata(meta, uri, dim=dim, encoder=encoder)
@@ -143,8 +149,7 @@ def read_table(
 
 
 def read_metadata(uri: str | os.PathLike) -> dict[bytes, bytes]:
-    fs, path = fs_and_path(str(uri))
-    with fs.open(path, "rb") as fh:
+    with open_arrow(uri) as fh:
         return dict(pq.ParquetFile(fh).schema_arrow.metadata or {})
 
 

@@ -95,7 +95,7 @@ def test_ray_tasks_give_the_in_process_result(clustered_embeddings, ray_local, m
     assert ray_local.is_initialized()
     i_r, j_r, s_r, t_r, _ = clustered_pairs(x, 0.965, SMALL)  # Ray tasks
     with monkeypatch.context() as m:
-        m.delitem(sys.modules, "ray")  # what map_blocks looks at: Ray not running here
+        m.delitem(sys.modules, "ray")  # what map_tasks looks at: Ray not running here
         i_p, j_p, s_p, t_p, _ = clustered_pairs(x, 0.965, SMALL)
     np.testing.assert_array_equal(i_r, i_p)
     np.testing.assert_array_equal(j_r, j_p)

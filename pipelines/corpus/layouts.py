@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ragvid.schemas.config import ManifestConfig
+from ragvid.schemas.files import open_arrow
 from ragvid.schemas.io import fs_and_path, join
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -325,8 +326,7 @@ def plan_inputs(
 
 
 def _parquet_columns(uri: str) -> list[str]:
-    fs, path = fs_and_path(uri)
-    with fs.open(path, "rb") as fh:
+    with open_arrow(uri) as fh:
         return list(pq.ParquetFile(fh).schema_arrow.names)
 
 

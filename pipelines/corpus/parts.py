@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ragvid.schemas import MANIFEST
-from ragvid.schemas.io import fs_and_path, list_parts
+from ragvid.schemas.files import open_arrow
+from ragvid.schemas.io import list_parts
 
 READ_COLUMNS = ["video_id", "uri", "caption"]
 
@@ -45,8 +46,7 @@ def manifest_files(manifest_dir: str, corpus: str = "") -> list[str]:
 
 
 def _row_groups(file: str) -> list[int]:
-    fs, path = fs_and_path(file)
-    with fs.open(path, "rb") as fh:
+    with open_arrow(file) as fh:
         pf = pq.ParquetFile(fh)
         MANIFEST.check_metadata(pf.schema_arrow.metadata, file)
         return [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
@@ -92,8 +92,7 @@ class SliceReader:
         ]
         missing = [g for g in groups if g not in self._cache]
         if missing:
-            fs, path = fs_and_path(sl.file)
-            with fs.open(path, "rb") as fh:
+            with open_arrow(sl.file) as fh:
                 pf = pq.ParquetFile(fh)
                 for g in missing:
                     self._cache[g] = pf.read_row_group(g, columns=self.columns)

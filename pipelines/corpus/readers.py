@@ -49,6 +49,7 @@ from ragvid.pipelines.corpus.layouts import (
     tar_uri,
     unreadable,
 )
+from ragvid.schemas.files import open_arrow
 from ragvid.schemas.io import fs_and_path, join
 
 # --- readers: one input file → raw records -----------------------------------------------
@@ -150,9 +151,8 @@ def _read_jsonl(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
 
 
 def _read_parquet(f: InputFile, plan: InputPlan) -> Iterator[dict[str, Any]]:
-    fs, path = fs_and_path(f.uri)
     try:
-        with fs.open(path, "rb") as fh:
+        with open_arrow(f.uri) as fh:
             table = pq.read_table(fh)
     except Exception as exc:  # noqa: BLE001 - pyarrow's parse errors are untyped
         if not is_corrupt(exc):

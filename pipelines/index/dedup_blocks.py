@@ -17,9 +17,6 @@
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
@@ -28,11 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ragvid.pipelines.executor.map_tasks import map_tasks
 from ragvid.pipelines.index.vectors import _single_encoder, table_vectors
 from ragvid.schemas import EMBEDDINGS, list_parts, read_table
 from ragvid.schemas.config import DedupConfig
 from ragvid.schemas.contract import META_ENCODER
-from ragvid.schemas.io import fs_and_path
+from ragvid.schemas.files import open_arrow
 
 
 @dataclass
@@ -46,8 +44,7 @@ class StreamedVectors:
 
 
 def _part_info(uri: str) -> tuple[int, list[str], dict]:
-    fs, path = fs_and_path(uri)
-    with fs.open(path, "rb") as fh:
+    with open_arrow(uri) as fh:
         pf = pq.ParquetFile(fh)
         return pf.metadata.num_rows, pf.schema_arrow.names, dict(pf.schema_arrow.metadata or {})
 
@@ -153,36 +150,6 @@ def block_pairs(
     return np.concatenate(ii), np.concatenate(jj), np.concatenate(ss), top1
 
 
-def map_blocks(
-    fn: Callable, tasks: Iterable[tuple], *, workers: int = 1, max_in_flight: int = 64
-) -> Iterator:
-    """``fn(*task)`` for each task: Ray tasks when Ray is initialised (a bounded window in
-    flight, so the object store holds a few blocks, not the corpus), else a thread pool, else
-    in-process. Results come back in task order."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        remote = ray.remote(num_cpus=1)(fn)
-        pending: list = []
-        for t in tasks:
-            pending.append(remote.remote(*t))
-            if len(pending) >= max_in_flight:
-                yield ray.get(pending.pop(0))
-        for ref in pending:
-            yield ray.get(ref)
-    elif workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            futs: list = []
-            for t in tasks:
-                futs.append(pool.submit(fn, *t))
-                if len(futs) >= max_in_flight:
-                    yield futs.pop(0).result()
-            for f in futs:
-                yield f.result()
-    else:
-        for t in tasks:
-            yield fn(*t)
-
-
 # -- clusters ----------------------------------------------------------------------------------
 
 
@@ -264,7 +231,7 @@ def clustered_pairs(
     tasks = ((rows, _as32(x[rows]), float(delta), cfg.block_rows) for rows in clusters)
     top1 = np.full(n, -1.0, dtype=np.float32)
     ii, jj, ss = [], [], []
-    results = map_blocks(block_pairs, tasks, workers=cfg.workers)
+    results = map_tasks(block_pairs, tasks, workers=cfg.workers)
     for rows, (i, j, s, t1) in zip(clusters, results, strict=True):
         np.maximum.at(top1, rows, t1)
         ii.append(i)
