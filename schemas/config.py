@@ -165,6 +165,19 @@ class IndexConfig(_Config):
     train_points_per_list: int = Field(64, ge=39)
     train_sample_cap: int = Field(2_000_000, ge=10_000)
     recall_target: float = Field(0.95, gt=0, le=1)
+    vectors_dtype: Literal["auto", "float16", "float32"] = Field(
+        "auto",
+        description="how the exact vectors kept for re-ranking are stored: auto is float32 for a "
+        "Flat index (small corpora, scores exact) and float16 otherwise (half the disk and page "
+        "cache; cosine error ≈ 1e-3)",
+    )
+    add_max_growth: float = Field(
+        2.0,
+        ge=1.0,
+        description="a rebuild after new embedding parts appeared adds them to the current "
+        "version (no retraining) while the index grows at most this factor; beyond, it "
+        "retrains from scratch (the quantizer was sized for the old corpus); 1.0 never adds",
+    )
     canonical_only: bool = Field(False, description="index canonical members of dup groups only")
     delta_dedup: float = Field(DELTA_DEDUP, description="video cosine of a near-duplicate pair")
     delta_frame: float | None = Field(

@@ -18,7 +18,8 @@ DEFAULT_WORKSPACE = "ragvid-workspace"
 # file names inside an index folder (IndexLayout) and a run folder
 INDEX_JSON = "index.json"
 IDS_FILE = "ids.parquet"
-VECTORS_FILE = "vectors.npy"
+VECTORS_FILE = "vectors.npy"  # one float32 file: versions built before pieces
+VECTORS_PIECE = "vectors-{:03d}.npy"  # one piece per shard (pipelines/index/rowstore.py)
 BM25_DIR = "bm25"
 DUPLICATES_FILE = "duplicates.parquet"
 DUPLICATES_HISTOGRAM = "top1_similarity.png"
@@ -125,6 +126,10 @@ class IndexLayout:
 
     def shard(self, i: int) -> str:
         return join(self.folder, SHARD_FILE.format(i))
+
+    def vector_piece(self, i: int) -> str:
+        """Shard ``i``'s exact vectors."""
+        return join(self.folder, VECTORS_PIECE.format(i))
 
     def file(self, name: str) -> str:
         """A file the index manifest names (shards, vectors, …) — relative to the version."""

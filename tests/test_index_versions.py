@@ -98,7 +98,10 @@ def test_build_writes_versions_and_keeps_the_previous_one(index, corpus):
     names = set(man.files)
     assert {"ids.parquet", "duplicates.parquet", "bm25/ids.json"} <= names
     assert all(len(r["sha256"]) == 64 and r["size"] > 0 for r in man.files.values())
-    assert man.vectors["size"] > 0 and all(s["bytes"] > 0 for s in man.shards)
+    pieces = man.vectors["pieces"]  # one piece of exact vectors per shard, each recorded
+    assert [p["file"] for p in pieces] == [f"vectors-{i:03d}.npy" for i in range(4)]
+    assert sum(p["rows"] for p in pieces) == man.ntotal
+    assert all(p["size"] > 0 for p in pieces) and all(s["bytes"] > 0 for s in man.shards)
 
     again = build_index(emb, layout.root, FOUR, ray=False)  # up to date, verified
     assert again.reused and again.version == "v-000001"
@@ -202,7 +205,7 @@ def _damage(man: IndexManifest, what: str) -> str:
     path = {
         "shard": lay.shard(1),
         "ids": lay.ids,
-        "vectors": lay.vectors,
+        "vectors": lay.vector_piece(2),
         "bm25": lay.file("bm25/data.csc.index.npy"),
         "duplicates": man.duplicates,
     }[what]

@@ -27,6 +27,26 @@ from ragvid.schemas.workspace import IndexLayout
 
 _INDEX, _RET = defaults(IndexConfig), defaults(RetrievalConfig)
 
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Run the tasks on a Ray cluster (ray://HOST:10001 or HOST:6379; the workspace on "
+        "a path every node sees); default: local Ray.",
+    ),
+]
+
+
+def _join_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (checked first); nothing to do without one."""
+    if address:
+        from ragvid.flows.preflight import check_ray_address
+        from ragvid.pipelines.executor.ray_tasks import init_ray
+
+        check_ray_address(address)
+        init_ray(address)
+
+
 MODES = {
     "dense": "dense",
     "bm25": "bm25",
@@ -62,11 +82,19 @@ def build(
         bool, typer.Option(help="Index canonical duplicate-group members only.")
     ] = False,
     ray: Annotated[bool, typer.Option(help="Fill shards with Ray tasks.")] = True,
-    force: Annotated[bool, typer.Option(help="Rebuild even if up to date.")] = False,
+    ray_address: RayAddressOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild from scratch even if up to date or only grown.")
+    ] = False,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
-    """Build a sharded FAISS index over a corpus's per-video embeddings."""
+    """Build a sharded FAISS index over a corpus's per-video embeddings.
+
+    Shard tasks read their own embedding parts; when only new parts appeared since the
+    current version (a grown corpus), they are added to it without retraining."""
     from ragvid.pipelines.index.build import build_index
+
+    _join_ray(ray_address)
 
     ws = Workspace.at(workspace).ensure_writable()
     emb = Resolver(ws).embeddings(corpus, encoder)
@@ -87,8 +115,9 @@ def build(
             "(--force rebuilds it)"
         )
         return
+    grown = f" (added to {man.grown_from})" if man.grown_from else ""
     console.print(
-        f"[green]index[/] {out}: version {man.version}, {man.ntotal} videos, {man.factory}, "
+        f"[green]index[/] {out}: version {man.version}{grown}, {man.ntotal} videos, {man.factory}, "
         f"{len(man.shards)} shard(s), search {man.search_params or 'exact'} "
         f"(recall@10 {man.tuned_recall}), {man.build_seconds:.1f}s"
         + (f", left out {man.dropped}" if man.dropped else "")
@@ -215,10 +244,16 @@ def neighbours(
     ],
     delta_dedup: Annotated[float, typer.Option(help="δ_dedup.")] = _RET["delta_dedup"],
     part_size: Annotated[int, typer.Option(help="Videos per output part.")] = 10_000,
+    ray: Annotated[
+        bool, typer.Option(help="One Ray task per part (each worker opens the index once).")
+    ] = False,
+    ray_address: RayAddressOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Materialise training neighbour lists (query and its duplicates excluded); resumable."""
     from ragvid.pipelines.index.neighbours import materialize_neighbours
+
+    _join_ray(ray_address)
 
     ws = Workspace.at(workspace).ensure_writable()
     path = Resolver(ws).index(index)
@@ -232,6 +267,7 @@ def neighbours(
             cfg,
             part_size=part_size,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            ray=ray or bool(ray_address),
         )
     console.print(
         f"[green]neighbours[/] {out}: {rep.n_videos} videos in {rep.n_parts} part(s) "

@@ -39,3 +39,12 @@ def map_tasks(
     else:
         for t in tasks:
             yield fn(*t)
+
+
+def ray_node() -> str | None:
+    """The Ray node this code runs on (None outside Ray): recorded with a task's result, so
+    a run on a cluster shows where each piece was made."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()

@@ -12,31 +12,45 @@ and verified (:mod:`.versions`).
 
 from __future__ import annotations
 
-import io
 import logging
 import math
+import os
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from ragvid.pipelines.executor.map_tasks import map_tasks
+from ragvid.pipelines.executor.ray_tasks import init_ray
 from ragvid.pipelines.index import versions
 from ragvid.pipelines.index.bm25 import Bm25Index
 from ragvid.pipelines.index.dedup import read_duplicates
+from ragvid.pipelines.index.fill import fill_shard, plan_shards, sample_part
 from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest
-from ragvid.pipelines.index.shards import ShardSet
+from ragvid.pipelines.index.parts import (
+    embedding_parts,
+    embedding_paths,
+    part_encoder,
+    part_info,
+    read_columns,
+)
+from ragvid.pipelines.index.rowstore import RowStore, exact_topk
+from ragvid.pipelines.index.shards import ShardSet, load_shard
 from ragvid.pipelines.index.vectors import (
-    Vectors,
+    _single_encoder,
+    _table_hash,
     batch_dot,
-    load_vectors,
     source_snapshot,
 )
 from ragvid.schemas import EMBEDDINGS, INDEX_IDS, IndexConfig, write_table
 from ragvid.schemas.checksum import FileRecord, bytes_record, file_record
 from ragvid.schemas.faults import fault_point
+from ragvid.schemas.files import is_local
 from ragvid.schemas.io import (
     exists,
     fs_and_path,
@@ -49,7 +63,6 @@ from ragvid.schemas.workspace import (  # the index folder's file names live wit
     BM25_DIR,
     DUPLICATES_FILE,
     IDS_FILE,
-    VECTORS_FILE,
     IndexLayout,
 )
 
@@ -109,56 +122,35 @@ def train_sample_size(factory: str, n: int, dim: int, config: IndexConfig) -> in
     return min(n, config.train_sample_cap, max(want, 1))
 
 
-def train_index(x: np.ndarray, factory: str, sample: int, seed: int = 0) -> bytes:
-    """Train once on a random sample; return the serialized empty, trained index."""
+def sample_rows(n: int, sample: int, seed: int = 0) -> np.ndarray:
+    """Sorted rows of a uniform sample of ``sample`` of ``n`` rows (the quantizer's)."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(sample, n), replace=False))
+
+
+def train_index(x: np.ndarray, factory: str) -> bytes:
+    """Train an empty index on the sample ``x``; return it serialized (what shards start from)."""
     index = _new_index(x.shape[1], factory)
     if not index.is_trained:
-        rng = np.random.default_rng(seed)
-        take = rng.choice(len(x), size=min(sample, len(x)), replace=False)
         ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None and len(take) < ivf.nlist:
+        if ivf is not None and len(x) < ivf.nlist:
             raise ValueError(
-                f"factory '{factory}' needs ≥ {ivf.nlist} training vectors, have {len(take)} — "
+                f"factory '{factory}' needs ≥ {ivf.nlist} training vectors, have {len(x)} — "
                 "use fewer lists or let ragvid choose (no --factory)"
             )
-        index.train(np.ascontiguousarray(x[np.sort(take)]))
+        index.train(np.ascontiguousarray(x, dtype=np.float32))
     return faiss.serialize_index(index).tobytes()
 
 
-def build_shard(trained: bytes, x: np.ndarray, row_ids: np.ndarray, uri: str) -> dict[str, Any]:
-    """Fill one shard from the trained index and write it atomically; return its record."""
-    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), row_ids.astype(np.int64))
-    data = faiss.serialize_index(index).tobytes()
-    write_bytes_atomic(uri, data)
-    record = bytes_record(data)
-    return {
-        "file": uri.rsplit("/", 1)[-1],
-        "count": int(index.ntotal),
-        "bytes": record.size,
-        "sha256": record.sha256,
-    }
-
-
-def _fill_shards(
-    trained: bytes, x: np.ndarray, target: IndexLayout, num_shards: int, use_ray: bool
-):
-    bounds = np.linspace(0, len(x), num_shards + 1).astype(int)
-    jobs = [
-        (x[a:b], np.arange(a, b, dtype=np.int64), target.shard(i))
-        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
-    ]
-    if use_ray:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False)
-        remote = ray.remote(build_shard)
-        trained_ref = ray.put(trained)
-        refs = [remote.remote(trained_ref, xs, ids, uri) for xs, ids, uri in jobs]
-        return ray.get(refs), bounds
-    with ThreadPoolExecutor(max_workers=min(num_shards, 4)) as pool:
-        return list(pool.map(lambda j: build_shard(trained, *j), jobs)), bounds
+def _gather_sample(parts: list[tuple[str, np.ndarray]], take: np.ndarray) -> np.ndarray:
+    """The vectors of kept rows ``take`` (sorted, global), read by one task per part."""
+    offsets = np.concatenate([[0], np.cumsum([len(r) for _, r in parts])])
+    tasks = []
+    for (uri, rows), a, b in zip(parts, offsets[:-1], offsets[1:], strict=True):
+        lo, hi = np.searchsorted(take, [a, b])
+        if hi > lo:
+            tasks.append((uri, rows[take[lo:hi] - a]))
+    return np.concatenate(list(map_tasks(sample_part, tasks, workers=2)))
 
 
 # --- the public entry point -------------------------------------------------------------
@@ -211,12 +203,29 @@ def build_index(
                 versions.collect(layout, current)
                 current.reused = True
                 return current
-            log.warning("rebuilding index %s: %s", layout.root, reason)
+            base = _addable(current, str(embeddings), config, duplicates, reason)
+            if base is not None:
+                log.warning(
+                    "index %s: adding %d new part(s) to %s without retraining the quantizer",
+                    layout.root,
+                    len(source_snapshot(str(embeddings))["parts"]) - len(base.source["parts"]),
+                    base.version,
+                )
+            else:
+                log.warning("rebuilding index %s: %s", layout.root, reason)
+        else:
+            base = None
         target = versions.begin(layout, current)  # also removes what killed builds left
         try:
-            man, x = _build_version(embeddings, target, config, duplicates, ray, manifest)
+            if ray:
+                init_ray()
+            man = _build_version(embeddings, target, config, duplicates, manifest, base)
             man.previous = previous
-            man.search_params, man.tuned_recall = tune_search_params(man, x, config.recall_target)
+            man.grown_from = base.version if base is not None else None
+            store = RowStore.open(man, verify=False)
+            man.search_params, man.tuned_recall = tune_search_params(
+                man, store, config.recall_target
+            )
             man.build_seconds = round(time.perf_counter() - t0, 3)
             versions.seal(man)
             versions.verify(man, deep=True)  # what readers will check, read back from disk
@@ -228,6 +237,36 @@ def build_index(
         fault_point("index-build:after-switch")
         versions.collect(layout, man)
     return man
+
+
+def _addable(
+    old: IndexManifest, embeddings: str, config: IndexConfig, dups: str | None, reason: str
+) -> IndexManifest | None:
+    """``old`` when the new build may add to it instead of starting over: only new parts
+    appeared after its unchanged ones (a grown corpus), nothing else changed, its files are
+    intact and the index at most grows by ``config.add_max_growth`` (the quantizer was sized
+    and trained for the old corpus)."""
+    if reason != "the embeddings changed" or "pieces" not in old.vectors:
+        return None
+    if old.config != config.model_dump() or old.duplicates_record != (
+        file_record(dups) if dups is not None else None
+    ):
+        return None
+    before = old.source.get("parts") or []
+    now = source_snapshot(embeddings)["parts"]
+    if len(now) <= len(before) or now[: len(before)] != before:
+        return None
+    try:
+        new_rows = sum(part_info(p).rows for p in embedding_paths(embeddings)[len(before) :])
+    except (OSError, ValueError):
+        return None
+    if old.ntotal + new_rows > config.add_max_growth * old.ntotal:
+        return None
+    try:
+        versions.verify(old, deep=True)
+    except CorruptShardError:
+        return None
+    return old
 
 
 def _stale(old: IndexManifest, embeddings: str, config: IndexConfig, dups: str | None):
@@ -244,77 +283,187 @@ def _stale(old: IndexManifest, embeddings: str, config: IndexConfig, dups: str |
     return None
 
 
+@dataclass
+class _Rows:
+    """The driver's plan of a build: which rows of which parts are indexed, and their ids and
+    captions (strings only — the vectors stay in the parts until the shard tasks read them)."""
+
+    parts: list[tuple[str, np.ndarray]]  # (part uri, kept local rows)
+    ids: pa.Array
+    captions: pa.Array
+    dim: int
+    encoder: str
+    dropped: int
+
+
+def _plan_rows(where: str, non_canonical: pa.Array | None) -> _Rows:
+    """Read ``video_id`` + ``caption`` part by part; refuse empty tables, mixed encoders or
+    dimensions and duplicate ids; leave out ``non_canonical`` ids."""
+    parts, ids, caps, encoders, dims, dropped = [], [], [], set(), set(), 0
+    all_ids = []
+    for info in embedding_parts(where):
+        if info.rows == 0:
+            continue
+        encoders.add(part_encoder(info))
+        dims.add(info.dim)
+        cols = ["video_id", "caption"] if "caption" in info.names else ["video_id"]
+        t = read_columns(info.uri, cols)
+        vid = t.column("video_id").combine_chunks().cast(pa.string())
+        cap = (
+            t.column("caption").combine_chunks().cast(pa.string())
+            if "caption" in cols
+            else pa.array([""] * len(t), pa.string())
+        )
+        all_ids.append(vid)
+        if non_canonical is not None:
+            keep = ~np.asarray(pc.is_in(vid, value_set=non_canonical), dtype=bool)
+            dropped += int((~keep).sum())
+            vid, cap = vid.filter(pa.array(keep)), cap.filter(pa.array(keep))
+            rows = np.flatnonzero(keep).astype(np.int64)
+        else:
+            rows = np.arange(len(t), dtype=np.int64)
+        parts.append((info.uri, rows))
+        ids.append(vid)
+        caps.append(cap)
+    if not all_ids:
+        raise ValueError(f"{where}: the embeddings table is empty — nothing to index")
+    if len(encoders) > 1:
+        raise ValueError(
+            f"{where}: rows from several encoders {sorted(encoders)} — embed with one encoder"
+        )
+    if len(dims) > 1:
+        raise ValueError(
+            f"{where}: parts with vector dimensions {sorted(dims)} — embed with one encoder"
+        )
+    every = pa.concat_arrays(all_ids)
+    if len(pc.unique(every)) != len(every):
+        vc = pc.value_counts(every)
+        dup = vc.field("values").filter(pc.greater(vc.field("counts"), 1)).to_pylist()[:5]
+        raise ValueError(f"{where}: video_id(s) {dup} appear more than once — dedupe the manifest")
+    return _Rows(
+        parts,
+        pa.concat_arrays(ids),
+        pa.concat_arrays(caps),
+        dims.pop(),
+        encoders.pop(),
+        dropped,
+    )
+
+
+def _vectors_dtype(config: IndexConfig, factory: str) -> str:
+    if config.vectors_dtype != "auto":
+        return config.vectors_dtype
+    return "float32" if factory.replace("IDMap,", "").startswith("Flat") else "float16"
+
+
 def _build_version(
     embeddings: str | pa.Table,
     target: IndexLayout,
     config: IndexConfig,
     duplicates: str | None,
-    ray: bool,
     manifest: str | None,
-) -> tuple[IndexManifest, np.ndarray]:
+    base: IndexManifest | None = None,
+) -> IndexManifest:
     """Write every file of a new version into ``target``; return its manifest (not yet sealed,
-    search parameters not yet tuned) and the normalised vectors."""
-    vec = load_vectors(embeddings)
+    search parameters not yet tuned). The driver holds ids and captions, a quantizer sample
+    and one task result at a time — never the corpus's vectors.
+
+    With ``base`` (see :func:`_addable`) the parts ``base`` was built from keep their rows,
+    shards and vector pieces (linked or copied into the new version, unchanged); only the new
+    parts are read, into new shards filled from ``base``'s trained quantizer."""
     files: dict[str, dict[str, Any]] = {}
     dropped: dict[str, int] = {}
+    source_extra: dict[str, Any] = {}
+    if isinstance(embeddings, pa.Table):  # keep the source with the version, then stream it
+        encoder = _single_encoder(embeddings, "embeddings table")
+        if len(embeddings) == 0:
+            raise ValueError("embeddings table: the embeddings table is empty — nothing to index")
+        write_table(join(target.embeddings, part_name(0)), embeddings, EMBEDDINGS, encoder=encoder)
+        source_extra = {"sha256": _table_hash(embeddings)}
+        where = target.embeddings
+    else:
+        where = str(embeddings)
+    non_canonical = None
     if duplicates is not None:
         dups, record = _copy_duplicates(duplicates, target)
         files[DUPLICATES_FILE] = record.to_json()
         if config.canonical_only:
-            non_canon = {
-                v for v, c in zip(dups["video_id"], dups["is_canonical"], strict=True) if not c
-            }
-            keep = np.array([v not in non_canon for v in vec.ids], dtype=bool)
-            dropped["non_canonical"] = int((~keep).sum())
-            vec = Vectors(vec.ids[keep], vec.x[keep], vec.captions[keep], vec.encoder, vec.source)
-    n, dim = vec.x.shape
-    factory = config.factory or choose_factory(n, dim, config.memory_budget_gb)
-    num_shards = max(1, min(config.num_shards, n))
-    if isinstance(embeddings, pa.Table):  # keep the source with the version
-        write_table(
-            join(target.embeddings, part_name(0)), embeddings, EMBEDDINGS, encoder=vec.encoder
+            non_canonical = pa.array(
+                [v for v, c in zip(dups["video_id"], dups["is_canonical"], strict=True) if not c],
+                pa.string(),
+            )
+    plan = _plan_rows(where, non_canonical)
+    if non_canonical is not None:
+        dropped["non_canonical"] = plan.dropped
+    n, dim = len(plan.ids), plan.dim
+    if n == 0:
+        raise ValueError(f"{where}: no rows left to index after leaving out duplicates")
+    if base is not None:
+        factory, dtype = base.factory, base.vectors["dtype"]
+        trained = _empty_copy(base)
+        kept, old_parts = _carry_over(base, target), len(base.source["parts"])
+        jobs = plan_shards(
+            plan.parts[old_parts:],
+            config.num_shards,
+            base.ntotal,
+            target.shard,
+            target.vector_piece,
+            dtype,
+            first_shard=len(base.shards),
         )
-        vec.source = {**vec.source, **source_snapshot(target.embeddings)}
-    trained = train_index(vec.x, factory, train_sample_size(factory, n, dim, config))
-    import ray as ray_mod
-
-    shards, bounds = _fill_shards(
-        trained, vec.x, target, num_shards, ray or ray_mod.is_initialized()
-    )
+    else:
+        factory = config.factory or choose_factory(n, dim, config.memory_budget_gb)
+        sample = train_sample_size(factory, n, dim, config)
+        x_train = (
+            _gather_sample(plan.parts, sample_rows(n, sample))
+            if sample
+            else np.empty((0, dim), np.float32)
+        )
+        trained = train_index(x_train, factory)
+        dtype = _vectors_dtype(config, factory)
+        kept = []
+        jobs = plan_shards(
+            plan.parts, config.num_shards, 0, target.shard, target.vector_piece, dtype
+        )
+    ray_mod = sys.modules.get("ray")
+    if ray_mod is not None and ray_mod.is_initialized():
+        trained = ray_mod.put(trained)  # shipped once, not once per shard
+    tasks = [(trained, j) for j in jobs]
+    results = kept + list(map_tasks(fill_shard, tasks, workers=max(1, min(len(jobs), 4))))
     fault_point("index-build:after-shards")
-    shard_of = np.repeat(np.arange(num_shards, dtype=np.int32), np.diff(bounds))
+    counts = [r["shard"]["count"] for r in results]
+    if sum(counts) != n:
+        raise RuntimeError(f"shards hold {sum(counts)} vectors, the plan has {n} — rebuild")
+    shard_of = np.repeat(np.arange(len(results), dtype=np.int32), counts)
     ids_table = pa.table(
         {
             "row_id": pa.array(np.arange(n, dtype=np.int64)),
-            "video_id": pa.array(vec.ids.tolist(), pa.string()),
+            "video_id": plan.ids,
             "shard": pa.array(shard_of),
-            "caption": pa.array([str(c) if c is not None else "" for c in vec.captions]),
+            "caption": pc.fill_null(plan.captions, ""),
         }
     )
-    write_table(target.ids, ids_table, INDEX_IDS, encoder=vec.encoder, config=config.model_dump())
+    write_table(target.ids, ids_table, INDEX_IDS, encoder=plan.encoder, config=config.model_dump())
     files[IDS_FILE] = file_record(target.ids).to_json()
-    buf = io.BytesIO()
-    np.save(buf, vec.x)
-    write_bytes_atomic(target.vectors, buf.getvalue())
-    vectors = {"file": VECTORS_FILE, "dtype": "float32", **bytes_record(buf.getvalue()).to_json()}
-    bm25 = Bm25Index.build([str(c) for c in vec.captions], vec.ids.tolist())
+    captions = ids_table.column("caption").to_pylist()
+    bm25 = Bm25Index.build(captions, ids_table.column("video_id").to_pylist())
     bm25.save(target.bm25)
     files.update(
         {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(target.bm25).items()}
     )
     fault_point("index-build:after-files")
-    man = IndexManifest(
-        encoder=vec.encoder,
+    return IndexManifest(
+        encoder=plan.encoder,
         dim=dim,
         metric="inner_product",
         factory=factory,
         ntotal=n,
-        shards=shards,
+        shards=[r["shard"] for r in results],
         search_params={},
-        source={**vec.source, "manifest": manifest},
+        source={"uri": where, **source_snapshot(where), **source_extra, "manifest": manifest},
         build_seconds=0.0,
         config=config.model_dump(),
-        vectors=vectors,
+        vectors={"dtype": dtype, "pieces": [r["piece"] for r in results]},
         canonical_only=config.canonical_only,
         duplicates=target.built_duplicates if duplicates is not None else None,
         dropped=dropped,
@@ -322,7 +471,37 @@ def _build_version(
         files=files,
         path=target.root,
     )
-    return man, vec.x
+
+
+def _empty_copy(base: IndexManifest) -> bytes:
+    """``base``'s trained quantizer with no vectors: shard 0, emptied."""
+    index = load_shard(base, 0)
+    index.reset()
+    return faiss.serialize_index(index).tobytes()
+
+
+def _carry_over(base: IndexManifest, target: IndexLayout) -> list[dict[str, Any]]:
+    """Hard-link (or copy) ``base``'s shards and vector pieces into ``target``; return their
+    records, as the shard tasks return theirs."""
+    out = []
+    for shard, piece in zip(base.shards, base.vectors["pieces"], strict=True):
+        for name in (shard["file"], piece["file"]):
+            _link_or_copy(base.layout.file(name), target.file(name))
+        out.append({"shard": dict(shard), "piece": dict(piece)})
+    return out
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if is_local(src) and is_local(dst):
+        try:
+            os.link(fs_and_path(src)[1], fs_and_path(dst)[1])
+            return
+        except OSError:
+            pass  # another filesystem, or no hard links: copy
+    fs, path = fs_and_path(src)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    write_bytes_atomic(dst, data)
 
 
 def _copy_duplicates(src: str, target: IndexLayout) -> tuple[dict[str, list], FileRecord]:
@@ -341,7 +520,7 @@ def _copy_duplicates(src: str, target: IndexLayout) -> tuple[dict[str, list], Fi
 
 
 def tune_search_params(
-    man: IndexManifest, x: np.ndarray, recall_target: float, n_queries: int = 200, k: int = 10
+    man: IndexManifest, x: RowStore, recall_target: float, n_queries: int = 200, k: int = 10
 ) -> tuple[dict[str, Any], float | None]:
     """Smallest nprobe / efSearch whose recall@k against exact search meets the target,
     measured with queries made by perturbing sampled corpus vectors (cosine ≈ 0.9 to their
@@ -357,7 +536,7 @@ def tune_search_params(
     q = q + rng.standard_normal(q.shape).astype(np.float32) * (0.5 / math.sqrt(q.shape[1]))
     q /= np.linalg.norm(q, axis=1, keepdims=True)  # a new video near a corpus video (cos ≈ 0.9)
     kk = min(k, len(x))
-    exact = np.argsort(-(q @ x.T), axis=1)[:, :kk]
+    exact = exact_topk(q, x, kk)
     if "HNSW" in man.factory:
         name, grid = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
     else:

@@ -70,6 +70,7 @@ class IndexManifest:
     created: float = field(default_factory=time.time)
     version: str | None = None  # None: the flat layout of builds before versions
     previous: str | None = None  # the version this one replaced (kept until the next switch)
+    grown_from: str | None = None  # the version whose shards this one kept, adding new parts
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # version-relative → record
     path: str = ""  # the index folder (not serialised)
     reused: bool = field(default=False, compare=False)  # a build found it up to date

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ragvid.pipelines.executor.map_tasks import map_tasks, ray_node
+from ragvid.pipelines.executor.ray_tasks import init_ray
 from ragvid.pipelines.index.dedup import read_duplicates, read_index_duplicates
-from ragvid.pipelines.index.layout import IndexManifest, relative_path
+from ragvid.pipelines.index.layout import IndexManifest, read_ids, relative_path
 from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.vectors import batch_dot
 from ragvid.schemas import NEIGHBOURS, RetrievalConfig, mark_done, write_table
@@ -124,6 +126,81 @@ def _params(
     }
 
 
+@dataclass(frozen=True)
+class _Source:
+    """What a worker opens once and reuses for every part it computes."""
+
+    index_dir: str
+    version: str | None
+    duplicates: str | None
+    delta_dedup: float
+    exact_scores: bool
+
+
+_OPENED: dict[_Source, tuple[Retriever, _Exclusion, int]] = {}
+
+
+def _open(src: _Source) -> tuple[Retriever, _Exclusion, int]:
+    """The index, its exclusion filter and the widening its largest group needs — opened once
+    per worker process (Ray reuses workers: each opens the shards once, not once per part)."""
+    if src not in _OPENED:
+        _OPENED.clear()  # one index per worker at a time
+        r = Retriever.open(src.index_dir)
+        if r.man.version != src.version:
+            raise RuntimeError(
+                f"index {src.index_dir} switched from {src.version} to {r.man.version} while "
+                "neighbour lists were computed — rerun `ragvid neighbours` (finished parts "
+                "made from the old version are refused, not mixed)"
+            )
+        groups: dict[str, int] = {}
+        if src.duplicates:
+            d = (
+                read_index_duplicates(r.man)  # the version's copy, checked against index.json
+                if src.duplicates == r.man.duplicates
+                else read_duplicates(src.duplicates)
+            )
+            groups = dict(zip(d["video_id"], d["group_id"], strict=True))
+        excl = _Exclusion(r, groups, src.delta_dedup, src.exact_scores)
+        _OPENED[src] = (r, excl, max_group(groups) + 1)
+    return _OPENED[src]
+
+
+def neighbour_part(
+    src: _Source,
+    config: RetrievalConfig,
+    batch: Sequence[str],
+    uri: str,
+    params: dict,
+    batch_size: int,
+) -> dict:
+    """Compute and write one output part (a plain function: a Ray task, a thread or inline);
+    return its stats. The driver writes the marker."""
+    r, excl, extra = _open(src)
+    chunks, search_s = [], 0.0
+    for a in range(0, len(batch), batch_size):
+        ids = list(batch[a : a + batch_size])
+        x, found = r.vectors_for(ids)
+        if not found.all():
+            miss = [v for v, f in zip(ids, found, strict=True) if not f][:5]
+            raise KeyError(f"video_id(s) {miss} are not in the index or its embeddings")
+        ts = time.perf_counter()
+        res = r.filtered_search(x, "video", config, None, extra, extra_exclude=excl.bind(ids, x))
+        search_s += time.perf_counter() - ts
+        chunks.append(res)
+    nids = np.concatenate([c.ids for c in chunks])
+    sc = np.concatenate([c.scores for c in chunks])
+    mk = np.concatenate([c.mask for c in chunks])
+    write_table(uri, neighbours_table(batch, nids, sc, mk), NEIGHBOURS, config=params)
+    return {
+        "rows": len(batch),
+        "valid_slots": int(mk.sum()),
+        "fully_padded": int((~mk.any(axis=1)).sum()),
+        "params_sha256": _sha(params),
+        "search_seconds": round(search_s, 4),
+        "node": ray_node(),
+    }
+
+
 def materialize_neighbours(
     index_dir: str,
     out_dir: str,
@@ -134,31 +211,39 @@ def materialize_neighbours(
     part_size: int = 10_000,
     batch_size: int = 4096,
     progress=None,
+    ray: bool = False,
 ) -> NeighbourReport:
     """Write ``out_dir/part-NNNNN.parquet`` (NEIGHBOURS) for ``video_ids`` (default: every
     video of the index). ``duplicates`` defaults to the one the index records. ``progress``
-    is an optional callable ``(done_videos, total_videos)``."""
+    is an optional callable ``(done_videos, total_videos)``.
+
+    Parts are computed in parallel as Ray tasks when Ray is up (``ray=True`` starts a local
+    one; a cluster joined with ``--ray-address`` spreads them over its nodes), each worker
+    opening the index once; otherwise in this process. The driver keeps the lock, the skip of
+    finished parts and the markers."""
     t0 = time.perf_counter()
-    r = Retriever.open(index_dir)
-    ids = list(r.ids) if video_ids is None else [str(v) for v in video_ids]
+    man = IndexManifest.load(index_dir)
+    duplicates = duplicates or man.duplicates
+    if video_ids is None:
+        ids = read_ids(man).column("video_id").to_pylist()
+    else:
+        ids = [str(v) for v in video_ids]
     if not ids:
         raise ValueError("no training videos given — pass video_ids or build a non-empty index")
-    duplicates = duplicates or r.man.duplicates
-    groups: dict[str, int] = {}
-    if duplicates:
-        d = (
-            read_index_duplicates(r.man)  # the version's copy, checked against index.json
-            if duplicates == r.man.duplicates
-            else read_duplicates(duplicates)
-        )
-        groups = dict(zip(d["video_id"], d["group_id"], strict=True))
+    src = _Source(
+        str(index_dir),
+        man.version,
+        duplicates,
+        config.delta_dedup,
+        not man.compressed or config.rerank_exact,
+    )
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size, r.man)
-    excl = _Exclusion(r, groups, config.delta_dedup, not r.man.compressed or config.rerank_exact)
-    extra = max_group(groups) + 1
+    params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size, man)
     n_parts = (len(ids) + part_size - 1) // part_size
     written = skipped = fully_padded = 0
-    valid_sum, search_s = 0.0, 0.0
+    valid_sum, search_s, done = 0.0, 0.0, 0
+    if ray:
+        init_ray()
     with output_lock(out_dir):
         declare_table(out_dir, "neighbours")
         state = TableState(out_dir)
@@ -169,54 +254,33 @@ def materialize_neighbours(
                     f"{out_dir} holds neighbour lists made with other parameters ({p}) — pick "
                     "another name, or delete the folder to recompute"
                 )
+        todo = []
         for part in range(n_parts):
             uri = join(out_dir, f"part-{part:05d}.parquet")
             lo, hi = part * part_size, min(len(ids), (part + 1) * part_size)
             marker = state.check(uri, expect_input={"rows": [lo, hi]})
             if isinstance(marker, Marker):
                 skipped += 1
-                stats = marker.stats
-                valid_sum += stats["valid_slots"]
-                fully_padded += stats["fully_padded"]
-                if progress:
-                    progress(hi, len(ids))
+                valid_sum += marker.stats["valid_slots"]
+                fully_padded += marker.stats["fully_padded"]
+                done += hi - lo
                 continue
-            chunks = []
-            for a in range(lo, hi, batch_size):
-                batch = ids[a : min(hi, a + batch_size)]
-                x, found = r.vectors_for(batch)
-                if not found.all():
-                    miss = [v for v, f in zip(batch, found, strict=True) if not f][:5]
-                    raise KeyError(f"video_id(s) {miss} are not in the index or its embeddings")
-                ts = time.perf_counter()
-                res = r.filtered_search(
-                    x,
-                    "video",
-                    config,
-                    None,
-                    extra,
-                    extra_exclude=excl.bind(batch, x),
-                )
-                search_s += time.perf_counter() - ts
-                chunks.append((batch, res))
-                if progress:
-                    progress(a + len(batch), len(ids))
-            vids = [v for b, _ in chunks for v in b]
-            nids = np.concatenate([c.ids for _, c in chunks])
-            sc = np.concatenate([c.scores for _, c in chunks])
-            mk = np.concatenate([c.mask for _, c in chunks])
-            write_table(uri, neighbours_table(vids, nids, sc, mk), NEIGHBOURS, config=params)
-            stats = {
-                "rows": len(vids),
-                "valid_slots": int(mk.sum()),
-                "fully_padded": int((~mk.any(axis=1)).sum()),
-                "params_sha256": _sha(params),
-            }
+            todo.append((uri, lo, hi))
+        if progress:
+            progress(done, len(ids))
+        tasks = ((src, config, ids[lo:hi], uri, params, batch_size) for uri, lo, hi in todo)
+        results = map_tasks(neighbour_part, tasks, max_in_flight=8)
+        for (uri, lo, hi), stats in zip(todo, results, strict=True):
+            search_s += stats.pop("search_seconds")
             fault_point("neighbours:before-marker")
             mark_done(uri, stats, input={"rows": [lo, hi]})
             written += 1
             valid_sum += stats["valid_slots"]
             fully_padded += stats["fully_padded"]
+            done += hi - lo
+            if progress:
+                progress(done, len(ids))
+    _OPENED.clear()  # what this process opened for inline parts
     secs = time.perf_counter() - t0
     return NeighbourReport(
         out_dir=str(out_dir),

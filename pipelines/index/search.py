@@ -9,7 +9,6 @@ When the filters leave fewer than K and more candidates could qualify, the fetch
 
 from __future__ import annotations
 
-import io
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,15 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 
 from ragvid.pipelines.index.layout import IndexManifest, damaged, read_ids
-from ragvid.pipelines.index.shards import RayShardSet, ShardSet, read_verified, verify_file
+from ragvid.pipelines.index.rowstore import RowStore
+from ragvid.pipelines.index.shards import RayShardSet, ShardSet
 from ragvid.pipelines.index.vectors import batch_dot, l2_normalise
 from ragvid.schemas import EMBEDDINGS, MANIFEST, RetrievalConfig, read_table
 from ragvid.schemas.checksum import ChecksumMismatchError
-from ragvid.schemas.io import exists, fs_and_path, list_parts, read_parts
-from ragvid.schemas.workspace import VECTORS_FILE
+from ragvid.schemas.io import exists, list_parts, read_parts
 
 Modality = Literal["text", "video", "vector"]
 TextMode = Literal["dense", "bm25", "hybrid-rerank", "rrf"]
@@ -124,7 +122,7 @@ class Retriever:
         man: IndexManifest,
         shards: ShardSet | RayShardSet,
         ids_table: pa.Table,
-        vectors: np.ndarray,
+        vectors: RowStore,
     ):
         self.man = man
         self.shards = shards
@@ -145,16 +143,7 @@ class Retriever:
         man = IndexManifest.load(index_dir)
         shards = ShardSet.open(man) if backend == "threads" else RayShardSet(man)
         ids_table = read_ids(man)
-        vuri = man.layout.file(man.vectors.get("file", VECTORS_FILE))
-        fs, vpath = fs_and_path(vuri)
-        if isinstance(fs, LocalFileSystem):  # memory-map: 1M × 512 float32 is 2 GB
-            verify_file(vuri, man.vectors.get("sha256"), "vectors file")
-            vectors = np.load(vpath, mmap_mode="r")
-        else:
-            data = read_verified(vuri, man.vectors.get("sha256"), "vectors file")
-            vectors = np.load(io.BytesIO(data))
-        if vectors.shape != (man.ntotal, man.dim):
-            raise ValueError(f"{vuri}: shape {vectors.shape} ≠ ({man.ntotal}, {man.dim})")
+        vectors = RowStore.open(man)
         return cls(man, shards, ids_table, vectors)
 
     # --- ids -------------------------------------------------------------------------

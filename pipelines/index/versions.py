@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 
 from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest, damaged
+from ragvid.pipelines.index.rowstore import piece_records
 from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record, verify_file
 from ragvid.schemas.files import UnreadableJsonError, fs_and_path, makedirs, write_json_atomic
 from ragvid.schemas.workspace import (
@@ -96,10 +97,7 @@ def records(man: IndexManifest) -> list[tuple[str, str, FileRecord]]:
         for i, s in enumerate(man.shards)
         if s.get("sha256")
     ]
-    v = man.vectors
-    if v.get("sha256"):
-        rec = FileRecord(int(v.get("size", -1)), v["sha256"])
-        out.append((lay.file(v.get("file", VECTORS_FILE)), "vectors file", rec))
+    out += piece_records(man)
     for name, data in sorted(man.files.items()):
         rec = FileRecord.from_json(data)
         if rec is not None:
@@ -152,7 +150,9 @@ def _remove_flat(layout: IndexLayout) -> list[str]:
     for p in fs.ls(root, detail=False):
         name = p.rstrip("/").rsplit("/", 1)[-1]
         flat = name in (IDS_FILE, VECTORS_FILE, BM25_DIR)
-        if flat or (name.startswith("shard-") and name.endswith(".faiss")):
+        shard = name.startswith("shard-") and name.endswith(".faiss")
+        piece = name.startswith("vectors-") and name.endswith(".npy")
+        if flat or shard or piece:
             _remove(p)
             gone.append(name)
     return gone

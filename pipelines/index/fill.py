@@ -1,0 +1,110 @@
+"""Filling index shards: one task per shard reads its own embedding parts.
+
+The driver plans (which rows of which parts go to which shard, their global row ids) and
+trains the quantizer once; each task deserialises the trained, empty index, streams its
+parts' ``video_emb`` (only the rows it was given), adds them, and writes its FAISS shard and
+its piece of the exact vectors (:mod:`.rowstore`) — the vectors never pass through the
+driver or the object store. Runs as Ray tasks when Ray is up (any node that sees the
+workspace), else threads (:func:`~ragvid.pipelines.executor.map_tasks.map_tasks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from ragvid.pipelines.executor.map_tasks import ray_node
+from ragvid.pipelines.index.parts import read_part_vectors
+from ragvid.pipelines.index.rowstore import write_piece
+from ragvid.schemas.checksum import bytes_record
+from ragvid.schemas.files import write_bytes_atomic
+
+
+@dataclass(frozen=True)
+class Span:
+    """Rows of one part that go to one shard: local row numbers, in order."""
+
+    uri: str
+    rows: np.ndarray  # int64 local rows of the part
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What one shard task builds: its spans, its first global row id, its two files."""
+
+    spans: tuple[Span, ...]
+    first_row: int
+    shard_uri: str
+    piece_uri: str
+    vectors_dtype: str
+
+    @property
+    def rows(self) -> int:
+        return sum(len(s.rows) for s in self.spans)
+
+
+def plan_shards(
+    parts: list[tuple[str, np.ndarray]],
+    num_shards: int,
+    first_row: int,
+    shard_uri,
+    piece_uri,
+    vectors_dtype: str,
+    first_shard: int = 0,
+) -> list[ShardJob]:
+    """Split the kept rows of ``parts`` (in order) into ``num_shards`` contiguous runs of
+    global row ids starting at ``first_row``; a part may straddle two shards."""
+    total = sum(len(r) for _, r in parts)
+    num_shards = max(1, min(num_shards, total))
+    bounds = np.linspace(0, total, num_shards + 1).astype(np.int64)
+    jobs, cursor, p, offset = [], 0, 0, 0
+    for i in range(num_shards):
+        want, spans = int(bounds[i + 1] - bounds[i]), []
+        while want > 0:
+            uri, rows = parts[p]
+            take = rows[offset : offset + want]
+            if len(take):
+                spans.append(Span(uri, take))
+            want -= len(take)
+            offset += len(take)
+            if offset >= len(rows):
+                p, offset = p + 1, 0
+        k = first_shard + i
+        jobs.append(
+            ShardJob(tuple(spans), first_row + cursor, shard_uri(k), piece_uri(k), vectors_dtype)
+        )
+        cursor += jobs[-1].rows
+    return jobs
+
+
+def fill_shard(trained: bytes, job: ShardJob) -> dict:
+    """Build one shard from its spans; write the shard and its vector piece atomically;
+    return both records."""
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    piece = np.empty((job.rows, index.d), dtype=job.vectors_dtype)
+    at = 0
+    for span in job.spans:
+        v = read_part_vectors(span.uri, span.rows)
+        ids = np.arange(job.first_row + at, job.first_row + at + len(v), dtype=np.int64)
+        index.add_with_ids(v, ids)
+        piece[at : at + len(v)] = v
+        at += len(v)
+    data = faiss.serialize_index(index).tobytes()
+    write_bytes_atomic(job.shard_uri, data)
+    rec = bytes_record(data)
+    shard = {
+        "file": job.shard_uri.rsplit("/", 1)[-1],
+        "count": int(index.ntotal),
+        "bytes": rec.size,
+        "sha256": rec.sha256,
+        "first_row": job.first_row,
+        "node": ray_node(),
+    }
+    return {"shard": shard, "piece": write_piece(job.piece_uri, piece)}
+
+
+def sample_part(uri: str, rows: np.ndarray) -> np.ndarray:
+    """The normalised vectors of ``rows`` of one part (float32): the quantizer's sample."""
+    return read_part_vectors(uri, rows)

@@ -1,0 +1,96 @@
+"""Embedding parts as the index stages read them: footers, one part's columns, checked vectors.
+
+Index build, dedup and neighbour lists stream the embeddings table part by part and read only
+the columns they need (``video_id``, ``caption``, ``video_emb``; never ``frame_emb`` unless
+asked), so no process holds the corpus. The checks are those the whole-table reader makes
+(mixed encoders, NaN/zero vectors named by video_id), applied per part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ragvid.pipelines.index.vectors import _single_encoder, table_vectors
+from ragvid.schemas import EMBEDDINGS, list_parts, read_table
+from ragvid.schemas.contract import META_ENCODER
+from ragvid.schemas.files import open_arrow
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One part's footer: rows, vector dimension, the encoder its metadata names ('' if none)."""
+
+    uri: str
+    rows: int
+    dim: int
+    encoder: str
+    names: tuple[str, ...] = ()
+
+
+def part_info(uri: str) -> PartInfo:
+    with open_arrow(uri) as fh:
+        pf = pq.ParquetFile(fh)
+        schema = pf.schema_arrow
+        meta = dict(schema.metadata or {})
+        field = schema.field("video_emb") if "video_emb" in schema.names else None
+        dim = field.type.list_size if field is not None else -1
+        return PartInfo(
+            uri,
+            pf.metadata.num_rows,
+            dim,
+            meta.get(META_ENCODER, b"").decode(),
+            tuple(schema.names),
+        )
+
+
+def embedding_paths(embeddings: str) -> list[str]:
+    """The parts of an embeddings folder (or one ``.parquet`` file), sorted; a managed folder
+    must be complete (:func:`~ragvid.schemas.io.list_parts`)."""
+    where = str(embeddings)
+    paths = [where] if where.endswith(".parquet") else list_parts(where)
+    if not paths:
+        raise FileNotFoundError(f"{where}: no part-*.parquet files — run the embed stage")
+    return paths
+
+
+def embedding_parts(embeddings: str) -> list[PartInfo]:
+    """The footers of every part (:func:`embedding_paths`)."""
+    return [part_info(p) for p in embedding_paths(embeddings)]
+
+
+def part_encoder(info: PartInfo) -> str:
+    """The encoder of a part: its metadata, else its ``encoder`` column (one value)."""
+    if info.encoder:
+        return info.encoder
+    return _single_encoder(read_table(info.uri, EMBEDDINGS, columns=["encoder"]), info.uri)
+
+
+def read_columns(uri: str, columns: list[str]) -> pa.Table:
+    return read_table(uri, EMBEDDINGS, columns=columns)
+
+
+def normalised(v: np.ndarray, ids: pa.Array, where: str) -> np.ndarray:
+    """``v`` L2-normalised in place; NaN/inf or zero rows are refused, named by video_id."""
+    norms = np.linalg.norm(v, axis=1)
+    bad = ~np.isfinite(norms) | (norms < 1e-6)
+    if bad.any():
+        names = ids.filter(pa.array(bad)).to_pylist()[:10]
+        raise ValueError(
+            f"{where}: {int(bad.sum())} vector(s) are NaN/inf or zero (video_id {names}"
+            f"{' …' if bad.sum() > 10 else ''}) — re-embed those videos or remove them from the "
+            "manifest; an index must not rank garbage"
+        )
+    v /= norms[:, None]
+    return v
+
+
+def read_part_vectors(uri: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """One part's ``video_emb`` (the local ``rows`` only, if given), checked and normalised."""
+    t = read_columns(uri, ["video_id", "video_emb"])
+    if rows is not None:
+        t = t.take(pa.array(rows))
+    return normalised(table_vectors(t), t.column("video_id").combine_chunks(), uri)

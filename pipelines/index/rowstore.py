@@ -1,0 +1,137 @@
+"""The exact per-video vectors of an index version: one ``.npy`` piece per shard, read by row.
+
+Re-ranking a compressed index and the mutual-dedup filter need each row's exact vector
+whatever FAISS stores. A version keeps them once, in ``float16`` by default (512-d: 1 KiB a
+video, ≈ 11 GB for WebVid10M instead of 22 GB of float32), written by the task that fills the
+shard — the driver never holds the corpus — and memory-mapped when local, so an opened index
+costs page cache, not RAM. Versions built before pieces keep one float32 ``vectors.npy``;
+:class:`RowStore` opens both.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from ragvid.pipelines.index.layout import IndexManifest
+from ragvid.pipelines.index.shards import read_verified, verify_file
+from ragvid.schemas.checksum import FileRecord, bytes_record
+from ragvid.schemas.files import atomic_put, fs_and_path
+from ragvid.schemas.workspace import VECTORS_FILE
+
+
+def write_piece(uri: str, x: np.ndarray) -> dict[str, Any]:
+    """Write one piece atomically (``np.save`` format); return its record for the manifest."""
+    buf = io.BytesIO()
+    np.save(buf, x)
+    data = buf.getvalue()
+    atomic_put(uri, lambda fh: fh.write(data))
+    rec = bytes_record(data)
+    return {"file": uri.rsplit("/", 1)[-1], "rows": len(x), "size": rec.size, "sha256": rec.sha256}
+
+
+def pieces_of(man: IndexManifest) -> list[dict[str, Any]]:
+    """The manifest's vector pieces (a pre-pieces version: its one ``vectors.npy``)."""
+    v = man.vectors
+    if "pieces" in v:
+        return list(v["pieces"])
+    return [{"file": v.get("file", VECTORS_FILE), "rows": man.ntotal, **v}]
+
+
+def piece_records(man: IndexManifest) -> list[tuple[str, str, FileRecord]]:
+    return [
+        (
+            man.layout.file(p["file"]),
+            "vectors file",
+            FileRecord(int(p.get("size", -1)), p["sha256"]),
+        )
+        for p in pieces_of(man)
+        if p.get("sha256")
+    ]
+
+
+@dataclass
+class RowStore:
+    """Rows of the concatenated pieces, gathered by global row id as float32."""
+
+    pieces: list[np.ndarray]
+    starts: np.ndarray  # (len(pieces) + 1,) first row of each piece, then the total
+    dim: int
+
+    @classmethod
+    def open(cls, man: IndexManifest, verify: bool = True) -> RowStore:
+        """Open (memory-map when local) every piece, checked against its sha256."""
+        arrays = []
+        for p in pieces_of(man):
+            uri = man.layout.file(p["file"])
+            fs, path = fs_and_path(uri)
+            if isinstance(fs, LocalFileSystem):
+                if verify:
+                    verify_file(uri, p.get("sha256"), "vectors file")
+                a = np.load(path, mmap_mode="r")
+            else:
+                a = np.load(io.BytesIO(read_verified(uri, p.get("sha256"), "vectors file")))
+            if a.ndim != 2 or a.shape != (int(p.get("rows", a.shape[0])), man.dim):
+                raise ValueError(
+                    f"{uri}: shape {a.shape} ≠ ({p.get('rows')}, {man.dim}) — the vectors file "
+                    "does not belong to this index; rebuild it with `ragvid index build`"
+                )
+            arrays.append(a)
+        return cls.of(arrays, man.dim)
+
+    @classmethod
+    def of(cls, arrays: list[np.ndarray], dim: int) -> RowStore:
+        starts = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+        return cls(list(arrays), starts, dim)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.starts[-1]), self.dim
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, rows: Any) -> np.ndarray:
+        """``store[rows]`` for an int, a slice or an int array of any shape → float32."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.where(rows < 0, rows + len(self), rows)  # numpy's negative rows
+        if rows.ndim == 0:
+            return self[rows[None]][0]
+        if len(self.pieces) == 1:
+            return np.asarray(self.pieces[0][rows], dtype=np.float32)
+        flat = rows.ravel()
+        out = np.empty((len(flat), self.dim), dtype=np.float32)
+        which = np.searchsorted(self.starts, flat, side="right") - 1
+        for i in np.unique(which):
+            m = which == i
+            out[m] = self.pieces[i][flat[m] - self.starts[i]]
+        return out.reshape(*rows.shape, self.dim)
+
+    def blocks(self, block_rows: int = 262_144):
+        """(first row, float32 block) over all rows in order: exact scans in bounded memory."""
+        for i, a in enumerate(self.pieces):
+            for s in range(0, len(a), block_rows):
+                yield int(self.starts[i]) + s, np.asarray(a[s : s + block_rows], dtype=np.float32)
+
+
+def exact_topk(q: np.ndarray, store: RowStore, k: int) -> np.ndarray:
+    """Row ids of each query's ``k`` highest inner products, scanning ``store`` block by block
+    (a 200 × 10M score matrix would be 8 GB)."""
+    k = min(k, len(store))
+    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
+    best_i = np.empty((len(q), 0), dtype=np.int64)
+    for start, xb in store.blocks():
+        s = q @ xb.T
+        kk = min(k, s.shape[1])
+        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
+        cand_i = np.concatenate([best_i, top + start], axis=1)
+        keep = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, keep, 1), np.take_along_axis(cand_i, keep, 1)
+    return best_i
