@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--factory", default=None, help="default: IVF(4·√N),Flat")
     ap.add_argument("--neighbour-videos", type=int, default=20_000)
     ap.add_argument("--dedup-sample", type=int, default=5_000)
+    ap.add_argument("--skip-dedup", action="store_true", help="bench/dedup_scale.py covers 1M")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="write the figures here too")
     a = ap.parse_args(argv)
@@ -184,50 +185,56 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(out), file=sys.stderr)
 
     del r, shards  # 1M × 512: each copy of the vectors is 2 GB — keep the peak down
-    # dedup vs brute force (pairs touching a random sample of videos) and planted groups
-    t = time.perf_counter()
-    rep = find_duplicates(f"{work}/emb", f"{work}/index/duplicates.parquet", 0.965)
-    out["dedup_seconds"] = round(time.perf_counter() - t, 1)
-    out["dedup_method"] = rep.method
-    found = read_duplicates(f"{work}/index/duplicates.parquet")
-    gid = dict(zip(found["video_id"], found["group_id"], strict=True))
-    row_of = {v: i for i, v in enumerate(ids)}
-    sample = rng.choice(a.n, a.dedup_sample, replace=False)
-    lims, _, jj = top.range_search(x[sample], 0.965)
-    truth_pairs = {
-        (int(s), int(j)) for k, s in enumerate(sample) for j in jj[lims[k] : lims[k + 1]] if j != s
-    }
-    found_pairs = {
-        (int(s), row_of[v])
-        for s in sample
-        if ids[s] in gid
-        for v in found["video_id"]
-        if gid[v] == gid[ids[s]] and v != ids[s]
-    }
-    tp = len(truth_pairs & found_pairs)
-    out["dedup_recall_vs_brute_force"] = round(tp / max(1, len(truth_pairs)), 4)
-    out["dedup_precision_vs_brute_force"] = round(tp / max(1, len(found_pairs)), 4)
-    out["dedup_sample_pairs"] = len(truth_pairs)
-    # pairs in a found group but under δ themselves: joined through a third member (two copies
-    # of one source are each ≥ δ to it, not always to each other) — components, not errors
-    planted_of = {m: i for i, g in enumerate(groups) for m in g}
-    extra = found_pairs - truth_pairs
-    out["dedup_extra_pairs_transitive_in_planted_group"] = sum(
-        1 for s_, j in extra if planted_of.get(s_, -1) == planted_of.get(j, -2)
-    )
-    out["dedup_extra_pairs"] = len(extra)
-    planted_found = sum(
-        1 for g in groups if len({gid.get(ids[m]) for m in g}) == 1 and ids[g[0]] in gid
-    )
-    out["planted_groups"] = len(groups)
-    out["planted_group_recall"] = round(planted_found / len(groups), 4)
-    out["groups_found"] = rep.n_groups
-    planted_sets = {frozenset(ids[m] for m in g) for g in groups}
-    by_gid: dict[int, set[str]] = {}
-    for v, g in gid.items():
-        by_gid.setdefault(g, set()).add(v)
-    out["groups_not_planted"] = sum(1 for g in by_gid.values() if frozenset(g) not in planted_sets)
-    print(json.dumps(out), file=sys.stderr)
+    if not a.skip_dedup:
+        # dedup vs brute force (pairs touching a random sample of videos) and planted groups
+        t = time.perf_counter()
+        rep = find_duplicates(f"{work}/emb", f"{work}/index/duplicates.parquet", 0.965)
+        out["dedup_seconds"] = round(time.perf_counter() - t, 1)
+        out["dedup_method"] = rep.method
+        found = read_duplicates(f"{work}/index/duplicates.parquet")
+        gid = dict(zip(found["video_id"], found["group_id"], strict=True))
+        row_of = {v: i for i, v in enumerate(ids)}
+        sample = rng.choice(a.n, a.dedup_sample, replace=False)
+        lims, _, jj = top.range_search(x[sample], 0.965)
+        truth_pairs = {
+            (int(s), int(j))
+            for k, s in enumerate(sample)
+            for j in jj[lims[k] : lims[k + 1]]
+            if j != s
+        }
+        found_pairs = {
+            (int(s), row_of[v])
+            for s in sample
+            if ids[s] in gid
+            for v in found["video_id"]
+            if gid[v] == gid[ids[s]] and v != ids[s]
+        }
+        tp = len(truth_pairs & found_pairs)
+        out["dedup_recall_vs_brute_force"] = round(tp / max(1, len(truth_pairs)), 4)
+        out["dedup_precision_vs_brute_force"] = round(tp / max(1, len(found_pairs)), 4)
+        out["dedup_sample_pairs"] = len(truth_pairs)
+        # pairs in a found group but under δ themselves: joined through a third member (two copies
+        # of one source are each ≥ δ to it, not always to each other) — components, not errors
+        planted_of = {m: i for i, g in enumerate(groups) for m in g}
+        extra = found_pairs - truth_pairs
+        out["dedup_extra_pairs_transitive_in_planted_group"] = sum(
+            1 for s_, j in extra if planted_of.get(s_, -1) == planted_of.get(j, -2)
+        )
+        out["dedup_extra_pairs"] = len(extra)
+        planted_found = sum(
+            1 for g in groups if len({gid.get(ids[m]) for m in g}) == 1 and ids[g[0]] in gid
+        )
+        out["planted_groups"] = len(groups)
+        out["planted_group_recall"] = round(planted_found / len(groups), 4)
+        out["groups_found"] = rep.n_groups
+        planted_sets = {frozenset(ids[m] for m in g) for g in groups}
+        by_gid: dict[int, set[str]] = {}
+        for v, g in gid.items():
+            by_gid.setdefault(g, set()).add(v)
+        out["groups_not_planted"] = sum(
+            1 for g in by_gid.values() if frozenset(g) not in planted_sets
+        )
+        print(json.dumps(out), file=sys.stderr)
 
     # neighbour lists vs raw FAISS search of the same candidate count
     nv = min(a.neighbour_videos, a.n)
@@ -239,10 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{work}/nb",
         ncfg,
         video_ids=vids,
-        duplicates=f"{work}/index/duplicates.parquet",
+        duplicates=None if a.skip_dedup else f"{work}/index/duplicates.parquet",
     )
     nb_s = time.perf_counter() - t
-    c = ncfg.overfetch * ncfg.k + max(len(g) for g in groups) + 2
+    c = ncfg.overfetch * ncfg.k + (1 if a.skip_dedup else max(len(g) for g in groups)) + 2
     shards = ShardSet.open(man)
     t = time.perf_counter()
     for s in range(0, nv, 4096):

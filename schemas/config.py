@@ -164,6 +164,12 @@ class IndexConfig(_Config):
     )
     train_points_per_list: int = Field(64, ge=39)
     train_sample_cap: int = Field(2_000_000, ge=10_000)
+    train_iterations: int = Field(
+        10,
+        ge=1,
+        description="k-means iterations of the IVF quantizer (FAISS's default is 25; training "
+        "dominates a 1M build on few cores — see BENCHMARKS.md for the recall it costs)",
+    )
     recall_target: float = Field(0.95, gt=0, le=1)
     vectors_dtype: Literal["auto", "float16", "float32"] = Field(
         "auto",

@@ -186,3 +186,12 @@ def test_killed_add_leaves_the_previous_version_serving(clustered_embeddings, tm
     man = build_index(str(grown), idx, IndexConfig(num_shards=2), ray=False)
     assert man.grown_from == "v-000001" and man.ntotal == len(table)
     assert IndexManifest.load(idx).version == man.version
+
+
+def test_ivf_with_an_hnsw_quantizer_tunes_nprobe(clustered_embeddings, tmp_path):
+    folder, _, _ = clustered_embeddings
+    cfg = IndexConfig(factory="IVF16_HNSW8,Flat", train_sample=430, recall_target=0.95)
+    man = build_index(folder, str(tmp_path / "ivfh"), cfg, ray=False)
+    assert "nprobe" in man.search_params and "efSearch" not in man.search_params
+    assert man.search_params["quantizer_efSearch"] >= man.search_params["nprobe"]
+    assert man.tuned_recall >= 0.95

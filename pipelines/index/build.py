@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,11 +129,14 @@ def sample_rows(n: int, sample: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(sample, n), replace=False))
 
 
-def train_index(x: np.ndarray, factory: str) -> bytes:
-    """Train an empty index on the sample ``x``; return it serialized (what shards start from)."""
+def train_index(x: np.ndarray, factory: str, iterations: int | None = None) -> bytes:
+    """Train an empty index on the sample ``x`` (``iterations`` of k-means for an IVF
+    quantizer; None: FAISS's default); return it serialized (what shards start from)."""
     index = _new_index(x.shape[1], factory)
     if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None and iterations is not None:
+            ivf.cp.niter = iterations
         if ivf is not None and len(x) < ivf.nlist:
             raise ValueError(
                 f"factory '{factory}' needs ≥ {ivf.nlist} training vectors, have {len(x)} — "
@@ -223,9 +227,11 @@ def build_index(
             man.previous = previous
             man.grown_from = base.version if base is not None else None
             store = RowStore.open(man, verify=False)
+            t_tune = time.perf_counter()
             man.search_params, man.tuned_recall = tune_search_params(
                 man, store, config.recall_target
             )
+            man.timings["tune"] = round(time.perf_counter() - t_tune, 2)
             man.build_seconds = round(time.perf_counter() - t0, 3)
             versions.seal(man)
             versions.verify(man, deep=True)  # what readers will check, read back from disk
@@ -350,6 +356,26 @@ def _plan_rows(where: str, non_canonical: pa.Array | None) -> _Rows:
     )
 
 
+class _Clock:
+    """Seconds per build step, recorded in the manifest (where a big build spends its time)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 2)
+        self._t = now
+
+
+def _write_bm25(plan: _Rows, target: IndexLayout) -> dict[str, dict[str, Any]]:
+    """BM25 over the captions, saved into the version; returns the files' records."""
+    captions = pc.fill_null(plan.captions, "").to_pylist()
+    Bm25Index.build(captions, plan.ids.to_pylist()).save(target.bm25)
+    return {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(target.bm25).items()}
+
+
 def _vectors_dtype(config: IndexConfig, factory: str) -> str:
     if config.vectors_dtype != "auto":
         return config.vectors_dtype
@@ -392,7 +418,9 @@ def _build_version(
                 [v for v, c in zip(dups["video_id"], dups["is_canonical"], strict=True) if not c],
                 pa.string(),
             )
+    clock = _Clock()
     plan = _plan_rows(where, non_canonical)
+    clock.lap("plan")
     if non_canonical is not None:
         dropped["non_canonical"] = plan.dropped
     n, dim = len(plan.ids), plan.dim
@@ -419,7 +447,9 @@ def _build_version(
             if sample
             else np.empty((0, dim), np.float32)
         )
-        trained = train_index(x_train, factory)
+        clock.lap("sample")
+        trained = train_index(x_train, factory, config.train_iterations)
+        clock.lap("train")
         dtype = _vectors_dtype(config, factory)
         kept = []
         jobs = plan_shards(
@@ -429,7 +459,12 @@ def _build_version(
     if ray_mod is not None and ray_mod.is_initialized():
         trained = ray_mod.put(trained)  # shipped once, not once per shard
     tasks = [(trained, j) for j in jobs]
-    results = kept + list(map_tasks(fill_shard, tasks, workers=max(1, min(len(jobs), 4))))
+    with ThreadPoolExecutor(1) as side:  # BM25 (captions only) while the shard tasks run
+        bm25 = side.submit(_write_bm25, plan, target)
+        results = kept + list(map_tasks(fill_shard, tasks, workers=max(1, min(len(jobs), 4))))
+        clock.lap("shards")
+        files.update(bm25.result())
+        clock.lap("bm25_after_shards")
     fault_point("index-build:after-shards")
     counts = [r["shard"]["count"] for r in results]
     if sum(counts) != n:
@@ -445,12 +480,7 @@ def _build_version(
     )
     write_table(target.ids, ids_table, INDEX_IDS, encoder=plan.encoder, config=config.model_dump())
     files[IDS_FILE] = file_record(target.ids).to_json()
-    captions = ids_table.column("caption").to_pylist()
-    bm25 = Bm25Index.build(captions, ids_table.column("video_id").to_pylist())
-    bm25.save(target.bm25)
-    files.update(
-        {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(target.bm25).items()}
-    )
+    clock.lap("ids")
     fault_point("index-build:after-files")
     return IndexManifest(
         encoder=plan.encoder,
@@ -465,6 +495,7 @@ def _build_version(
         config=config.model_dump(),
         vectors={"dtype": dtype, "pieces": [r["piece"] for r in results]},
         canonical_only=config.canonical_only,
+        timings=clock.laps,
         duplicates=target.built_duplicates if duplicates is not None else None,
         dropped=dropped,
         version=target.version,
@@ -537,15 +568,19 @@ def tune_search_params(
     q /= np.linalg.norm(q, axis=1, keepdims=True)  # a new video near a corpus video (cos ≈ 0.9)
     kk = min(k, len(x))
     exact = exact_topk(q, x, kk)
-    if "HNSW" in man.factory:
-        name, grid = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
-    else:
-        nlist = faiss.try_extract_index_ivf(shards.indexes[0]).nlist
-        name, grid = "nprobe", [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p < nlist]
-        grid.append(nlist)
-    recall = 0.0
-    for value in grid:
-        shards.set_params({name: value})
+    ivf = faiss.try_extract_index_ivf(shards.indexes[0])
+    if ivf is None:  # HNSW over the vectors themselves
+        grid = [{"efSearch": e} for e in (16, 32, 64, 128, 256, 512, 1024)]
+    else:  # IVF, whatever its coarse quantizer (an HNSW one needs efSearch ≥ nprobe)
+        hnsw_q = "HNSW" in man.factory.split(",")[0]
+        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p < ivf.nlist]
+        grid = [
+            {"nprobe": p, **({"quantizer_efSearch": max(64, 2 * p)} if hnsw_q else {})}
+            for p in [*probes, ivf.nlist]
+        ]
+    recall, params = 0.0, {}
+    for params in grid:
+        shards.set_params(params)
         _, got = shards.search(q, kk * 4 if man.compressed else kk)
         if man.compressed:  # what the retriever returns: over-fetch, exact re-rank
             exact_s = np.where(got >= 0, batch_dot(q, x[got]), -np.inf)
@@ -558,4 +593,4 @@ def tune_search_params(
         )
         if recall >= recall_target:
             break
-    return {name: value}, round(recall, 4)
+    return dict(params), round(recall, 4)

@@ -70,6 +70,7 @@ class IndexManifest:
     created: float = field(default_factory=time.time)
     version: str | None = None  # None: the flat layout of builds before versions
     previous: str | None = None  # the version this one replaced (kept until the next switch)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per build step
     grown_from: str | None = None  # the version whose shards this one kept, adding new parts
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # version-relative → record
     path: str = ""  # the index folder (not serialised)

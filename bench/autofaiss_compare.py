@@ -1,0 +1,128 @@
+"""ragvid's index build side by side with autofaiss on the same vectors, queries and budget.
+
+autofaiss pins ``pyarrow<18`` with numpy 1.x, so it runs from its own venv; this script has
+three steps, each run by the right interpreter (the JSON lines they print go to BENCHMARKS.md):
+
+    # 1. ragvid venv: the corpus of bench/index.py (same seed) as .npy for autofaiss,
+    #    fresh queries and their exact top-10
+    .venv/bin/python bench/autofaiss_compare.py prepare --emb /tmp/b1m/emb --work /tmp/afc
+    # 2. autofaiss venv: build (timed by the shell) then search
+    python3 -m venv /tmp/afv && /tmp/afv/bin/pip install autofaiss
+    /usr/bin/time -v /tmp/afv/bin/autofaiss build_index --embeddings /tmp/afc/npy \\
+        --index_path /tmp/afc/af/knn.index --index_infos_path /tmp/afc/af/infos.json \\
+        --metric_type ip --max_index_memory_usage 8G --current_memory_available 12G
+    /tmp/afv/bin/python bench/autofaiss_compare.py search-autofaiss --work /tmp/afc
+    # 3. ragvid venv: the ragvid index built from the same parts, same queries
+    .venv/bin/python bench/autofaiss_compare.py search-ragvid --work /tmp/afc --index /tmp/b1m/idx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def recall_at(got: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(a[:k]) & set(b)) / k for a, b in zip(got, truth, strict=True)]))
+
+
+def prepare(emb: str, work: str, n_queries: int) -> None:
+    import faiss
+    from index import clip_like  # bench/index.py, on sys.path: the corpus's generator
+
+    from ragvid.pipelines.index.parts import embedding_paths, read_part_vectors
+
+    os.makedirs(f"{work}/npy", exist_ok=True)
+    flat, n = None, 0
+    for i, p in enumerate(embedding_paths(emb)):
+        x = read_part_vectors(p)
+        np.save(f"{work}/npy/emb_{i:04d}.npy", x)
+        if flat is None:
+            flat = faiss.IndexFlatIP(x.shape[1])
+        flat.add(x)
+        n += len(x)
+    q = clip_like(n + n_queries, np.random.default_rng(0))[n:]  # bench/index.py's queries
+    np.save(f"{work}/queries.npy", q)
+    _, gt = flat.search(q, 10)
+    np.save(f"{work}/gt.npy", gt)
+    print(json.dumps({"step": "prepare", "n": n, "queries": len(q)}))
+
+
+def _timed_search(index, q: np.ndarray, k: int = 10):
+    index.search(q[:20], k)
+    t = time.perf_counter()
+    _, ids = index.search(q, k)
+    return ids, len(q) / (time.perf_counter() - t)
+
+
+def search_autofaiss(work: str) -> None:
+    import faiss
+
+    index = faiss.read_index(f"{work}/af/knn.index")
+    infos = json.load(open(f"{work}/af/infos.json"))
+    q, gt = np.load(f"{work}/queries.npy"), np.load(f"{work}/gt.npy")
+    out = {
+        "step": "autofaiss",
+        "index_key": infos.get("index_key"),
+        "params": infos.get("index_param"),
+    }
+    if infos.get("index_param"):
+        faiss.ParameterSpace().set_index_parameters(index, infos["index_param"])
+    ids, qps = _timed_search(index, q)
+    out.update(recall_at_10=round(recall_at(ids, gt), 4), qps=round(qps, 1))
+    sweep = []
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        for nprobe in (4, 8, 16, 32, 64, 128):
+            faiss.ParameterSpace().set_index_parameters(index, f"nprobe={nprobe}")
+            ids, qps = _timed_search(index, q)
+            sweep.append(
+                {"nprobe": nprobe, "recall": round(recall_at(ids, gt), 4), "qps": round(qps, 1)}
+            )
+    out["sweep"] = sweep
+    print(json.dumps(out))
+
+
+def search_ragvid(work: str, index_dir: str) -> None:
+    from ragvid.pipelines.index.layout import IndexManifest
+    from ragvid.pipelines.index.shards import ShardSet
+
+    man = IndexManifest.load(index_dir)
+    shards = ShardSet.open(man)
+    q, gt = np.load(f"{work}/queries.npy"), np.load(f"{work}/gt.npy")
+    ids, qps = _timed_search(shards, q)
+    out = {
+        "step": "ragvid",
+        "factory": man.factory,
+        "params": man.search_params,
+        "build_seconds": man.build_seconds,
+        "timings": man.timings,
+        "recall_at_10": round(recall_at(ids, gt), 4),
+        "qps": round(qps, 1),
+    }
+    print(json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("step", choices=["prepare", "search-autofaiss", "search-ragvid"])
+    ap.add_argument("--emb")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--index")
+    ap.add_argument("--queries", type=int, default=1000)
+    a = ap.parse_args()
+    if a.step == "prepare":
+        prepare(a.emb, a.work, a.queries)
+    elif a.step == "search-autofaiss":
+        search_autofaiss(a.work)
+    else:
+        search_ragvid(a.work, a.index)
+
+
+if __name__ == "__main__":
+    main()
