@@ -7,7 +7,7 @@ three steps, each run by the right interpreter (the JSON lines they print go to 
     #    fresh queries and their exact top-10
     .venv/bin/python bench/autofaiss_compare.py prepare --emb /tmp/b1m/emb --work /tmp/afc
     # 2. autofaiss venv: build (timed by the shell) then search
-    python3 -m venv /tmp/afv && /tmp/afv/bin/pip install autofaiss
+    python3 -m venv /tmp/afv && /tmp/afv/bin/pip install autofaiss "pyarrow<18"
     /usr/bin/time -v /tmp/afv/bin/autofaiss build_index --embeddings /tmp/afc/npy \\
         --index_path /tmp/afc/af/knn.index --index_infos_path /tmp/afc/af/infos.json \\
         --metric_type ip --max_index_memory_usage 8G --current_memory_available 12G
@@ -84,6 +84,12 @@ def search_autofaiss(work: str) -> None:
             sweep.append(
                 {"nprobe": nprobe, "recall": round(recall_at(ids, gt), 4), "qps": round(qps, 1)}
             )
+    elif "HNSW" in str(infos.get("index_key")):
+        for ef in (64, 128, 256, 512, 1024, 2048, 4096):
+            faiss.ParameterSpace().set_index_parameters(index, f"efSearch={ef}")
+            ids, qps = _timed_search(index, q)
+            rec = round(recall_at(ids, gt), 4)
+            sweep.append({"efSearch": ef, "recall": rec, "qps": round(qps, 1)})
     out["sweep"] = sweep
     print(json.dumps(out))
 
