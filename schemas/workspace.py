@@ -41,7 +41,7 @@ class IndexLayout:
     Index level — ``index.json``: the manifest of the *current* version (replacing it, one
     atomic rename, is how a build switches readers over); ``duplicates.parquet``: the dedup
     output, an input of builds; ``inspect/``; ``versions/``. Version level — each build writes
-    a fresh ``versions/v-NNNNNN/`` (shards, ``ids.parquet``, ``vectors.npy``, ``bm25/``, its
+    a fresh ``versions/v-NNNNNN/`` (shards + ``vectors-NNN.npy``, ``ids.parquet``, ``bm25/``, its
     copy of the duplicates table and its own ``index.json``), so the previous version serves
     until the switch (``ragvid.pipelines.index.versions``).
 

@@ -1,13 +1,16 @@
 """Build a sharded FAISS index over per-video CLIP vectors (RAGME §3: cosine = inner product).
 
-One quantizer is trained once on a sample; shards are filled from it in parallel (Ray tasks
-when Ray is up, threads otherwise). Alongside the shards a version keeps ``ids.parquet`` (row
-id → video_id, shard, caption), ``vectors.npy`` (the exact normalised vectors, float32 —
-re-ranking and the mutual-dedup filter need them whatever the index compresses), a BM25
-index over the captions, a copy of the duplicates table, and the embeddings source it was
-built from (``frame_embeddings`` reads the per-frame vectors there); ``index.json`` records
-the size and sha256 of each. Every build is a new version, switched to only once complete
-and verified (:mod:`.versions`).
+Streamed and scaled out: the driver plans from ``video_id`` + ``caption`` only, trains one
+quantizer on a sample sized to the index (read by one task per part), and one task per shard
+(:mod:`.fill`; Ray tasks when Ray is up, threads otherwise) reads its own embedding parts and
+writes its FAISS shard and its piece of the exact vectors (:mod:`.rowstore`; re-ranking and
+the mutual-dedup filter need them whatever the index compresses). Alongside, a version keeps
+``ids.parquet`` (row id → video_id, shard, caption), a BM25 index over the captions, a copy of
+the duplicates table, and the embeddings source it was built from (``frame_embeddings`` reads
+the per-frame vectors there); ``index.json`` records the size and sha256 of each and the
+seconds each step took. Every build is a new version, switched to only once complete and
+verified (:mod:`.versions`); a grown corpus is added to the current version's shards without
+retraining (:func:`_addable`).
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ def build_index(
     force: bool = False,
 ) -> IndexManifest:
     """Build a new version of the index folder ``out_dir`` and switch readers to it
-    (:mod:`.versions`: shards, ids.parquet, vectors.npy, bm25/, a copy of the duplicates).
+    (:mod:`.versions`: shards + vector pieces, ids.parquet, bm25/, a copy of the duplicates).
 
     Idempotent: when the current version was built with the same config from the same source
     parts (names, sizes, mtimes) and duplicates table, and every one of its files still matches
