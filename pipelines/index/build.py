@@ -42,6 +42,7 @@ from ragvid.pipelines.index.parts import (
     part_encoder,
     part_info,
     read_columns,
+    refuse_duplicate_ids,
 )
 from ragvid.pipelines.index.rowstore import RowStore, exact_topk
 from ragvid.pipelines.index.shards import ShardSet, load_shard
@@ -344,11 +345,7 @@ def _plan_rows(where: str, non_canonical: pa.Array | None) -> _Rows:
         raise ValueError(
             f"{where}: parts with vector dimensions {sorted(dims)} — embed with one encoder"
         )
-    every = pa.concat_arrays(all_ids)
-    if len(pc.unique(every)) != len(every):
-        vc = pc.value_counts(every)
-        dup = vc.field("values").filter(pc.greater(vc.field("counts"), 1)).to_pylist()[:5]
-        raise ValueError(f"{where}: video_id(s) {dup} appear more than once — dedupe the manifest")
+    refuse_duplicate_ids(pa.concat_arrays(all_ids), where)
     return _Rows(
         parts,
         pa.concat_arrays(ids),

@@ -22,15 +22,19 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ragvid.pipelines.executor.map_tasks import map_tasks
+from ragvid.pipelines.index.parts import (
+    embedding_parts,
+    normalised,
+    part_encoder,
+    part_info,
+    read_columns,
+    refuse_duplicate_ids,
+)
 from ragvid.pipelines.index.vectors import _single_encoder, table_vectors
-from ragvid.schemas import EMBEDDINGS, list_parts, read_table
+from ragvid.schemas import EMBEDDINGS, read_table
 from ragvid.schemas.config import DedupConfig
-from ragvid.schemas.contract import META_ENCODER
-from ragvid.schemas.files import open_arrow
 
 
 @dataclass
@@ -43,20 +47,10 @@ class StreamedVectors:
     parts: list[tuple[str | pa.Table, int, int]]  # (part uri or table, first row, rows)
 
 
-def _part_info(uri: str) -> tuple[int, list[str], dict]:
-    with open_arrow(uri) as fh:
-        pf = pq.ParquetFile(fh)
-        return pf.metadata.num_rows, pf.schema_arrow.names, dict(pf.schema_arrow.metadata or {})
-
-
 def _sources(embeddings: str | pa.Table) -> list[tuple[str | pa.Table, int]]:
     if isinstance(embeddings, pa.Table):
         return [(embeddings, len(embeddings))]
-    where = str(embeddings)
-    paths = [where] if where.endswith(".parquet") else list_parts(where)
-    if not paths:
-        raise FileNotFoundError(f"{where}: no part-*.parquet files — run the embed stage")
-    return [(p, _part_info(p)[0]) for p in paths]
+    return [(info.uri, info.rows) for info in embedding_parts(str(embeddings))]
 
 
 def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> StreamedVectors:
@@ -77,11 +71,8 @@ def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> St
             t = src.select(["video_id", "video_emb"])
             encoders.add(_single_encoder(src, where))
         else:
-            t = read_table(src, EMBEDDINGS, columns=["video_id", "video_emb"])
-            enc = _part_info(src)[2].get(META_ENCODER, b"").decode()
-            if not enc:  # metadata without an encoder: read the column of this part
-                enc = _single_encoder(read_table(src, EMBEDDINGS, columns=["encoder"]), src)
-            encoders.add(enc)
+            t = read_columns(src, ["video_id", "video_emb"])
+            encoders.add(part_encoder(part_info(src)))
         if len(t) != rows:
             raise ValueError(f"{src}: {len(t)} rows read, the footer says {rows}")
         if rows == 0:
@@ -91,27 +82,15 @@ def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> St
             x = np.empty((n, v.shape[1]), dtype=dtype)
         elif v.shape[1] != x.shape[1]:
             raise ValueError(f"{src}: dimension {v.shape[1]}, earlier parts {x.shape[1]}")
-        norms = np.linalg.norm(v, axis=1)
-        bad = ~np.isfinite(norms) | (norms < 1e-6)
         vid = t.column("video_id").combine_chunks()
-        if bad.any():
-            names = vid.filter(pa.array(bad)).to_pylist()[:10]
-            raise ValueError(
-                f"{where}: {int(bad.sum())} vector(s) are NaN/inf or zero (video_id {names}) — "
-                "re-embed those videos or remove them from the manifest"
-            )
-        v /= norms[:, None]
-        x[start : start + rows] = v
+        x[start : start + rows] = normalised(v, vid, where)
         ids.append(vid.cast(pa.string()))
         parts.append((src, start, rows))
         start += rows
     if len(encoders) > 1:
         raise ValueError(f"{where}: parts from several encoders {sorted(encoders)} — use one")
     all_ids = pa.concat_arrays(ids)
-    if len(pc.unique(all_ids)) != n:
-        vc = pc.value_counts(all_ids)
-        dup = vc.field("values").filter(pc.greater(vc.field("counts"), 1)).to_pylist()[:5]
-        raise ValueError(f"{where}: video_id(s) {dup} appear more than once — dedupe the manifest")
+    refuse_duplicate_ids(all_ids, where)
     assert x is not None
     return StreamedVectors(ids=all_ids, x=x, encoder=encoders.pop(), parts=parts)
 
@@ -265,7 +244,7 @@ def read_frame_rows(parts: list[tuple[str | pa.Table, int, int]], rows: np.ndarr
                 return {}
             col = src.column("frame_emb")
         else:
-            if "frame_emb" not in _part_info(src)[1]:
+            if "frame_emb" not in part_info(src).names:
                 return {}
             col = read_table(src, EMBEDDINGS, columns=["frame_emb"]).column("frame_emb")
         want = rows[lo:hi]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ragvid.pipelines.index.vectors import _single_encoder, table_vectors
@@ -86,6 +87,14 @@ def normalised(v: np.ndarray, ids: pa.Array, where: str) -> np.ndarray:
         )
     v /= norms[:, None]
     return v
+
+
+def refuse_duplicate_ids(ids: pa.Array, where: str) -> None:
+    """A video_id may appear once in an embeddings table: name the first repeated ones."""
+    if len(pc.unique(ids)) != len(ids):
+        vc = pc.value_counts(ids)
+        dup = vc.field("values").filter(pc.greater(vc.field("counts"), 1)).to_pylist()[:5]
+        raise ValueError(f"{where}: video_id(s) {dup} appear more than once — dedupe the manifest")
 
 
 def read_part_vectors(uri: str, rows: np.ndarray | None = None) -> np.ndarray:
