@@ -235,7 +235,7 @@ def fmt_gen(res, title):
     phases = [
         "retrieval",
         "text_encoding",
-        "clip_encoding",
+        "retrieval_enhancer",
         "vae_encoding",
         "denoising",
         "decoding",

@@ -25,7 +25,14 @@ from ragvid.flows.preflight import (
     check_workspace,
     own_ray,
 )
-from ragvid.schemas import EmbedConfig, IndexConfig, ManifestConfig, RetrievalConfig
+from ragvid.flows.resolve import Resolver
+from ragvid.schemas import (
+    EmbedConfig,
+    IndexConfig,
+    ManifestConfig,
+    RetrievalConfig,
+    SplitConfig,
+)
 from ragvid.schemas.config import defaults
 from ragvid.schemas.guards import FailureRatioError
 from ragvid.schemas.io import exists, list_parts
@@ -33,6 +40,7 @@ from ragvid.schemas.workspace import IndexLayout, Workspace
 
 Engine = Literal["ray", "ray-tasks", "local"]
 _EMBED, _INDEX, _RETRIEVAL = defaults(EmbedConfig), defaults(IndexConfig), defaults(RetrievalConfig)
+_SPLIT = defaults(SplitConfig)
 
 
 # --- ingest ----------------------------------------------------------------------------
@@ -148,6 +156,19 @@ def dedup_task(
     return asdict(report)
 
 
+@task(name="train-val-split", task_run_name="split-{corpus}", cache_policy=NO_CACHE)
+def split_task(workspace: str, corpus: str, config: SplitConfig, duplicates: str | None) -> dict:
+    from ragvid.pipelines.corpus.split import write_split
+
+    ws = Workspace.at(workspace)
+    s = write_split(
+        ws.manifest(corpus), ws.split(corpus), config, duplicates=duplicates, corpus=corpus
+    )
+    for w in s.warnings:
+        print(f"warning: {w}")
+    return {"uri": s.uri, **s.counts, "warnings": s.warnings}
+
+
 @task(name="build-faiss-index", task_run_name="index-{index}", retries=1, cache_policy=NO_CACHE)
 def index_task(
     embeddings: str,
@@ -157,11 +178,18 @@ def index_task(
     duplicates: str | None,
     manifest: str | None,
     use_ray: bool,
+    split: str | None = None,
 ) -> dict:
     from ragvid.pipelines.index.build import build_index
 
     man = build_index(
-        embeddings, index_dir, config, duplicates=duplicates, ray=use_ray, manifest=manifest
+        embeddings,
+        index_dir,
+        config,
+        duplicates=duplicates,
+        ray=use_ray,
+        manifest=manifest,
+        split=split,
     )
     return man.to_json()
 
@@ -263,8 +291,15 @@ def build_index_flow(
     engine: Engine = "ray",
     ray_address: str | None = None,
     retry_failures: bool = False,
+    val_fraction: float | None = None,
+    split_seed: int = _SPLIT["seed"],
+    all_splits: bool = False,
 ) -> dict[str, Any]:
-    """Build (or resume building) the retrieval index ``index`` (default: the corpus name)."""
+    """Build (or resume building) the retrieval index ``index`` (default: the corpus name).
+
+    ``val_fraction`` (re)writes the corpus's train / val split after dedup (near-duplicate
+    groups kept on one side); a corpus with a split is indexed on train only unless
+    ``all_splits``."""
     from ragvid.pipelines.embed.spec import parse_encoder
 
     check_ray_address(ray_address)
@@ -292,6 +327,11 @@ def build_index_flow(
 
         index_dir = ws.index(index)
         dedup = dedup_task(report.output, index_dir, index, delta_dedup, delta_frame)
+        split_row = None
+        if val_fraction is not None:
+            cfg = SplitConfig(val_fraction=val_fraction, seed=split_seed)
+            split_row = split_task(ws.root, corpus, cfg, dedup["table_path"])
+        split = None if all_splits else Resolver(ws).split_table(corpus)
         man = index_task(
             report.output,
             index_dir,
@@ -305,6 +345,7 @@ def build_index_flow(
             dedup["table_path"],
             ws.manifest(corpus),
             engine == "ray",
+            split,
         )
         queries = inspect_queries if inspect_queries is not None else default_queries(ws, corpus)
         pages = inspect_task(index_dir, index, queries, spec, k) if queries else []
@@ -315,6 +356,7 @@ def build_index_flow(
             "ntotal": man["ntotal"],
             "shards": len(man["shards"]),
             "dim": man["dim"],
+            "held_out_val": man["dropped"].get("held_out", 0),
             "dup_groups": dedup["n_groups"],
             "non_canonical": dedup["n_non_canonical"],
             "pairs_failing_frame_check": dedup["n_rejected_by_frames"],
@@ -345,6 +387,10 @@ def build_index_flow(
                 "",
                 monitor.markdown_table([index_row]),
                 f"- index: `{index_dir}`",
+                f"- train / val split: {split_row['train']} train, {split_row['val']} val "
+                f"(`{split_row['uri']}`)"
+                if split_row
+                else f"- train / val split: {'`' + split + '`' if split else 'none'}",
                 f"- duplicates: `{dedup['table_path']}`",
                 f"- top-1 similarity histogram: ![histogram]({dedup['histogram_path']})",
                 "",
@@ -369,4 +415,5 @@ def build_index_flow(
             "embed": summary[0],
             "index": index_row,
             "ingest": ingest_stats,
+            "split": split_row,
         }

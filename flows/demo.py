@@ -31,6 +31,8 @@ def names(small: bool) -> dict[str, str]:
     return {"corpus": base, "index": base, "encoder": f"{base}-tiny", "run": base}
 
 
+DEMO_VAL_FRACTION = 0.2  # enough val clips at --small (≈ 5 of 28) for prompts and references
+
 # sizes: the full demo aims at ~3-5 minutes on a 2-core box, --small at about one
 SIZES: dict[bool, dict[str, Any]] = {
     False: dict(
@@ -200,6 +202,7 @@ def demo_flow(
         engine=engine,
         ray_address=ray_address,
         inspect_queries=["a red circle moving left", "a blue square zooming in"],
+        val_fraction=DEMO_VAL_FRACTION,  # evaluation scores val against an index of train
     )
     neigh = neighbours_flow(workspace=ws.root, index=index, ray_address=ray_address)
     outputs: dict[str, Any] = {

@@ -1,6 +1,7 @@
-"""`evaluate`: RAGME §4's comparison — generate each method's videos for the same prompts and
-seeds, then FVD/KVD, max retrieved-set similarity (copy detection) and latency, with the
-feature-net setup recorded next to every figure.
+"""`evaluate`: RAGME §4's comparison on a held-out split — generate each method's videos for
+the same val prompts and seeds, then FVD/KVD against val videos, copy similarity to the
+retrieved set and latency, each metric named by its features and the retrieved videos as the
+reference row; an index that holds the scored videos is refused (:mod:`.eval_inputs`).
 
 Generation jobs per method are idempotent (the stage's), so a rerun after a crash only
 generates what is missing. The metrics table, the plots and the HTML report are linked from
@@ -16,8 +17,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
+from ragvid.flows.eval_inputs import EvalInputs, plan_evaluation
 from ragvid.flows.finetune_flow import resolve_base
-from ragvid.flows.generate_flow import TINY_GENERATION, demo_prompts
+from ragvid.flows.generate_flow import TINY_GENERATION
 from ragvid.flows.preflight import check_workspace
 from ragvid.flows.resolve import Resolver
 from ragvid.schemas import GenerationConfig
@@ -35,14 +37,12 @@ def evaluate_task(
     name: str,
     run: str | None,
     index: str,
-    corpus: str,
-    prompts: list[str],
+    plan: EvalInputs,
     base: str,
     methods: list[str],
     config: GenerationConfig,
     video_features: str,
     frame_features: str,
-    reference_videos: int,
 ) -> dict[str, Any]:
 
     from ragvid.model.evaluate import evaluate_methods
@@ -52,20 +52,20 @@ def evaluate_task(
     ws = res.ws
     pipe = res.pipeline(base, res.adapter(run))
     retrieval = res.retrieval(index, config.k)
-    reference = res.reference_videos(corpus, reference_videos)
-
     rep = evaluate_methods(
         ws.evals(name),
-        prompts,
+        plan.prompts,
         pipe,
         retrieval,
         config,
         run=name,
-        reference=reference,
+        reference=plan.reference,
         video_lookup=retrieval.video_uri,
         video_features=load_video_features(video_features),
         frame_features=load_frame_features(frame_features),
         methods=methods,
+        protocol=plan.protocol,
+        notes=plan.notes,
     )
     return {
         "out_dir": rep.out_dir,
@@ -74,13 +74,15 @@ def evaluate_task(
         "report": rep.report,
         "notes": rep.notes,
         "metrics": ws.metrics_table(name),
+        "protocol": rep.protocol,
     }
 
 
 @flow(
     name="evaluate",
     flow_run_name="evaluate-{name}",
-    description="Method comparison (FVD/KVD, copy detection, latency) with its setup recorded.",
+    description="Held-out method comparison (FVD/KVD, copy similarity, latency), metrics named "
+    "by their features, with the retrieved-videos reference row.",
     log_prints=True,
 )
 def evaluate_flow(
@@ -97,41 +99,54 @@ def evaluate_flow(
     video_features: str = "random3d",
     frame_features: str = "pixels",
     reference_videos: int = 16,
+    split: str = "val",
+    allow_overlap: bool = False,
+    freeinit_iterations: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``<workspace>/evals/<name>/`` (metrics.parquet, plots, report.html)."""
+    """Write ``<workspace>/evals/<name>/`` (metrics.parquet, plots, report.html).
+
+    Prompts are ``corpus``'s val captions unless a prompt file is given, the references its
+    val videos; an index holding any of them (or their near-duplicates) is refused before any
+    task starts unless ``allow_overlap``."""
     ws = check_workspace(workspace)
     started = time.perf_counter()
     resolver = Resolver(ws)
     resolver.index(index)  # names checked before any task starts
     methods = methods or (["base", "ragme"] if run else ["base", "raginit"])
-    resolver.adapter(run)
+    resolver.check_adapter(resolver.adapter(run), index)  # the adapter's encoder = the index's
+    prompt_list = None
     if prompts is not None:
         from ragvid.model.batch_generate import read_prompts
 
         prompt_list = read_prompts(prompts).prompts
-    else:
-        prompt_list = demo_prompts(ws.root, corpus, num_prompts)
+    plan = plan_evaluation(
+        resolver,
+        index=index,
+        corpus=corpus,
+        prompts=prompt_list,
+        num_prompts=num_prompts,
+        reference_count=reference_videos,
+        split=split,
+        allow_overlap=allow_overlap,
+    )
+    print(f"protocol: {plan.protocol}")
+    from ragvid.model.evaluate import generation_settings
+
     base_dir = resolve_base(ws.root, base)
     config = TINY_GENERATION if tiny else GenerationConfig()
+    if freeinit_iterations is not None:
+        config = config.model_copy(
+            update={
+                "freeinit": config.freeinit.model_copy(update={"iterations": freeinit_iterations})
+            }
+        )
     out = evaluate_task(
-        ws.root,
-        name,
-        run,
-        index,
-        corpus,
-        prompt_list,
-        base_dir,
-        methods,
-        config,
-        video_features,
-        frame_features,
-        reference_videos,
+        ws.root, name, run, index, plan, base_dir, methods, config, video_features, frame_features
     )
     monitor.table(f"evaluate-{name}", out["comparison"], "methods compared (lower is better)")
     setup = (
         f"video features `{video_features}`, frame features `{frame_features}`, "
-        f"{len(prompt_list)} prompts, {config.num_frames} frames at "
-        f"{config.height}×{config.width}, {config.num_inference_steps} steps"
+        f"{len(plan.prompts)} prompts; {generation_settings(config)}"
     )
     text = "\n".join(
         [
@@ -139,7 +154,10 @@ def evaluate_flow(
             "",
             f"Run `{run}` · index `{index}` · {round(time.perf_counter() - started, 1)} s",
             "",
-            f"Setup: {setup}. Figures are comparable only within this setup.",
+            f"**Protocol:** {plan.protocol}",
+            "",
+            f"Setup: {setup} Figures are comparable only within this setup; metric names say "
+            "their features (`fvd[random3d]` is not published FVD).",
             "",
             monitor.markdown_table(out["comparison"]),
             *[f"- {label}: ![{label}]({path})" for label, path in out["plots"].items()],
@@ -151,5 +169,5 @@ def evaluate_flow(
         ]
     )
     report = monitor.write_report(ws.root, f"evaluate-{name}", text)
-    print(f"evaluate {name}: {len(out['comparison'])} methods; report {report}")
+    print(f"evaluate {name}: {len(out['comparison'])} rows; report {report}")
     return {**out, "report": report, "html": out["report"], "setup": setup}

@@ -48,7 +48,9 @@ def train_task(
     preset: str,
     model_preset: str,
     max_steps: int | None,
+    k: int | None = None,
 ) -> dict[str, Any]:
+    """Train ``run``; ``k`` trains on the first K neighbours of each list (default: all)."""
     from ragvid.model.presets import get_preset
     from ragvid.model.train_data import load_training_set
     from ragvid.model.trainer import train, train_preset
@@ -66,8 +68,10 @@ def train_task(
         num_frames=cfg.num_frames,
         height=cfg.height,
         width=cfg.width,
+        k=k,
         missing="mask",
     )
+    encoder_id = res.encoder(encoder).id  # recorded in the adapter, checked at generation
     progress = monitor.Progress(f"train-{run}-progress", cfg.max_steps, "training steps")
     res = train(
         ws.run(run),
@@ -78,6 +82,7 @@ def train_task(
         ragca=mp.ragca,
         resume=True,
         on_step=lambda step, loss: progress.advance(step - progress.done),
+        encoder=encoder_id,
     )
     progress.finish()
     log = res.log.to_pylist()

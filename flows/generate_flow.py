@@ -95,13 +95,14 @@ def generate_task(
         "skipped": rep.skipped,
         "failed": rep.failed,
         "gallery": rep.gallery,
+        "scheduler": rep.scheduler,
         "rows": [
             {
                 "prompt": r["prompt"],
                 "status": r["status"],
                 "video": r["video_path"],
                 "retrieved": sum(bool(m) for m in r["retrieved_mask"]),
-                "total_s": round(sum((r["timings"] and dict(r["timings"]).values()) or [0]), 3),
+                "total_s": round(dict(r["timings"] or []).get("total", 0.0), 3),
                 "error": r["error"],
             }
             for r in rows
@@ -140,6 +141,7 @@ def batch_generate_flow(
     adapter = res.adapter(run)
     if index is not None:
         res.index(index)  # fail before any task when the name is wrong
+        res.check_adapter(adapter, index)  # ... or its encoder is not the adapter's
     base_dir = resolve_base(ws.root, base)
     prompt_src = prompts if prompts is not None else demo_prompts(ws.root, corpus, num_prompts)
     config = TINY_GENERATION if tiny else GenerationConfig()

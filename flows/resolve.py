@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
 from ragvid.schemas import FAILURES, MANIFEST, RetrievalConfig
 from ragvid.schemas.io import exists, fs_and_path, list_parts, read_table
@@ -153,6 +155,28 @@ class Resolver:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def check_adapter(self, adapter: str | None, retrieval) -> None:
+        """Refuse generating with the adapter in folder ``adapter`` (what :meth:`adapter`
+        returns) from ``retrieval`` — what :meth:`retrieval` returns, or an index name — when
+        the retrieved frame embeddings come from another encoder than the one the adapter was
+        trained on (:class:`~ragvid.model.adapter.EncoderMismatchError` naming both ids and
+        the fix). An adapter saved before adapters recorded their encoder passes with an
+        :class:`~ragvid.model.adapter.UncheckedEncoderWarning`. Every generation path calls
+        this once it holds both (no adapter or no retrieval: nothing to check)."""
+        if adapter is None or retrieval is None:
+            return
+        from ragvid.model.adapter import adapter_encoder, check_adapter_encoder
+
+        if isinstance(retrieval, str):
+            index_enc, where = self.index_encoder(retrieval).id, f"index '{retrieval}'"
+        else:
+            index_enc = getattr(retrieval, "encoder_id", None)
+            folder = getattr(retrieval, "index_dir", None)
+            where = f"index {folder}" if folder else "the retrieval source"
+        check_adapter_encoder(
+            adapter_encoder(adapter), index_enc, adapter=f"adapter {adapter}", index=where
+        )
+
     # -- evaluation -----------------------------------------------------------------------------
 
     def quarantined(self, corpus: str) -> set[str]:
@@ -167,17 +191,62 @@ class Resolver:
         return out
 
     def reference_videos(self, corpus: str, count: int) -> list[str]:
-        """Up to ``count`` real videos of ``corpus`` for FVD/KVD, in manifest order — never a
-        file the embedding stage quarantined (it would fail decoding again)."""
+        """Up to ``count`` real videos of ``corpus`` for FVD/KVD (their uris)."""
+        return [r["uri"] for r in self.reference_rows(corpus, count)]
+
+    def reference_rows(
+        self, corpus: str, count: int | None = None, split: str | None = None
+    ) -> list[dict]:
+        """Up to ``count`` manifest rows (video_id, uri, caption) of ``corpus`` — on side
+        ``split`` of its train / val split when given — in manifest order, never a file the
+        embedding stage quarantined (it would fail decoding again)."""
         from ragvid.pipelines.corpus.parts import manifest_files
 
+        wanted = None
+        if split is not None:
+            from ragvid.pipelines.corpus.split import split_ids
+
+            table = self.split_table(corpus)
+            if table is None:
+                raise FileNotFoundError(
+                    f"corpus '{corpus}' has no train / val split — run `ragvid corpus split "
+                    f"{corpus}` (then rebuild its index, which leaves val out)"
+                )
+            wanted = split_ids(table, split)
         bad = self.quarantined(corpus)
-        out: list[str] = []
+        out: list[dict] = []
         for file in manifest_files(self.ws.manifest(corpus), corpus):
-            t = read_table(file, MANIFEST, columns=["video_id", "uri"])
-            for vid, uri in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
-                if vid not in bad:
-                    out.append(uri)
-                    if len(out) >= count:
+            t = read_table(file, MANIFEST, columns=["video_id", "uri", "caption"])
+            if wanted is not None:
+                t = t.filter(pc.is_in(t.column("video_id"), value_set=wanted))
+            for row in t.to_pylist():
+                if row["video_id"] not in bad:
+                    out.append(row)
+                    if count is not None and len(out) >= count:
                         return out
         return out
+
+    # -- held-out split -------------------------------------------------------------------------
+
+    def split_table(self, corpus: str) -> str | None:
+        """The corpus's ``split.parquet`` (``ragvid corpus split``), None when it has none."""
+        path = self.ws.split(corpus)
+        return path if exists(path) else None
+
+    def duplicates_for_split(self, corpus: str, given: str | None) -> str | None:
+        """The duplicates table that keeps near-duplicate groups on one side of a split:
+        ``given`` (an index name or a ``.parquet`` path), else the corpus's index's table when
+        `ragvid index dedup` wrote one, else None."""
+        if given is not None and given.endswith(".parquet"):
+            if not exists(given):
+                raise FileNotFoundError(f"--duplicates {given}: no such file")
+            return given
+        path = self.ws.index_layout(given or corpus).duplicates
+        if exists(path):
+            return path
+        if given is not None:
+            raise FileNotFoundError(
+                f"--duplicates {given}: index '{given}' has no duplicates table at {path} — run "
+                f"`ragvid index dedup --corpus {corpus} --name {given}` first, or leave it out"
+            )
+        return None

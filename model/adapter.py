@@ -3,11 +3,15 @@
 On disk: `adapter.safetensors` (enhancer.* and mca.* weights) and `adapter_config.json`
 (enhancer + RagCA configs, the temporal-layer channel map of the base it was built for, and
 ``weights``: the size + sha256 of `adapter.safetensors`, recorded where the weights are
-referenced). Loading checks that map against the target UNet, so an adapter saved for another
+referenced) and ``encoder``: the spec id of the CLIP encoder whose frame embeddings it was
+trained on (:func:`check_adapter_encoder` refuses a retrieval index of another encoder — two
+512-d encoders have the same shape but unrelated spaces). Loading checks that map against the
+target UNet, so an adapter saved for another
 base fails with the layer and channel counts that differ instead of a shape error deep in
 torch, and checks the weights against their record, so a truncated, flipped or swapped weights
 file is a :class:`ChecksumMismatchError` naming it, never a different model. Adapters saved
-before the record existed load unchecked.
+before the record existed load unchecked; adapters saved before the encoder was recorded load
+too, and the encoder check warns that it cannot check them.
 
 The two files are renamed into place one after the other (weights first): a writer killed in
 between leaves new weights beside the old record, which loading reports as a mismatch; the
@@ -16,6 +20,7 @@ trainer rewrites its run's adapter from its newest checkpoint when rerun.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +49,28 @@ FORMAT = "ragvid-ragme-adapter"
 FORMAT_VERSION = 1
 
 
-class RagmeAdapter(nn.Module):
-    """Everything RAGME adds to the base T2V model: the only trainable parameters."""
+class EncoderMismatchError(ValueError):
+    """An adapter meets retrieval embeddings of another encoder than the one it was trained on."""
 
-    def __init__(self, enhancer: TimeEnhancer, ragca: RagCALayers, ragca_config: RagCAConfig):
+
+class UncheckedEncoderWarning(UserWarning):
+    """An adapter saved before adapters recorded their encoder: its space cannot be checked."""
+
+
+class RagmeAdapter(nn.Module):
+    """Everything RAGME adds to the base T2V model: the only trainable parameters.
+
+    ``encoder`` is the spec id of the encoder whose frame embeddings it consumes (None: not
+    recorded — an adapter saved before ragvid recorded it, or built outside a training run).
+    """
+
+    def __init__(
+        self,
+        enhancer: TimeEnhancer,
+        ragca: RagCALayers,
+        ragca_config: RagCAConfig,
+        encoder: str | None = None,
+    ):
         super().__init__()
         if enhancer.config.dim != ragca.token_dim:
             raise ValueError(
@@ -56,6 +79,7 @@ class RagmeAdapter(nn.Module):
         self.enhancer = enhancer
         self.ragca = ragca
         self.ragca_config = ragca_config
+        self.encoder = encoder
 
     @classmethod
     def create(
@@ -64,8 +88,10 @@ class RagmeAdapter(nn.Module):
         input_dim: int,
         enhancer: EnhancerConfig | None = None,
         ragca: RagCAConfig | None = None,
+        encoder: str | None = None,
     ) -> RagmeAdapter:
-        """A fresh adapter for `unet` (zero-initialised RagCA ⇒ output equals the base)."""
+        """A fresh adapter for `unet` (zero-initialised RagCA ⇒ output equals the base), for
+        frame embeddings of ``encoder`` (its spec id)."""
         enhancer = enhancer or EnhancerConfig()
         ragca = ragca or RagCAConfig(token_dim=enhancer.dim)
         if ragca.token_dim != enhancer.dim:
@@ -77,7 +103,7 @@ class RagmeAdapter(nn.Module):
         with torch.device(device):
             enh = TimeEnhancer.from_config_model(enhancer, input_dim)
             layers = RagCALayers(temporal_layer_channels(unet), ragca.token_dim, ragca.num_heads)
-        return cls(enh, layers, ragca)
+        return cls(enh, layers, ragca, encoder)
 
     @property
     def input_dim(self) -> int:
@@ -102,13 +128,16 @@ class RagmeAdapter(nn.Module):
         return RetrievalTokens(z, mask)
 
     def config_dict(self) -> dict:
-        return {
+        out = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "enhancer": dict(self.enhancer.config),
             "ragca": self.ragca_config.model_dump(),
             "layers": self.ragca.layer_channels,
         }
+        if self.encoder is not None:
+            out["encoder"] = self.encoder
+        return out
 
 
 def save_adapter(adapter: RagmeAdapter, folder: str | Path, *, fault: str = "adapter") -> Path:
@@ -142,6 +171,49 @@ def weights_record(folder: str | Path) -> FileRecord | None:
     return FileRecord.from_json(cfg.get("weights")) if isinstance(cfg, dict) else None
 
 
+def adapter_encoder(folder: str | Path) -> str | None:
+    """The encoder spec id `folder`'s adapter config records (None: an adapter saved before the
+    record existed). Reads only the config, not the weights."""
+    from ragvid.schemas.io import read_json
+
+    cfg = read_json(str(Path(folder) / ADAPTER_CONFIG))
+    enc = cfg.get("encoder") if isinstance(cfg, dict) else None
+    return str(enc) if enc else None
+
+
+def check_adapter_encoder(
+    adapter_encoder: str | None,
+    index_encoder: str | None,
+    *,
+    adapter: str = "the adapter",
+    index: str = "the retrieval index",
+) -> None:
+    """Refuse retrieval embeddings of another encoder than the adapter's (same dimension or not:
+    another encoder's vectors would be meaningless RagCA tokens). An adapter that records no
+    encoder passes with an :class:`UncheckedEncoderWarning`; a source that records none is not
+    checked. ``adapter`` / ``index`` name the two sides in the messages."""
+    if index_encoder is None:
+        return
+    if adapter_encoder is None:
+        warnings.warn(
+            f"{adapter} records no encoder (saved before adapters recorded theirs), so ragvid "
+            f"cannot check that {index} (encoder '{index_encoder}') is in the space it was "
+            "trained on — retrain it (`ragvid train --encoder …` records it) if its "
+            "generations look unconditioned",
+            UncheckedEncoderWarning,
+            stacklevel=2,
+        )
+        return
+    if adapter_encoder != index_encoder:
+        raise EncoderMismatchError(
+            f"{adapter} was trained on frame embeddings of encoder '{adapter_encoder}', but "
+            f"{index} holds embeddings of encoder '{index_encoder}': its tokens would mean "
+            f"nothing to the adapter. Use an index built with '{adapter_encoder}' (`ragvid "
+            f"embed` + `ragvid index build` with --encoder {adapter_encoder}), or retrain the "
+            f"adapter on '{index_encoder}' embeddings (`ragvid train --encoder {index_encoder}`)"
+        )
+
+
 def load_adapter(folder: str | Path, unet: nn.Module | None = None) -> RagmeAdapter:
     """Read an adapter folder; with `unet`, check it was built for that base and attach it."""
     from ragvid.schemas.io import read_json
@@ -167,7 +239,10 @@ def load_adapter(folder: str | Path, unet: nn.Module | None = None) -> RagmeAdap
     ragca_cfg = RagCAConfig(**cfg["ragca"])
     enhancer = TimeEnhancer(**{k: v for k, v in cfg["enhancer"].items() if not k.startswith("_")})
     adapter = RagmeAdapter(
-        enhancer, RagCALayers(layers, ragca_cfg.token_dim, ragca_cfg.num_heads), ragca_cfg
+        enhancer,
+        RagCALayers(layers, ragca_cfg.token_dim, ragca_cfg.num_heads),
+        ragca_cfg,
+        encoder=str(cfg["encoder"]) if cfg.get("encoder") else None,
     )
     weights = str(folder / ADAPTER_WEIGHTS)
     try:  # no record (an adapter saved before records existed): loaded unchecked

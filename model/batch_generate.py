@@ -113,6 +113,7 @@ class GenerateReport:
     blank: int = 0
     duplicates: list[dict] = field(default_factory=list)
     gallery: str | None = None
+    scheduler: str | None = None  # the sampler's class name (GenerationConfig.scheduler)
 
 
 def _frames_for(pipe, method: str, prompt: str, retrieval, cfg: GenerationConfig, gen):
@@ -129,7 +130,7 @@ def _frames_for(pipe, method: str, prompt: str, retrieval, cfg: GenerationConfig
         from .freeinit import freeinit_generate
 
         frames, timings = freeinit_generate(
-            pipe, prompt, negative_prompt=cfg.negative_prompt, **kwargs
+            pipe, prompt, cfg.freeinit, negative_prompt=cfg.negative_prompt, **kwargs
         )
         return frames, None, timings
     needs_adapter = method in ("ragme", "ragca")
@@ -231,13 +232,22 @@ def generate_prompts(
     return new, skipped, failed
 
 
-def _job_settings(config: GenerationConfig, method: str, model_id: str, index_id: str | None):
-    return {
+def _job_settings(
+    config: GenerationConfig,
+    method: str,
+    model_id: str,
+    index_id: str | None,
+    scheduler: str | None = None,
+):
+    settings = {
         "generation": config.model_dump(),
         "method": method,
         "model_id": model_id,
         "index_id": index_id,
     }
+    if scheduler is not None:
+        settings["scheduler"] = scheduler  # the sampler actually used (its class name)
+    return settings
 
 
 def consolidate(job_dir: str | os.PathLike) -> pa.Table:
@@ -286,7 +296,14 @@ def batch_generate(
     index_id: str | None = None,
     on_done: Callable[[dict], None] | None = None,
 ) -> GenerateReport:
-    """Run a generation job in this process (one device); reruns skip finished prompts."""
+    """Run a generation job in this process (one device); reruns skip finished prompts.
+
+    The pipeline samples with ``config.scheduler`` (see ``use_scheduler``); its class name is
+    pinned in ``job.json`` and returned as ``GenerateReport.scheduler``.
+    """
+    from .schedulers import use_scheduler
+
+    sampler = use_scheduler(pipe, config.scheduler)  # unknown names fail before any I/O
     plist = prompts if isinstance(prompts, PromptList) else None
     if plist is None:
         if isinstance(prompts, (str, os.PathLike)):
@@ -294,7 +311,7 @@ def batch_generate(
         else:
             plist = PromptList([p for p in dict.fromkeys(s.strip() for s in prompts) if p], "list")
     job = Path(job_dir)
-    _pin_settings(job, _job_settings(config, method, model_id, index_id))
+    _pin_settings(job, _job_settings(config, method, model_id, index_id, sampler))
     new, skipped, failed = generate_prompts(
         job,
         plist.prompts,
@@ -316,6 +333,7 @@ def batch_generate(
         plist.blank,
         plist.duplicates,
         write_gallery(job, table),
+        sampler,
     )
 
 

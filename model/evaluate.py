@@ -1,17 +1,23 @@
-"""RAGME §4 evaluation: the comparison table (base / base+FreeInit / RagInit only / full
-RAGME from the same prompts and seeds), metrics to the METRICS table, plots, an HTML report.
+"""RAGME §4 evaluation: the comparison table (the retrieved videos as a reference row, then
+base / base+FreeInit / RagInit only / full RAGME from the same prompts and seeds), metrics to
+the METRICS table, plots, an HTML report.
 
 Per method: FVD and KVD against reference (real) videos on a pluggable video feature net,
 the mean max cosine similarity between each generated video and its retrieved set on a
 pluggable frame feature net (copy detection; lower is better), dynamic degree (optical flow,
-estimator named) and latency per phase. Every figure carries its setup string; a metric with
-too few videos is recorded with value null and the reason — never a number that means nothing.
+estimator named) and latency per phase. Metric names say their features — ``fvd[i3d]`` is
+comparable to published FVD, ``fvd[random3d]`` only within one run; ``copy_sim[dinov2]`` is
+the paper's copy metric, ``copy_sim[pixels]`` its offline stand-in. Every figure carries its
+setup string; a metric with too few videos is recorded with value null and the reason — never
+a number that means nothing. The protocol line (which prompts, which references, whether they
+are held out of the index) heads the report.
 """
 
 from __future__ import annotations
 
 import html
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +41,26 @@ from .metrics import (
 from .video_io import read_video
 
 PAPER_METHODS = ("base", "freeinit", "raginit", "ragme")
+RETRIEVED = "retrieved"  # Tab. 1's reference row: the retrieved (training-set) videos
 LABELS = {
+    RETRIEVED: "retrieved videos (reference)",
     "base": "base model",
     "freeinit": "base + FreeInit",
     "raginit": "RagInit only",
     "ragca": "RagCA only",
     "ragme": "RAGME (full)",
 }
-LOWER_IS_BETTER = {"fvd": True, "kvd": True, "max_similarity": True, "latency_s": True}
+LOWER_IS_BETTER = {"fvd": True, "kvd": True, "copy_sim": True, "latency_s": True}
+TABLE_ORDER = ("fvd", "kvd", "copy_sim", "dynamic_degree", "latency_s")
+
+
+def metric_name(kind: str, features: str) -> str:
+    """``fvd[i3d]``, ``copy_sim[pixels]``: a figure named by the network behind it."""
+    return f"{kind}[{features}]"
+
+
+def metric_kind(name: str) -> str:
+    return name.split("[", 1)[0]
 
 
 @dataclass
@@ -53,6 +71,7 @@ class EvalReport:
     plots: dict[str, str] = field(default_factory=dict)
     report: str = ""
     notes: list[str] = field(default_factory=list)
+    protocol: str = ""
 
 
 def _resize_videos(videos: Sequence[np.ndarray], frames: int, height: int, width: int):
@@ -87,6 +106,8 @@ def method_metrics(
     rows, notes = [], []
     frames, height, width = size
     setup_v = f"{video_features.setup}; videos at {frames}x{height}x{width}"
+    fvd, kvd = metric_name("fvd", video_features.key), metric_name("kvd", video_features.key)
+    copy_sim = metric_name("copy_sim", frame_features.key)
 
     def add(metric: str, value: float | None, n: int, setup: str) -> None:
         rows.append(
@@ -103,17 +124,18 @@ def method_metrics(
                 f"; n_gen={len(fg)}, n_ref={len(fr)} ≤ feature dim {fg.shape[1]}: "
                 "rank-deficient covariance, indicative only"
             )
-        for metric, fn in (("fvd", frechet_distance), ("kvd", polynomial_mmd)):
+        for metric, fn in ((fvd, frechet_distance), (kvd, polynomial_mmd)):
             try:
                 add(metric, fn(fr, fg), len(fg), setup_v + extra)
             except InsufficientSamplesError as exc:
                 add(metric, None, len(fg), f"{setup_v}; not computed: {exc}")
                 notes.append(f"{method} {metric}: {exc}")
     else:
-        for metric in ("fvd", "kvd"):
+        for metric in (fvd, kvd):
             add(metric, None, len(generated), f"{setup_v}; not computed: no reference videos")
     sims = []
-    for g, rset in zip(generated, retrieved, strict=True):
+    pairs = [] if method == RETRIEVED else zip(generated, retrieved, strict=True)
+    for g, rset in pairs:
         if not rset:
             continue
         dg = video_descriptor(frame_features(g))
@@ -121,10 +143,13 @@ def method_metrics(
         s = max_retrieved_similarity(dg, dr)
         if s is not None:
             sims.append(s)
-    if sims:
-        add("max_similarity", float(np.mean(sims)), len(sims), frame_features.setup)
+    sim_setup = f"{frame_features.setup}; max cosine to the retrieved set, mean over prompts"
+    if method == RETRIEVED:
+        add(copy_sim, None, 0, f"{sim_setup}; not defined: these are the retrieved videos")
+    elif sims:
+        add(copy_sim, float(np.mean(sims)), len(sims), sim_setup)
     else:
-        add("max_similarity", None, 0, f"{frame_features.setup}; not computed: no retrieved set")
+        add(copy_sim, None, 0, f"{sim_setup}; not computed: no retrieved set")
     dyn = [dynamic_degree(g, flow) for g in generated]
     if dyn:
         est = dyn[0].estimator
@@ -142,16 +167,40 @@ def method_metrics(
     return rows, notes
 
 
-def label(method: str) -> str:
+def label(method: str, config: GenerationConfig | None = None) -> str:
+    """The table's name for a method; FreeInit's carries its settings."""
     name, _, opt = method.partition("@")
-    return LABELS.get(name, name) + (f" ({opt.replace('k=', 'K=')})" if opt else "")
+    text = LABELS.get(name, name)
+    if name == "freeinit" and config is not None:
+        f = config.freeinit
+        text += f" ({f.iterations} it., {f.method})"
+    return text + (f" ({opt.replace('k=', 'K=')})" if opt else "")
 
 
-def comparison_rows(metrics: pa.Table, methods: Sequence[str]) -> list[dict]:
-    """One dict per method: the paper's table columns."""
+def table_columns(metrics: pa.Table) -> list[str]:
+    """The comparison's columns: the metrics present, in the paper's order (FVD, KVD, copy
+    similarity, dynamic degree, latency), each under its feature-qualified name."""
+    names = list(dict.fromkeys(metrics.column("metric").to_pylist()))
+    main = [n for n in names if metric_kind(n) in TABLE_ORDER]
+    return sorted(main, key=lambda n: (TABLE_ORDER.index(metric_kind(n)), n)) + [
+        n for n in names if n.startswith("vbench/")
+    ]
+
+
+def comparison_rows(
+    metrics: pa.Table, methods: Sequence[str], config: GenerationConfig | None = None
+) -> list[dict]:
+    """One dict per method: the paper's table columns, named by their features."""
     by = {(r["method"], r["metric"]): r["value"] for r in metrics.to_pylist()}
-    cols = ("fvd", "kvd", "max_similarity", "dynamic_degree", "latency_s")
-    return [{"method": m, "label": label(m), **{c: by.get((m, c)) for c in cols}} for m in methods]
+    cols = table_columns(metrics)
+    return [
+        {"method": m, "label": label(m, config), **{c: by.get((m, c)) for c in cols}}
+        for m in methods
+    ]
+
+
+def _column(rows: list[dict], kind: str) -> str | None:
+    return next((c for c in (rows[0] if rows else {}) if metric_kind(c) == kind), None)
 
 
 def _fmt(v: float | None) -> str:
@@ -165,28 +214,30 @@ def plot_fvd_vs_similarity(rows: list[dict], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fvd, sim = _column(rows, "fvd"), _column(rows, "copy_sim")
     fig, ax = plt.subplots(figsize=(5, 4))
     for r in rows:
-        if r["fvd"] is None or r["max_similarity"] is None:
+        if fvd is None or sim is None or r[fvd] is None or r[sim] is None:
             continue
-        ax.scatter(r["max_similarity"], r["fvd"], s=60)
+        ax.scatter(r[sim], r[fvd], s=60)
         ax.annotate(
-            r["label"],
-            (r["max_similarity"], r["fvd"]),
-            textcoords="offset points",
-            xytext=(5, 5),
-            fontsize=8,
+            r["label"], (r[sim], r[fvd]), textcoords="offset points", xytext=(5, 5), fontsize=8
         )
-    ax.set_xlabel("max cosine similarity to retrieved set (copying ↓)")
-    ax.set_ylabel("FVD ↓")
-    ax.set_title("FVD vs similarity")
+    ax.set_xlabel(f"{sim}: max cosine to the retrieved set (copying ↓)")
+    ax.set_ylabel(f"{fvd} ↓")
+    ax.set_title("FVD vs copy similarity")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def plot_frame_grid(videos: Mapping[str, np.ndarray], path: str, max_frames: int = 6) -> str:
+def plot_frame_grid(
+    videos: Mapping[str, np.ndarray],
+    path: str,
+    max_frames: int = 6,
+    config: GenerationConfig | None = None,
+) -> str:
     """Side-by-side frames: one row per method (same prompt, same seed)."""
     import matplotlib
 
@@ -207,7 +258,7 @@ def plot_frame_grid(videos: Mapping[str, np.ndarray], path: str, max_frames: int
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(label(name), fontsize=7)
+                ax.set_ylabel(label(name, config), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -222,9 +273,14 @@ def write_html_report(
     plots: Mapping[str, str],
     notes: Sequence[str],
     prompts: Sequence[str],
+    protocol: str = "",
+    settings: str = "",
 ):
-    cols = ("fvd", "kvd", "max_similarity", "dynamic_degree", "latency_s")
-    head = "".join(f"<th>{c}{' ↓' if LOWER_IS_BETTER.get(c) else ''}</th>" for c in cols)
+    cols = [c for c in (rows[0] if rows else {}) if c not in ("method", "label")]
+    head = "".join(
+        f"<th>{html.escape(c)}{' ↓' if LOWER_IS_BETTER.get(metric_kind(c)) else ''}</th>"
+        for c in cols
+    )
     body = "".join(
         f"<tr><td>{html.escape(r['label'])}</td>"
         + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols)
@@ -239,11 +295,19 @@ def write_html_report(
     )
     note_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes) or "<li>none</li>"
     title = f"ragvid eval {html.escape(run)}"
+    warn = "LEAKAGE" in protocol
+    proto_html = (
+        f"<p class='{'leak' if warn else 'ok'}' id='protocol'><b>Protocol:</b> "
+        f"{html.escape(protocol or 'not recorded')}</p>"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+.leak{{background:#fdd;padding:6px}}.ok{{background:#efe;padding:6px}}</style></head><body>
 <h1>Evaluation: {html.escape(run)}</h1>
-<p>{len(prompts)} prompts, same prompts and seeds for every method (RAGME §4 comparison).</p>
+{proto_html}
+<p>{len(prompts)} prompts, same prompts and seeds for every method (RAGME §4 comparison).
+{html.escape(settings)}</p>
 <table><tr><th>method</th>{head}</tr>{body}</table>
 <h2>Setup behind each figure</h2><ul>{setup_html}</ul>
 <h2>Notes</h2><ul>{note_html}</ul>
@@ -254,6 +318,44 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head><b
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, path)
     return str(path)
+
+
+def generation_settings(config: GenerationConfig) -> str:
+    """One line on how every method sampled (the same for all of them)."""
+    return (
+        f"Sampler {config.scheduler}, {config.num_inference_steps} steps, CFG "
+        f"{config.guidance_scale}, {config.num_frames} frames at {config.height}×{config.width}, "
+        f"K = {config.k}, seed {config.seed}; {config.freeinit.describe()}."
+    )
+
+
+def _retrieved_reference(
+    prompts: Sequence[str], retrieval, config: GenerationConfig, video_lookup
+) -> tuple[list[np.ndarray], list[dict[str, float]], list[str]]:
+    """Tab. 1's first row: the top retrieved video of every prompt, as if it were generated."""
+    started = time.perf_counter()
+    batch = retrieval.retrieve(list(prompts), config.k)
+    per = (time.perf_counter() - started) / max(1, len(prompts))
+    videos, notes = [], []
+    for p, ids, mask in zip(prompts, batch.ids, batch.mask, strict=True):
+        top = next((i for i, m in zip(ids, mask, strict=True) if m and i), None)
+        if top is None:
+            notes.append(f"{RETRIEVED}: nothing retrieved for {p!r} — left out")
+            continue
+        videos.append(_load(video_lookup(top)))
+    return videos, [{"total": per, "retrieval": per}] * len(videos), notes
+
+
+def import_vbench(out: Path, run: str, methods: Sequence[str]) -> list[dict]:
+    """METRICS rows from VBench results placed next to each method's export
+    (``vbench/<method>/*_eval_results.json``): VBench runs outside, its scores come back here."""
+    from .vbench import read_vbench_results
+
+    rows: list[dict] = []
+    for method in methods:
+        for result in sorted((out / "vbench" / method).glob("*_eval_results.json")):
+            rows += read_vbench_results(result, run, method).to_pylist()
+    return rows
 
 
 def evaluate_methods(
@@ -271,14 +373,39 @@ def evaluate_methods(
     flow: FlowEstimator | None = None,
     methods: Sequence[str] = PAPER_METHODS,
     eval_frames: int | None = None,
+    protocol: str = "",
+    notes: Sequence[str] = (),
+    reference_row: bool = True,
+    vbench_export: bool = True,
 ) -> EvalReport:
     """Generate every method's videos (idempotent jobs under ``out_dir/generations/<method>``),
-    compute the metrics, write ``metrics.parquet``, the plots and ``report.html``."""
+    compute the metrics, write ``metrics.parquet``, the plots and ``report.html``.
+
+    ``reference_row`` adds Tab. 1's "retrieved videos" row (the top retrieved clip per prompt,
+    scored like a method). ``vbench_export`` lays each method's videos out for VBench under
+    ``vbench/<method>/``; results VBench writes there are read back into the table."""
+    from .vbench import export_for_vbench
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = (eval_frames or config.num_frames, config.height, config.width)
     ref_videos = [_load(r) for r in reference]
-    all_rows, notes, grid = [], [], {}
+    all_rows, notes, grid = [], list(notes), {}
+    table_methods = list(methods)
+    measure = dict(
+        video_features=video_features, frame_features=frame_features, flow=flow, size=size
+    )
+    if reference_row:
+        videos, timings, n = _retrieved_reference(prompts, retrieval, config, video_lookup)
+        notes += n
+        rows, n = method_metrics(
+            run, RETRIEVED, videos, ref_videos, [[]] * len(videos), timings, **measure
+        )
+        all_rows += rows
+        notes += n
+        table_methods.insert(0, RETRIEVED)
+        if videos:
+            grid[RETRIEVED] = videos[0]
     for method in methods:
         rep = batch_generate(
             out / "generations" / method,
@@ -304,36 +431,56 @@ def evaluate_methods(
             for r in ok
         ]
         rows, n = method_metrics(
-            run,
-            method,
-            gen,
-            ref_videos,
-            retrieved,
-            [dict(r["timings"]) for r in ok],
-            video_features=video_features,
-            frame_features=frame_features,
-            flow=flow,
-            size=size,
+            run, method, gen, ref_videos, retrieved, [dict(r["timings"]) for r in ok], **measure
         )
         all_rows += rows
         notes += n
         if gen:
             grid[method] = gen[0]
+        if vbench_export and ok:
+            export_for_vbench(rep.job_dir + "/generations.parquet", out / "vbench" / method)
+    if vbench_export:
+        imported = import_vbench(out, run, methods)
+        all_rows += imported
+        if imported:
+            notes.append(f"VBench: {len(imported)} score(s) read back from {out / 'vbench'}")
+        else:
+            notes.append(
+                f"VBench: videos laid out per method under {out / 'vbench'}; run VBench there "
+                "and rerun this evaluation to read its *_eval_results.json back"
+            )
     metrics = write_table(
         out / "metrics.parquet",
         pa.Table.from_pylist(all_rows, schema=METRICS.schema()),
         METRICS,
-        config={"generation": config.model_dump(), "methods": list(methods)},
+        config={
+            "generation": config.model_dump(),
+            "methods": table_methods,
+            "protocol": protocol,
+        },
     )
-    rows = comparison_rows(metrics, methods)
+    rows = comparison_rows(metrics, table_methods, config)
     plots = {}
-    if any(r["fvd"] is not None and r["max_similarity"] is not None for r in rows):
-        plots["FVD vs similarity"] = plot_fvd_vs_similarity(
+    fvd, sim = _column(rows, "fvd"), _column(rows, "copy_sim")
+    if fvd and sim and any(r[fvd] is not None and r[sim] is not None for r in rows):
+        plots["FVD vs copy similarity"] = plot_fvd_vs_similarity(
             rows, str(out / "fvd_vs_similarity.png")
         )
     else:
-        notes.append("FVD vs similarity plot skipped: no method has both figures")
+        notes.append("FVD vs copy similarity plot skipped: no method has both figures")
     if grid:
-        plots["frames (first prompt)"] = plot_frame_grid(grid, str(out / "frame_grid.png"))
-    report = write_html_report(str(out), run, rows, metrics, plots, notes, prompts)
-    return EvalReport(str(out), metrics, rows, plots, report, notes)
+        plots["frames (first prompt)"] = plot_frame_grid(
+            grid, str(out / "frame_grid.png"), config=config
+        )
+    report = write_html_report(
+        str(out),
+        run,
+        rows,
+        metrics,
+        plots,
+        notes,
+        prompts,
+        protocol=protocol,
+        settings=generation_settings(config),
+    )
+    return EvalReport(str(out), metrics, rows, plots, report, notes, protocol)

@@ -2,9 +2,10 @@
 
 Real runs load networks from local paths (no downloads here):
 
-* ``i3d:<path>`` — the I3D TorchScript used by the common FVD implementations (StyleGAN-V,
-  content-debiased FVD): called as ``model(x, rescale=True, resize=True,
-  return_features=True)`` on float videos (N, 3, T, H, W) in [0, 255] → 400-d logits.
+* ``i3d:<path>`` — the Kinetics-400 I3D TorchScript of the common FVD implementations, run
+  under the common protocol (:class:`I3DTorchScript`): 16 frames, short side resized to 224
+  then a centre 224×224 crop, values in [-1, 1], and ``model(x, rescale=False, resize=False,
+  return_features=True)`` → 400-d logits (the network's own resize would squash the aspect).
 * ``dinov2:<folder>`` — a transformers DINOv2 checkpoint (``Dinov2Model``); CLS features.
 
 Offline fallbacks, always named in the recorded setup:
@@ -25,17 +26,21 @@ import torch
 
 
 class VideoFeatures(Protocol):
-    """uint8 videos (N, T, H, W, 3) → features (N, D); ``setup`` names the network."""
+    """uint8 videos (N, T, H, W, 3) → features (N, D); ``setup`` describes the network and
+    ``key`` names it in metric names (``fvd[<key>]``)."""
 
     setup: str
+    key: str
 
     def __call__(self, videos: np.ndarray) -> np.ndarray: ...
 
 
 class FrameFeatures(Protocol):
-    """uint8 frames (N, H, W, 3) → features (N, D); ``setup`` names the network."""
+    """uint8 frames (N, H, W, 3) → features (N, D); ``setup`` describes the network and
+    ``key`` names it in metric names (``copy_sim[<key>]``)."""
 
     setup: str
+    key: str
 
     def __call__(self, frames: np.ndarray) -> np.ndarray: ...
 
@@ -47,8 +52,34 @@ def _check_videos(videos: np.ndarray) -> np.ndarray:
     return videos
 
 
+def i3d_frame_indices(frames: int, num_frames: int = 16) -> np.ndarray:
+    """Which source frames feed I3D's ``num_frames``: uniform over the clip; a clip with fewer
+    frames repeats its nearest frames (12 → 16 repeats four), as recorded in the setup."""
+    return np.linspace(0, frames - 1, num_frames).round().astype(int)
+
+
+def i3d_preprocess(videos: np.ndarray, size: int = 224) -> torch.Tensor:
+    """uint8 (N, T, H, W, 3) → float (N, 3, T, size, size) in [-1, 1]: short side resized to
+    ``size`` (bilinear, antialiased), centre crop — the common FVD protocol's input."""
+    x = torch.from_numpy(np.ascontiguousarray(videos)).float()
+    n, t, h, w, c = x.shape
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = x.permute(0, 1, 4, 2, 3).reshape(n * t, c, h, w)
+    x = torch.nn.functional.interpolate(
+        x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True
+    )
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[:, :, top : top + size, left : left + size]
+    x = x.reshape(n, t, c, size, size).permute(0, 2, 1, 3, 4)
+    return (x / 127.5 - 1.0).clamp(-1.0, 1.0)
+
+
 class I3DTorchScript:
-    """The FVD reference network, from a local TorchScript file."""
+    """The FVD reference network, from a local TorchScript file, under the common protocol:
+    own resize + centre crop to 224, [-1, 1], then ``rescale=False, resize=False``."""
+
+    key = "i3d"
 
     def __init__(self, path: str, num_frames: int = 16, device: str = "cpu", batch: int = 8):
         if not os.path.isfile(path):
@@ -61,23 +92,28 @@ class I3DTorchScript:
         except RuntimeError as exc:
             raise ValueError(f"{path} is not a loadable TorchScript file ({exc})") from exc
         self.num_frames, self.device, self.batch = num_frames, device, batch
-        self.setup = f"i3d-torchscript({os.path.basename(path)}), {num_frames} frames, 224px"
+        self.setup = (
+            f"i3d-torchscript({os.path.basename(path)}), Kinetics-400 logits; {num_frames} "
+            "frames sampled uniformly (shorter clips repeat nearest frames), short side → 224 "
+            "+ centre crop, [-1, 1], rescale=False, resize=False"
+        )
 
     def __call__(self, videos: np.ndarray) -> np.ndarray:
         videos = _check_videos(videos)
-        idx = np.linspace(0, videos.shape[1] - 1, self.num_frames).round().astype(int)
+        idx = i3d_frame_indices(videos.shape[1], self.num_frames)
         out = []
         for i in range(0, len(videos), self.batch):
-            x = torch.from_numpy(videos[i : i + self.batch][:, idx]).float()
-            x = x.permute(0, 4, 1, 2, 3).to(self.device)  # N, C, T, H, W in [0, 255]
+            x = i3d_preprocess(videos[i : i + self.batch][:, idx]).to(self.device)
             with torch.no_grad():
-                f = self.model(x, rescale=True, resize=True, return_features=True)
+                f = self.model(x, rescale=False, resize=False, return_features=True)
             out.append(f.float().cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
 
 class RandomConv3D(torch.nn.Module):
     """Fixed-seed random 3D conv net: deterministic offline video features."""
+
+    key = "random3d"
 
     def __init__(self, seed: int = 0, dim: int = 64, size: int = 32, num_frames: int = 8):
         super().__init__()
@@ -115,6 +151,8 @@ class RandomConv3D(torch.nn.Module):
 class Dinov2Frames:
     """DINOv2 CLS features from a local transformers folder (``Dinov2Model``)."""
 
+    key = "dinov2"
+
     def __init__(self, folder: str, device: str = "cpu", batch: int = 32):
         from transformers import Dinov2Model
 
@@ -145,6 +183,8 @@ class Dinov2Frames:
 
 class PixelThumbnails:
     """16×16 mean-centred RGB thumbnails: the offline copy-detection fallback."""
+
+    key = "pixels"
 
     def __init__(self, size: int = 16):
         self.size = size

@@ -301,7 +301,7 @@ class RagmePipeline(DiffusionPipeline):
                 if keep is None:
                     keep = self.adapter.ragca_config.uncond_keeps_retrieval
                 tokens = tokens.for_cfg(keep)
-        t0 = lap("clip_encoding", t0)
+        t0 = lap("retrieval_enhancer", t0)  # time enhancer over the retrieved CLIP features
 
         # 3. initial latents (given, RagInit or noise)
         self.scheduler.set_timesteps(num_inference_steps, device=device)

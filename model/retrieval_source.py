@@ -69,7 +69,8 @@ class InMemoryRetrieval:
     """Exact cosine search (FAISS `IndexFlatIP` on L2-normalised vectors) over arrays.
 
     `text_encoder` maps prompts to (b, D) vectors in the same space as `video_emb`;
-    `min_score` drops hits below it (padded + masked), like δ_min.
+    `min_score` drops hits below it (padded + masked), like δ_min; `encoder_id` names the
+    encoder of `frame_emb` (checked against an adapter's; None: unchecked).
     """
 
     def __init__(
@@ -81,9 +82,11 @@ class InMemoryRetrieval:
         frame_mask: np.ndarray | None = None,
         videos: Sequence[Video] | None = None,
         min_score: float | None = None,
+        encoder_id: str | None = None,
     ):
         import faiss
 
+        self.encoder_id = encoder_id
         self.ids = np.asarray(list(ids), dtype=object)
         n = len(self.ids)
         vecs = np.ascontiguousarray(video_emb, dtype=np.float32)
@@ -157,6 +160,16 @@ class RetrieverSource:
                 f"the full ragvid package ({e})"
             ) from e
         return cls(Retriever.open(index_dir), encoder, config, **kw)
+
+    @property
+    def encoder_id(self) -> str | None:
+        """The spec id of the encoder the index's embeddings were made with (its manifest)."""
+        enc = getattr(getattr(self.retriever, "man", None), "encoder", None)
+        return str(enc) if enc else None
+
+    @property
+    def index_dir(self) -> str | None:
+        return getattr(getattr(self.retriever, "man", None), "path", None)
 
     def video_uri(self, video_id: str) -> str:
         """Where a retrieved video's file is (the evaluation's copy-detection lookup)."""

@@ -27,6 +27,14 @@ folder is replaced when the run reaches its step again. When no checkpoint is us
 refuses, naming the folders to delete (or ``--no-resume``). A checkpoint from other settings is
 always refused. Checkpoints written before records existed are loaded unchecked.
 
+Encoder: the adapter records the spec id of the encoder its training embeddings come from
+(``encoder=``, else the embeddings table's ``encoder`` column), so generation can refuse an
+index of another encoder (:func:`~ragvid.model.adapter.check_adapter_encoder`).
+
+Start: a fresh zero-initialised adapter (output = the base), or ``adapter=`` — a trained one
+(motion transfer overfits the WebVid-trained controller); its weights' sha256 is part of the
+run's resume identity, so a checkpoint grown from another start is refused.
+
 Fault points (:func:`ragvid.schemas.faults.fault_point`, for the kill tests): ``train:after-step``
 (after each optimiser step), ``train:checkpoint:after-adapter`` / ``after-optimizer`` /
 ``before-state`` / ``before-rename`` / ``after-rename``, ``train:checkpoint-adapter:after-weights``
@@ -199,6 +207,44 @@ def _save_synced(obj: Any, path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def dataset_encoder(dataset: RetrievalTrainingSet) -> str | None:
+    """The one encoder id the dataset's embeddings table records (None: none or several)."""
+    emb = getattr(dataset, "_emb", None)
+    if emb is None or "encoder" not in emb.column_names:
+        return None
+    ids = {e for e in emb.column("encoder").unique().to_pylist() if e}
+    return ids.pop() if len(ids) == 1 else None
+
+
+def _training_encoder(
+    dataset: RetrievalTrainingSet, encoder: str | None, adapter: RagmeAdapter | None
+) -> str | None:
+    """The encoder id to record: the one given, else the starting adapter's, else the table's;
+    refused when two of them disagree (the adapter would learn one space and claim another)."""
+    table = dataset_encoder(dataset)
+    start = adapter.encoder if adapter is not None else None
+    chosen = encoder or start or table
+    for what, other in (("the starting adapter records", start), ("the embeddings are", table)):
+        if chosen and other and other != chosen:
+            raise ValueError(
+                f"training for encoder '{chosen}', but {what} of encoder '{other}' — embed "
+                f"with '{other}' or pass --encoder {other}"
+            )
+    return chosen
+
+
+def _state_digest(adapter: RagmeAdapter) -> str:
+    """sha256 of the adapter's weights (names, shapes, dtypes and values), short."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(adapter.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints (state.json present), oldest first."""
     folder = Path(run_dir) / "checkpoints"
@@ -221,7 +267,13 @@ class Trainer:
         enhancer: EnhancerConfig | None = None,
         ragca: RagCAConfig | None = None,
         sample_fn: Callable[[int, RagmeUNet, Path], list[str]] | None = None,
+        encoder: str | None = None,
+        adapter: RagmeAdapter | None = None,
     ):
+        """``encoder``: spec id of the encoder of ``dataset``'s embeddings, recorded in the
+        adapter (default: ``adapter``'s record, else the embeddings table's). ``adapter``: start
+        from this (trained) adapter — its sizes and weights; ``enhancer`` / ``ragca`` are then
+        ignored — instead of a fresh one."""
         from accelerate import Accelerator
 
         self.run_dir = Path(run_dir)
@@ -239,8 +291,22 @@ class Trainer:
         self.accum = config.effective_batch_size // per_step
         for m in (base.vae, base.text_encoder, base.unet):
             m.to(acc.device)
-        torch.manual_seed(config.seed)  # adapter init: same weights in every run of a config
-        self.model = RagmeUNet.create(base.unet, dataset.dim, enhancer, ragca)
+        encoder = _training_encoder(dataset, encoder, adapter)
+        self._init: str | None = None  # sha256 of the starting weights (None: fresh)
+        if adapter is not None:
+            if adapter.input_dim != dataset.dim:
+                raise ValueError(
+                    f"the starting adapter takes {adapter.input_dim}-d frame embeddings, the "
+                    f"training embeddings are {dataset.dim}-d — embed with the adapter's encoder "
+                    f"({adapter.encoder or 'not recorded'})"
+                )
+            adapter.encoder = encoder
+            self._init = _state_digest(adapter)
+            self.model = RagmeUNet(base.unet, adapter.to(acc.device))
+        else:
+            torch.manual_seed(config.seed)  # adapter init: same weights in every run of a config
+            self.model = RagmeUNet.create(base.unet, dataset.dim, enhancer, ragca)
+            self.model.adapter.encoder = encoder
         if config.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         params = self.model.trainable_parameters()
@@ -293,6 +359,8 @@ class Trainer:
                 "world_size": acc.num_processes,
                 "files": files,
             }
+            if self._init is not None:
+                state["init"] = self._init
             fault_point("train:checkpoint:before-state")
             write_json_atomic(tmp / "state.json", state)
             fault_point("train:checkpoint:before-rename")
@@ -380,6 +448,12 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint {folder} was trained with other settings {diff} (saved, now) — "
                 "resume with the same config or start a new run"
+            )
+        if state.get("init") != self._init:
+            raise CheckpointError(
+                f"checkpoint {folder} was trained from another starting adapter (weights "
+                f"{state.get('init') or 'fresh'}, now {self._init or 'fresh'}) — use another "
+                "run folder (motion transfer: another --out), or delete this one's checkpoints"
             )
         if state.get("world_size") != self.accelerator.num_processes:
             raise CheckpointError(
@@ -495,7 +569,10 @@ class Trainer:
             "train": cfg.model_dump(),
             "base": self.base.path,
             "adapter": self.adapter.config_dict(),
+            "retrieved_k": getattr(self.dataset, "k", None),  # neighbours per sample trained on
         }
+        if self._init is not None:
+            run_config["init_weights_sha256"] = self._init
         cfg_file = self.run_dir / "config.json"
         if not cfg_file.is_file() or json.loads(cfg_file.read_text()) != json.loads(
             json.dumps(run_config, default=str)
@@ -589,15 +666,24 @@ def train(
     stop_after: int | None = None,
     sample_fn: Callable[[int, RagmeUNet, Path], list[str]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    encoder: str | None = None,
 ) -> TrainResult:
-    """Load the base from ``base_dir``, fine-tune the adapter into ``run_dir`` (resuming)."""
+    """Load the base from ``base_dir``, fine-tune the adapter into ``run_dir`` (resuming);
+    ``encoder`` (the embeddings' spec id) is recorded in the adapter."""
     base = load_base(base_dir)
     if sample_fn is None and config.sample_every:
         sample_fn = dataset_sample_fn(
             base, dataset, config, num_inference_steps=config.sample_steps
         )
     trainer = Trainer(
-        run_dir, base, dataset, config, enhancer=enhancer, ragca=ragca, sample_fn=sample_fn
+        run_dir,
+        base,
+        dataset,
+        config,
+        enhancer=enhancer,
+        ragca=ragca,
+        sample_fn=sample_fn,
+        encoder=encoder,
     )
     return trainer.fit(resume=resume, stop_after=stop_after, on_step=on_step)
 

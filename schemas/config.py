@@ -64,6 +64,21 @@ class ManifestConfig(_Config):
     )
 
 
+class SplitConfig(_Config):
+    """Held-out split of a corpus (RAGME §4 scores WebVid *val* captions against a database
+    built on *train*): each video's side comes from a seeded hash of its id."""
+
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of videos held out as val")
+    seed: int = 0
+    max_group_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="a near-duplicate group holding more of the corpus than this is a collapsed "
+        "encoder, not copies: its members are split by their own ids (and the split warns)",
+    )
+
+
 class EmbedConfig(_Config):
     """Frame decoding + CLIP embedding (RAGME Eq. 3: frame-wise L2, temporal mean, L2)."""
 
@@ -250,8 +265,33 @@ class RagCAConfig(_Config):
     )
 
 
+class FreeInitConfig(_Config):
+    """FreeInit baseline (Wu et al., 2023) with diffusers' ``enable_free_init`` defaults."""
+
+    iterations: int = Field(3, ge=1, description="sampling passes (1 = plain sampling)")
+    method: Literal["butterworth", "gaussian", "ideal"] = "butterworth"
+    order: int = Field(4, ge=1, description="Butterworth filter order")
+    spatial_stop_frequency: float = Field(0.25, ge=0, le=1)
+    temporal_stop_frequency: float = Field(0.25, ge=0, le=1)
+
+    def describe(self) -> str:
+        order = f", order {self.order}" if self.method == "butterworth" else ""
+        return (
+            f"FreeInit {self.iterations} iterations, {self.method}{order} low-pass, stop "
+            f"frequencies spatial {self.spatial_stop_frequency} / temporal "
+            f"{self.temporal_stop_frequency}"
+        )
+
+
 class GenerationConfig(_Config):
     """RAGME §4 inference: DDIM 50 steps, CFG 7.5, RagInit on."""
+
+    scheduler: str = Field(
+        "ddim",
+        description="sampler: 'ddim' (the paper's), 'base' (the base folder's own) or a "
+        "diffusers scheduler class name built from the base's scheduler config",
+    )
+    freeinit: FreeInitConfig = FreeInitConfig()
 
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
@@ -317,3 +357,33 @@ class FCAConfig(_Config):
     guidance_scale: float = 6.0
     num_inference_steps: int = 50
     num_query_tokens: int = 16
+
+
+class MotionTransferConfig(_Config):
+    """RAGME App. C motion transfer: overfit the trained controller on one driving video in ~50
+    iterations (the paper: 50, vs Motion Director's 400), then generate new prompts with it.
+
+    Why not the training recipe: :class:`TrainConfig`'s 500-step warmup keeps the rate at
+    ≤ 50/500 × 1e-4 = 1e-5 for all 50 iterations (mean ≈ 5e-6), so AdamW — whose early steps
+    move every parameter by ≈ the rate — shifts each weight by ≲ 2.5e-4 in total and the output
+    stays the starting model's. Here the rate is the training recipe's own peak, 1e-4 (known
+    stable for these modules, bf16 included), reached after a warmup of 10 % of the iterations
+    (5 of 50: enough for Adam's second-moment estimate to settle before full-rate steps), so
+    45 full-rate steps move each weight by up to ≈ 4.5e-3 — ~20× more, a tenth of a typical
+    weight's scale (≈ 1/√fan_in ≈ 0.05 at 320–1280 channels): enough to overfit one clip,
+    small enough not to wreck the WebVid-trained controller it starts from. The gradient is
+    clipped at norm 1.0 like in training (one video, one noise draw per step: spiky losses).
+    Dropouts are off (the one video is both target and its own neighbour).
+    """
+
+    iterations: int = Field(50, ge=1, description="optimiser steps on the driving video")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW peak learning rate")
+    warmup_fraction: float = Field(
+        0.1, ge=0, le=0.5, description="linear warmup as a share of the iterations"
+    )
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.iterations * self.warmup_fraction)

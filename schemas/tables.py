@@ -40,6 +40,20 @@ MANIFEST = TableSpec(
     "``tar://<member>::<shard path or URI>``.",
 )
 
+SPLITS = TableSpec(
+    name="splits",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("split", pa.string()),
+        ]
+    ),
+    doc="The train / val assignment of a corpus's videos (``ragvid corpus split``): seeded, by "
+    "a hash of the video_id, so a grown corpus keeps every old video's side. Evaluation takes "
+    "prompts and reference videos from val and the retrieval database from train.",
+)
+
 REJECTS = TableSpec(
     name="rejects",
     version=1,
@@ -196,6 +210,7 @@ ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
         MANIFEST,
+        SPLITS,
         REJECTS,
         FAILURES,
         EMBEDDINGS,

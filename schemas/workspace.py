@@ -32,6 +32,7 @@ EMBEDDINGS_DIR = "embeddings"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 GENERATIONS_FILE = "generations.parquet"
 METRICS_FILE = "metrics.parquet"
+SPLIT_FILE = "split.parquet"
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,10 @@ class Workspace:
 
     def rejects(self, corpus: str) -> str:
         return join(self.corpus(corpus), "rejects")
+
+    def split(self, corpus: str) -> str:
+        """The corpus's train / val table (``ragvid corpus split``)."""
+        return join(self.corpus(corpus), SPLIT_FILE)
 
     def embeddings_root(self, corpus: str) -> str:
         return join(self.corpus(corpus), "embeddings")

@@ -286,3 +286,40 @@ def test_workspace_status_reports_the_planted_bad_files(demo_run):
     planted = [r for r in manifest if r.get("planted") in bad]
     assert planted and row["failed_videos"] == len(planted)
     assert row["embed_parts_pending"] == 0 and row["embed_parts_done"] > 0
+
+
+def test_k_ablation_trains_one_adapter_per_k_on_held_out_prompts(demo_run):
+    """RAGME Fig. 4: one adapter per K from one neighbour build, each evaluated at its own K
+    on the demo's val captions against the train index; the per-K table and plot."""
+    import json
+
+    from ragvid.flows.k_ablation_flow import k_ablation_flow
+    from ragvid.schemas.tables import GENERATIONS, METRICS
+
+    out, _ = demo_run
+    ws = out["workspace"]
+    res = k_ablation_flow(
+        workspace=ws, corpus="demo-small", index="demo-small", name="kab", ks=[2, 1],
+        max_steps=1, num_prompts=2, reference_videos=4,
+    )  # fmt: skip
+    assert [r["k"] for r in res["rows"]] == [1, 2]
+    for k in (1, 2):
+        run = Path(ws) / "runs" / f"kab-k{k}"
+        assert json.loads((run / "config.json").read_text())["retrieved_k"] == k
+        gen = io.read_table(
+            Path(ws)
+            / "evals"
+            / f"kab-k{k}"
+            / "generations"
+            / f"ragme@k={k}"
+            / "generations.parquet",
+            GENERATIONS,
+        )
+        assert {len(ids) for ids in gen.column("retrieved_ids").to_pylist()} == {k}
+        assert "held out" in (Path(ws) / "evals" / f"kab-k{k}" / "report.html").read_text()
+    # two trainings (not one adapter reused at another K), each recorded as its own run
+    assert all(Path(ws, "runs", f"kab-k{k}", "adapter.safetensors").is_file() for k in (1, 2))
+    table = io.read_table(res["metrics"], METRICS).to_pylist()
+    assert {r["method"] for r in table} == {"ragme@k=1", "ragme@k=2"}
+    assert {"fvd[random3d]", "copy_sim[pixels]"} <= {r["metric"] for r in table}
+    assert Path(res["plot"]).read_bytes()[:4] == b"\x89PNG"

@@ -163,3 +163,44 @@ def test_feature_networks_load_from_real_files(tmp_path):
     assert feats.shape == (6, 16) and np.isfinite(feats).all()
     pix = load_frame_features("pixels")
     assert pix(videos[0]).shape == (6, 16 * 16 * 3)
+
+
+class _ProtocolI3D(torch.nn.Module):
+    """An I3D stand-in that refuses anything but the common FVD protocol's input: 16 frames
+    of 224×224 in [-1, 1], called with rescale=False, resize=False; returns channel means."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rescale: bool = True,
+        resize: bool = True,
+        return_features: bool = True,
+    ) -> torch.Tensor:
+        if rescale or resize:
+            raise RuntimeError("called with the network's own rescale/resize")
+        if x.shape[1:] != (3, 16, 224, 224):
+            raise RuntimeError("not 16 frames of 224x224")
+        if float(x.min()) < -1.0 or float(x.max()) > 1.0:
+            raise RuntimeError("values outside [-1, 1]")
+        return x.mean(dim=(2, 3, 4))
+
+
+def test_i3d_follows_the_common_protocol(tmp_path):
+    """Own short-side resize + centre crop (a wide clip's red borders are cropped, not
+    squashed in), [-1, 1], rescale=False/resize=False, 12 frames → 16 by repetition."""
+    from ragvid.model.features import i3d_frame_indices
+
+    video = np.zeros((1, 12, 112, 300, 3), np.uint8)
+    video[..., 2] = 255  # blue everywhere ...
+    video[:, :, :, :60] = (255, 0, 0)  # ... but red borders outside the centre square
+    video[:, :, :, -60:] = (255, 0, 0)
+    path = tmp_path / "i3d_protocol.pt"
+    torch.jit.script(_ProtocolI3D()).save(str(path))
+    i3d = I3DTorchScript(str(path))
+    red, green, blue = i3d(video)[0]
+    assert blue == pytest.approx(1.0, abs=0.02) and red == pytest.approx(-1.0, abs=0.02)
+    assert green == pytest.approx(-1.0, abs=1e-6)
+    assert "rescale=False, resize=False" in i3d.setup and "centre crop" in i3d.setup
+    idx = i3d_frame_indices(12)
+    assert len(idx) == 16 and sorted(set(idx)) == list(range(12))  # every frame, 4 repeated
+    assert len(idx) - len(set(idx)) == 4

@@ -44,6 +44,7 @@ def _tables(ws: Workspace, slug: str, model: bool) -> dict[str, list[dict]]:
         "manifest": _rows(Path(ws.manifest("c"))),
         "embeddings": _rows(Path(ws.embeddings("c", slug))),
         "failures": _rows(Path(ws.failures("c", slug))),
+        "split": _rows(Path(ws.split("c"))),
         "duplicates": _rows(Path(ws.index_layout("c").duplicates)),
         "index_ids": _rows(Path(ws.index_layout("c").ids)),
         "neighbours": _rows(Path(ws.neighbours("c"))),
@@ -70,12 +71,16 @@ def raw(tmp_path_factory):
     return rep.out_dir, str(prompts)
 
 
+VAL_FRACTION = 0.25  # ≈ 4 of the 16 clips held out: the evaluation's references
+
+
 def _cli_chain(ws: str, raw: str, encoder: str, base: str, prompts: str, model: bool) -> None:
     _cli("corpus", "ingest", raw, "--name", "c", "-w", ws)
     if encoder == "fit" and not (Path(ws) / "encoders" / "fit").exists():
         _cli("encoder", "fit", "-c", "c", "--name", "fit", "--steps", "8", "-w", ws)
     _cli("embed", "-c", "c", "-e", encoder, "--engine", "local", "-w", ws)
     _cli("index", "dedup", "--corpus", "c", "--encoder", encoder, "-w", ws)
+    _cli("corpus", "split", "c", "--val-fraction", str(VAL_FRACTION), "-w", ws)
     _cli("index", "build", "--corpus", "c", "--encoder", encoder, "--no-ray", "-w", ws)
     _cli("neighbours", "--index", "c", "-w", ws)
     _cli("train", "--run", "r", "--base", base, "--neighbours", "c", "--corpus", "c",
@@ -96,8 +101,9 @@ def _flow_chain(ws: str, raw: str, encoder: str, base: str, prompts: str, model:
     from ragvid.flows.neighbours_flow import neighbours_flow
 
     build_index_flow(
-        workspace=ws, corpus="c", input=raw, encoder=encoder, engine="local", inspect_queries=[]
-    )
+        workspace=ws, corpus="c", input=raw, encoder=encoder, engine="local", inspect_queries=[],
+        val_fraction=VAL_FRACTION,
+    )  # fmt: skip
     neighbours_flow(workspace=ws, index="c")
     finetune_flow(
         workspace=ws, corpus="c", index="c", run="r", base=base, encoder=encoder,

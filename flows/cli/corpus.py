@@ -15,7 +15,7 @@ from ragvid.flows.cli.common import (
     progress,
     user_errors,
 )
-from ragvid.schemas import ManifestConfig, SynthConfig
+from ragvid.schemas import ManifestConfig, SplitConfig, SynthConfig
 from ragvid.schemas.config import defaults
 
 _SYNTH = defaults(SynthConfig)  # one set of defaults
@@ -192,3 +192,55 @@ def _show_rejects(rejects_dir: str, limit: int = 10) -> None:
         file = r["source_file"].rsplit("/", 1)[-1]
         table.add_row(file, str(r["source_row"]), r["field"] or "", r["reason"], detail)
     console.print(table)
+
+
+_SPLIT = defaults(SplitConfig)
+
+
+@corpus_app.command("split")
+@user_errors
+def split(
+    name: Annotated[str, typer.Argument(help="Corpus name in the workspace.")] = "demo",
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    val_fraction: Annotated[float, typer.Option(help="Share of videos held out as val.")] = _SPLIT[
+        "val_fraction"
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of the hash that assigns sides.")] = _SPLIT[
+        "seed"
+    ],
+    duplicates: Annotated[
+        str | None,
+        typer.Option(
+            help="Index name (or duplicates.parquet) whose near-duplicate groups stay on one "
+            "side; default: the corpus's index when `ragvid index dedup` wrote one."
+        ),
+    ] = None,
+) -> None:
+    """Split a corpus into train / val by a seeded hash of each id (RAGME §4's protocol).
+
+    `ragvid index build` then leaves val out of the retrieval database, and `ragvid evaluate`
+    takes its prompts and reference videos from val. Rerunning with the same seed gives the
+    same sides; new videos of a grown corpus never move old ones.
+    """
+    from ragvid.flows.resolve import Resolver
+    from ragvid.pipelines.corpus.split import write_split
+
+    res = Resolver.at(workspace)
+    ws = res.ws.ensure_writable()
+    dups = res.duplicates_for_split(name, duplicates)
+    summary = write_split(
+        ws.manifest(name),
+        ws.split(name),
+        SplitConfig(val_fraction=val_fraction, seed=seed),
+        duplicates=dups,
+        corpus=name,
+    )
+    c = summary.counts
+    for w in summary.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(
+        f"[green]split[/] {name!r}: {c['train']} train, {c['val']} val "
+        f"(seed {seed}, val fraction {val_fraction}"
+        + (f", near-duplicate groups from {dups}" if dups else ", no duplicate groups")
+        + f") → {summary.uri}"
+    )

@@ -86,12 +86,21 @@ def build(
     force: Annotated[
         bool, typer.Option(help="Rebuild from scratch even if up to date or only grown.")
     ] = False,
+    all_splits: Annotated[
+        bool,
+        typer.Option(
+            "--all-splits",
+            help="Index val videos too (default: a corpus with `ragvid corpus split` is indexed "
+            "on train only, so evaluation on val is held out).",
+        ),
+    ] = False,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Build a sharded FAISS index over a corpus's per-video embeddings.
 
     Shard tasks read their own embedding parts; when only new parts appeared since the
-    current version (a grown corpus), they are added to it without retraining."""
+    current version (a grown corpus), they are added to it without retraining. A corpus with
+    a train / val split is indexed on train (val held out) unless --all-splits."""
     from ragvid.pipelines.index.build import build_index
 
     _join_ray(ray_address)
@@ -107,8 +116,9 @@ def build(
         canonical_only=canonical_only,
     )
     manifest = ws.manifest(corpus) if list_parts(ws.manifest(corpus)) else None
+    split = None if all_splits else Resolver(ws).split_table(corpus)
     with console.status(f"building index '{name or corpus}' from {emb}"):
-        man = build_index(emb, out, cfg, ray=ray, manifest=manifest, force=force)
+        man = build_index(emb, out, cfg, ray=ray, manifest=manifest, force=force, split=split)
     if man.reused:
         console.print(
             f"[green]index[/] {out} is up to date: version {man.version}, every file verified "
@@ -122,6 +132,11 @@ def build(
         f"(recall@10 {man.tuned_recall}), {man.build_seconds:.1f}s"
         + (f", left out {man.dropped}" if man.dropped else "")
     )
+    if split is not None:
+        console.print(
+            f"train split only: {man.dropped.get('held_out', 0)} val video(s) held out "
+            "(--all-splits indexes them too)"
+        )
 
 
 @index_app.command("dedup")

@@ -20,7 +20,7 @@ from ragvid.flows.cli.common import (
     user_errors,
 )
 from ragvid.flows.resolve import Resolver
-from ragvid.schemas import GenerationConfig, Workspace
+from ragvid.schemas import FreeInitConfig, GenerationConfig, Workspace
 
 BaseOpt = Annotated[
     str,
@@ -38,10 +38,31 @@ WidthOpt = Annotated[int, typer.Option(help="Frame width.")]
 FramesOpt = Annotated[int, typer.Option(help="Frames per video.")]
 KOpt = Annotated[int, typer.Option(help="Retrieved videos per prompt.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every prompt.")]
+SchedulerOpt = Annotated[
+    str,
+    typer.Option(
+        help="Sampler: ddim (the paper's), base (the base folder's own) or a diffusers "
+        "scheduler class name."
+    ),
+]
+FreeInitItersOpt = Annotated[int, typer.Option(help="FreeInit passes (diffusers' default).")]
+FreeInitFilterOpt = Annotated[
+    str, typer.Option(help="FreeInit low-pass filter: butterworth | gaussian | ideal.")
+]
+_FREEINIT = _GEN.freeinit
 
 
 def _generation_config(
-    steps: int, guidance: float, height: int, width: int, frames: int, k: int, seed: int
+    steps: int,
+    guidance: float,
+    height: int,
+    width: int,
+    frames: int,
+    k: int,
+    seed: int,
+    scheduler: str = _GEN.scheduler,
+    freeinit_iterations: int = _FREEINIT.iterations,
+    freeinit_filter: str = _FREEINIT.method,
 ) -> GenerationConfig:
     """The generation flags shared by `generate` and `evaluate` as one config."""
     return GenerationConfig(
@@ -52,6 +73,10 @@ def _generation_config(
         num_frames=frames,
         k=k,
         seed=seed,
+        scheduler=scheduler,
+        freeinit=FreeInitConfig.model_validate(  # validated: a bad filter name is a clear error
+            {**_FREEINIT.model_dump(), "iterations": freeinit_iterations, "method": freeinit_filter}
+        ),
     )
 
 
@@ -134,6 +159,7 @@ def train(
             resume=resume,
             stop_after=stop_after,
             on_step=on_step,
+            encoder=res_.encoder(encoder).id,  # recorded in the adapter: checked at generation
         )
     what = "stopped" if res.stopped_early else "finished"
     since = f" (resumed from step {res.resumed_from})" if res.resumed_from is not None else ""
@@ -162,6 +188,9 @@ def generate(
     frames: FramesOpt = _GEN.num_frames,
     k: KOpt = _GEN.k,
     seed: SeedOpt = _GEN.seed,
+    scheduler: SchedulerOpt = _GEN.scheduler,
+    freeinit_iterations: FreeInitItersOpt = _FREEINIT.iterations,
+    freeinit_filter: FreeInitFilterOpt = _FREEINIT.method,
 ) -> None:
     """Batch generation: one mp4 + one generations-table row per prompt; reruns skip done ones."""
     from ragvid.model.batch_generate import batch_generate, read_prompts
@@ -172,11 +201,23 @@ def generate(
     if method in ("ragme", "ragca", "raginit") and index is None:
         raise ValueError(f"--method {method} needs --index <retrieval index name>")
     plist = read_prompts(prompts)
-    cfg = _generation_config(steps, guidance, height, width, frames, k, seed)
+    cfg = _generation_config(
+        steps,
+        guidance,
+        height,
+        width,
+        frames,
+        k,
+        seed,
+        scheduler,
+        freeinit_iterations,
+        freeinit_filter,
+    )
     res = Resolver(ws)
     adapter_dir = res.adapter(adapter)
-    pipe = res.pipeline(base, adapter_dir)
     retrieval = res.retrieval(index, k, encoder)
+    res.check_adapter(adapter_dir, retrieval)
+    pipe = res.pipeline(base, adapter_dir)
     with progress() as bar:
         task = bar.add_task(f"generate ({method})", total=len(plist.prompts))
         report = batch_generate(
@@ -222,13 +263,26 @@ def _methods(text: str) -> list[str]:
 @app.command()
 @user_errors
 def evaluate(
-    prompts: Annotated[Path, typer.Argument(help="Prompt file (.txt/.csv/.parquet).")],
     run: Annotated[str, typer.Option(help="Evaluation name (under <workspace>/evals/).")],
-    base: BaseOpt,
-    index: Annotated[str, typer.Option(help="Retrieval index name.")],
+    index: Annotated[str, typer.Option(help="Retrieval index name (built on train).")],
     reference_corpus: Annotated[
-        str, typer.Option(help="Corpus whose videos are the real set for FVD/KVD.")
+        str, typer.Option(help="Corpus whose val videos are the real set for FVD/KVD.")
     ],
+    prompts: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Prompt file (.txt/.csv/.parquet); default: val captions of the reference "
+            "corpus (`ragvid corpus split`)."
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            envvar="RAGVID_BASE_MODEL",
+            help="Local diffusers text-to-video folder; default: the tiny preset.",
+        ),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     adapter: Annotated[str | None, typer.Option(help="Trained run name or folder.")] = None,
     encoder: Annotated[str | None, typer.Option(help="Text encoder (default: index's).")] = None,
@@ -236,10 +290,21 @@ def evaluate(
         str,
         typer.Option(
             help="Comma-separated: base,freeinit,raginit,ragme,ragca; 'ragme@k=20' "
-            "adds a K-ablation point (RAGME Fig. 4)."
+            "adds a K point with the same adapter (the per-K study trains one adapter per K: "
+            "`ragvid run k-ablation`)."
         ),
     ] = "base,freeinit,raginit,ragme",
+    num_prompts: Annotated[int, typer.Option(help="Val captions to use without a file.")] = 16,
     reference_count: Annotated[int, typer.Option(help="Real videos to use at most.")] = 256,
+    split: Annotated[str, typer.Option(help="Side of the split to score on.")] = "val",
+    allow_overlap: Annotated[
+        bool,
+        typer.Option(
+            "--allow-overlap",
+            help="Score even when the index holds reference or prompt-source videos (or their "
+            "near-duplicates); the report then says LEAKAGE ALLOWED.",
+        ),
+    ] = False,
     fvd_features: Annotated[
         str, typer.Option(help="random3d (offline fallback) | i3d:<TorchScript path>.")
     ] = "random3d",
@@ -256,9 +321,13 @@ def evaluate(
     frames: FramesOpt = _GEN.num_frames,
     k: KOpt = _GEN.k,
     seed: SeedOpt = _GEN.seed,
+    scheduler: SchedulerOpt = _GEN.scheduler,
+    freeinit_iterations: FreeInitItersOpt = _FREEINIT.iterations,
+    freeinit_filter: FreeInitFilterOpt = _FREEINIT.method,
 ) -> None:
-    """The paper's comparison (base / FreeInit / RagInit only / RAGME): metrics, plots, HTML."""
-
+    """The paper's comparison (retrieved videos, base / FreeInit / RagInit only / RAGME) on a
+    held-out split: metrics named by their features, plots, HTML, VBench layout."""
+    from ragvid.flows.eval_inputs import plan_evaluation
     from ragvid.model.batch_generate import read_prompts
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
@@ -268,38 +337,63 @@ def evaluate(
     method_list = _methods(methods)
     if any(m.split("@")[0] in ("ragme", "ragca") for m in method_list) and adapter is None:
         raise ValueError("methods ragme/ragca need --adapter <trained run>")
-    plist = read_prompts(prompts)
-    cfg = _generation_config(steps, guidance, height, width, frames, k, seed)
+    cfg = _generation_config(
+        steps,
+        guidance,
+        height,
+        width,
+        frames,
+        k,
+        seed,
+        scheduler,
+        freeinit_iterations,
+        freeinit_filter,
+    )
+    res = Resolver(ws)
+    plan = plan_evaluation(
+        res,
+        index=index,
+        corpus=reference_corpus,
+        prompts=read_prompts(prompts).prompts if prompts is not None else None,
+        num_prompts=num_prompts,
+        reference_count=reference_count,
+        split=split,
+        allow_overlap=allow_overlap,
+    )
     video_net, frame_net = load_video_features(fvd_features), load_frame_features(sim_features)
     flow = RaftFlow(raft_weights) if raft_weights else FarnebackFlow()
-    res = Resolver(ws)
-    reference = res.reference_videos(reference_corpus, reference_count)
     retrieval = res.retrieval(index, k, encoder)
-
-    pipe = res.pipeline(base, res.adapter(adapter))
-    with console.status(f"evaluating {len(method_list)} methods on {len(plist.prompts)} prompts"):
+    adapter_dir = res.adapter(adapter)
+    res.check_adapter(adapter_dir, retrieval)
+    pipe = res.pipeline(res.base(base), adapter_dir)
+    console.print(f"protocol: {plan.protocol}")
+    n = len(plan.prompts)
+    with console.status(f"evaluating {len(method_list)} methods on {n} prompts"):
         rep = evaluate_methods(
             ws.evals(run),
-            plist.prompts,
+            plan.prompts,
             pipe,
             retrieval,
             cfg,
             run=run,
-            reference=reference,
+            reference=plan.reference,
             video_lookup=retrieval.video_uri,
             video_features=video_net,
             frame_features=frame_net,
             flow=flow,
             methods=method_list,
+            protocol=plan.protocol,
+            notes=plan.notes,
         )
     for r in rep.comparison:
         vals = "  ".join(
             f"{c}={'n/a' if r[c] is None else format(r[c], '.4g')}"
-            for c in ("fvd", "kvd", "max_similarity", "dynamic_degree", "latency_s")
+            for c in r
+            if c not in ("method", "label")
         )
-        console.print(f"{r['label']:>16}: {vals}")
-    for n in rep.notes:
-        console.print(f"[yellow]note:[/] {n}")
+        console.print(f"{r['label']:>30}: {vals}")
+    for note in rep.notes:
+        console.print(f"[yellow]note:[/] {note}")
     console.print(f"metrics → {rep.out_dir}/metrics.parquet; report → {rep.report}")
 
 
@@ -310,30 +404,66 @@ def motion_transfer_cmd(
     prompt: Annotated[list[str], typer.Option(help="New prompt(s) to generate; repeatable.")],
     out: Annotated[str, typer.Option(help="Output name (under <workspace>/runs/).")],
     base: BaseOpt,
-    encoder: Annotated[str, typer.Option(help="CLIP encoder spec (the index's space).")],
+    from_run: Annotated[
+        str | None,
+        typer.Option(
+            help="Trained adapter to overfit (run name or folder): its weights, sizes and "
+            "encoder. Without it a fresh adapter starts as the base model (warns)."
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="CLIP encoder spec (default: the --from-run adapter's recorded one)."),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
-    iterations: Annotated[int, typer.Option(help="Overfitting steps (paper: ~50).")] = 50,
-    preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
-    model_preset: Annotated[str, typer.Option(help="Adapter sizes: tiny | zeroscope.")] = (
-        "zeroscope"
-    ),
+    iterations: Annotated[
+        int | None, typer.Option(help="Overfitting steps (default 50, the paper's).")
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate after a 10% warmup (default 1e-4)."),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="Training recipe (resolution, frames, precision): paper | tiny.")
+    ] = "paper",
+    model_preset: Annotated[
+        str | None,
+        typer.Option(help="Sizes of a fresh adapter: tiny | zeroscope (default); --from-run: its."),
+    ] = None,
     caption: Annotated[str, typer.Option(help="Caption of the driving video.")] = "",
     steps: StepsOpt = _GEN.num_inference_steps,
     guidance: GuidanceOpt = _GEN.guidance_scale,
     frames: Annotated[int | None, typer.Option(help="Default: the recipe's frames.")] = None,
     seed: SeedOpt = _GEN.seed,
 ) -> None:
-    """Overfit the adapter on one driving video (~50 iterations), then generate new prompts."""
+    """Overfit a trained adapter on one driving video (~50 iterations), then generate new
+    prompts conditioned on it (RAGME App. C)."""
+    import warnings
+
+    from ragvid.model.adapter import adapter_encoder
     from ragvid.model.motion_transfer import motion_transfer
     from ragvid.model.presets import get_preset
     from ragvid.model.trainer import train_preset
     from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.schemas.config import MotionTransferConfig
 
     if not video.is_file():
         raise FileNotFoundError(f"driving video {video} not found")
     ws = Workspace.at(workspace).ensure_writable()
+    res_ = Resolver(ws)
+    start = res_.adapter(from_run)
+    if start is not None and model_preset is not None:
+        console.print(f"[yellow]note:[/] --model-preset ignored: the sizes are {from_run}'s")
+    if encoder is None:
+        encoder = adapter_encoder(start) if start is not None else None
+        if encoder is None:
+            raise ValueError(
+                "pass --encoder <spec> (the space of the index the adapter works with)"
+                + (f": {from_run}'s adapter records none" if start is not None else "")
+            )
+    spec = res_.encoder(encoder)
     tcfg = train_preset(preset)
-    mp = get_preset(model_preset)
+    mp = get_preset(model_preset or "zeroscope")
     gcfg = GenerationConfig(
         num_inference_steps=steps,
         guidance_scale=guidance,
@@ -342,21 +472,31 @@ def motion_transfer_cmd(
         num_frames=frames or tcfg.num_frames,
         seed=seed,
     )
-    with console.status(f"overfitting on {video.name} for {iterations} steps, then generating"):
+    given = {"iterations": iterations, "learning_rate": learning_rate}
+    mcfg = MotionTransferConfig(**{k: v for k, v in given.items() if v is not None})
+    what = f"{from_run}'s adapter" if start is not None else "a FRESH adapter"
+    status = f"overfitting {what} on {video.name} for {mcfg.iterations} steps, then generating"
+    with console.status(status), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         res = motion_transfer(
             video,
             prompt,
             base,
             ws.run(out),
-            load_encoder(encoder, workspace=ws.root),
+            load_encoder(spec, workspace=ws.root),
             caption=caption,
-            iterations=iterations,
+            config=mcfg,
+            from_run=start,
             train_config=tcfg,
             generation=gcfg,
             enhancer=mp.enhancer,
             ragca=mp.ragca,
         )
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            console.print(f"[yellow]warning:[/] {w.message}")
     g = res.generations
+    console.print(f"started from {start or 'a fresh adapter'}; encoder {res.encoder}")
     console.print(
         f"adapter ({res.train.step} steps) → {ws.run(out)}/adapter-run; {g.generated} new "
         f"video(s), {g.failed} failed → {g.job_dir}"

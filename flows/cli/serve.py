@@ -267,6 +267,47 @@ def run_generate(
     )
 
 
+@run_app.command("k-ablation")
+@user_errors
+def run_k_ablation(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="Corpus (its val split scores).")],
+    index: Annotated[str, typer.Option("--index", help="Retrieval index name (train).")],
+    workspace: WsOpt = DEFAULT_WORKSPACE,
+    name: Annotated[str, typer.Option(help="Study name (runs <name>-k<K>).")] = "k-ablation",
+    k: Annotated[list[int] | None, typer.Option("--k", help="A K to train; repeatable.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Training steps per adapter.")] = None,
+    preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "tiny",
+    num_prompts: Annotated[int, typer.Option(help="Val captions to score.")] = 4,
+    base: Annotated[str | None, typer.Option(help="Diffusers base folder.")] = None,
+) -> None:
+    """RAGME Fig. 4: train one adapter per K, evaluate each at its K, plot FVD vs copy
+    similarity — the `k-ablation` flow."""
+    from ragvid.flows.k_ablation_flow import k_ablation_flow
+    from ragvid.flows.preflight import check_workspace
+
+    check_workspace(workspace)
+    out = _run(
+        k_ablation_flow,
+        workspace=workspace,
+        corpus=corpus,
+        index=index,
+        name=name,
+        ks=k or None,
+        max_steps=max_steps,
+        preset=preset,
+        num_prompts=num_prompts,
+        base=base,
+    )
+    for r in out["rows"]:
+        vals = "  ".join(
+            f"{c}={'n/a' if r[c] is None else format(r[c], '.4g')}"
+            for c in r
+            if c not in ("method", "label", "run", "k")
+        )
+        console.print(f"K={r['k']:>3}: {vals}")
+    console.print(f"plot {out['plot']}\nreport: {out['report']}")
+
+
 @run_app.command("evaluate")
 @user_errors
 def run_evaluate(

@@ -173,6 +173,7 @@ def build_index(
     ray: bool = True,
     manifest: str | None = None,
     force: bool = False,
+    split: str | None = None,
 ) -> IndexManifest:
     """Build a new version of the index folder ``out_dir`` and switch readers to it
     (:mod:`.versions`: shards + vector pieces, ids.parquet, bm25/, a copy of the duplicates).
@@ -185,7 +186,9 @@ def build_index(
     NaN/zero vectors are refused (not dropped) with the offending video_ids named. With
     ``config.canonical_only`` (needs ``duplicates``; defaults to ``out_dir/duplicates.parquet``
     when ``ragvid index dedup`` wrote one there) non-canonical group members are left out
-    and counted in ``dropped``. ``ray=True`` fills shards with Ray tasks (starting a local Ray
+    and counted in ``dropped``. With ``split`` (a corpus's ``split.parquet``) its val videos
+    are held out (``dropped["held_out"]``): the database of a held-out evaluation.
+    ``ray=True`` fills shards with Ray tasks (starting a local Ray
     if none is up); ``ray=False`` uses threads unless Ray is already initialised.
     """
     t0 = time.perf_counter()
@@ -201,7 +204,7 @@ def build_index(
         current = versions.load_current(layout)
         previous = current.version if current is not None else None  # flat layouts: None
         if current is not None and not force and not isinstance(embeddings, pa.Table):
-            reason = _stale(current, str(embeddings), config, duplicates)
+            reason = _stale(current, str(embeddings), config, duplicates, split)
             if reason is None:
                 try:
                     versions.verify(current, deep=True)
@@ -227,7 +230,7 @@ def build_index(
         try:
             if ray:
                 init_ray()
-            man = _build_version(embeddings, target, config, duplicates, manifest, base)
+            man = _build_version(embeddings, target, config, duplicates, manifest, base, split)
             man.previous = previous
             man.grown_from = base.version if base is not None else None
             store = RowStore.open(man, verify=False)
@@ -257,7 +260,7 @@ def _addable(
     intact and the index at most grows by ``config.add_max_growth`` (the quantizer was sized
     and trained for the old corpus)."""
     if reason != "the embeddings changed" or "pieces" not in old.vectors:
-        return None
+        return None  # (a changed split is its own reason, checked first by _stale)
     if old.config != config.model_dump() or old.duplicates_record != (
         file_record(dups) if dups is not None else None
     ):
@@ -279,10 +282,29 @@ def _addable(
     return old
 
 
-def _stale(old: IndexManifest, embeddings: str, config: IndexConfig, dups: str | None):
+def _split_source(split: str | None) -> dict[str, Any] | None:
+    """What the manifest records of the split table whose val side was held out."""
+    if split is None:
+        return None
+    return {"uri": split, "kept": "train", **file_record(split).to_json()}
+
+
+def _same_split(old: IndexManifest, split: str | None) -> bool:
+    return old.source.get("split") == _split_source(split)
+
+
+def _stale(
+    old: IndexManifest,
+    embeddings: str,
+    config: IndexConfig,
+    dups: str | None,
+    split: str | None = None,
+):
     """Why ``old`` is not what a build with these inputs would make (None: it is)."""
     if not old.version:
         return "it has the flat layout of an older ragvid (rebuilt as a version)"
+    if not _same_split(old, split):
+        return "the train / val split changed"
     if old.source.get("parts") != source_snapshot(embeddings)["parts"]:
         return "the embeddings changed"
     if old.config != config.model_dump():
@@ -303,13 +325,16 @@ class _Rows:
     captions: pa.Array
     dim: int
     encoder: str
-    dropped: int
+    dropped: dict[str, int]
 
 
-def _plan_rows(where: str, non_canonical: pa.Array | None) -> _Rows:
+def _plan_rows(where: str, exclude: dict[str, pa.Array] | None = None) -> _Rows:
     """Read ``video_id`` + ``caption`` part by part; refuse empty tables, mixed encoders or
-    dimensions and duplicate ids; leave out ``non_canonical`` ids."""
-    parts, ids, caps, encoders, dims, dropped = [], [], [], set(), set(), 0
+    dimensions and duplicate ids; leave out the ids of ``exclude`` (reason → ids), counted
+    per reason (an id in several sets counts for the first)."""
+    exclude = {k: v for k, v in (exclude or {}).items() if v is not None}
+    parts, ids, caps, encoders, dims = [], [], [], set(), set()
+    dropped = dict.fromkeys(exclude, 0)
     all_ids = []
     for info in embedding_parts(where):
         if info.rows == 0:
@@ -325,13 +350,14 @@ def _plan_rows(where: str, non_canonical: pa.Array | None) -> _Rows:
             else pa.array([""] * len(t), pa.string())
         )
         all_ids.append(vid)
-        if non_canonical is not None:
-            keep = ~np.asarray(pc.is_in(vid, value_set=non_canonical), dtype=bool)
-            dropped += int((~keep).sum())
+        keep = np.ones(len(t), dtype=bool)
+        for reason, value_set in exclude.items():
+            hit = np.asarray(pc.is_in(vid, value_set=value_set), dtype=bool) & keep
+            dropped[reason] += int(hit.sum())
+            keep &= ~hit
+        if not keep.all():
             vid, cap = vid.filter(pa.array(keep)), cap.filter(pa.array(keep))
-            rows = np.flatnonzero(keep).astype(np.int64)
-        else:
-            rows = np.arange(len(t), dtype=np.int64)
+        rows = np.flatnonzero(keep).astype(np.int64)
         parts.append((info.uri, rows))
         ids.append(vid)
         caps.append(cap)
@@ -389,6 +415,7 @@ def _build_version(
     duplicates: str | None,
     manifest: str | None,
     base: IndexManifest | None = None,
+    split: str | None = None,
 ) -> IndexManifest:
     """Write every file of a new version into ``target``; return its manifest (not yet sealed,
     search parameters not yet tuned). The driver holds ids and captions, a quantizer sample
@@ -418,14 +445,20 @@ def _build_version(
                 [v for v, c in zip(dups["video_id"], dups["is_canonical"], strict=True) if not c],
                 pa.string(),
             )
+    held_out = None
+    if split is not None:
+        from ragvid.pipelines.corpus.split import split_ids
+
+        held_out = split_ids(split, "val")
     clock = _Clock()
-    plan = _plan_rows(where, non_canonical)
+    plan = _plan_rows(where, {"non_canonical": non_canonical, "held_out": held_out})
     clock.lap("plan")
-    if non_canonical is not None:
-        dropped["non_canonical"] = plan.dropped
+    dropped.update(plan.dropped)
     n, dim = len(plan.ids), plan.dim
     if n == 0:
-        raise ValueError(f"{where}: no rows left to index after leaving out duplicates")
+        raise ValueError(
+            f"{where}: no rows left to index after leaving out {plan.dropped or 'nothing'}"
+        )
     if base is not None:
         factory, dtype = base.factory, base.vectors["dtype"]
         trained = _empty_copy(base)
@@ -490,7 +523,13 @@ def _build_version(
         ntotal=n,
         shards=[r["shard"] for r in results],
         search_params={},
-        source={"uri": where, **source_snapshot(where), **source_extra, "manifest": manifest},
+        source={
+            "uri": where,
+            **source_snapshot(where),
+            **source_extra,
+            "manifest": manifest,
+            "split": _split_source(split),
+        },
         build_seconds=0.0,
         config=config.model_dump(),
         vectors={"dtype": dtype, "pieces": [r["piece"] for r in results]},
