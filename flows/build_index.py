@@ -243,6 +243,11 @@ def _flat(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if not isinstance(v, list | dict)}
 
 
+def _warning_lines(warnings: list[str]) -> list[str]:
+    """Degenerate-output warnings as markdown callouts (nothing when there are none)."""
+    return [line for w in warnings for line in (f"> **Warning:** {w}", "")]
+
+
 def embed_tables(report) -> tuple[list[dict], list[dict]]:
     """(summary rows, failures-by-class rows) for the artifacts and the report."""
     summary = [
@@ -259,6 +264,7 @@ def embed_tables(report) -> tuple[list[dict], list[dict]]:
             "seconds": report.seconds,
             "videos_per_s": round(report.videos_per_s, 2),
             "frames_per_s": round(report.frames_per_s, 2),
+            "mean_pair_cosine": report.mean_pair_cosine,
         }
     ]
     by_class = [{"error_class": k, "videos": v} for k, v in sorted(report.by_class.items())]
@@ -318,6 +324,9 @@ def build_index_flow(
         config = EmbedConfig(encoder=encoder, num_frames=num_frames, part_size=part_size)
         report = embed_task(ws.root, corpus, config, engine, ray_address, retry_failures)
         summary, by_class = embed_tables(report)
+        embed_warnings = list(report.warnings)
+        for w in embed_warnings:
+            print(f"warning: embed: {w}")
         monitor.table(f"embed-{corpus}", summary, "embedding: counts and throughput")
         monitor.table(
             f"embed-{corpus}-failures",
@@ -327,6 +336,9 @@ def build_index_flow(
 
         index_dir = ws.index(index)
         dedup = dedup_task(report.output, index_dir, index, delta_dedup, delta_frame)
+        dedup_warnings = list(dedup.get("warnings", []))
+        for w in dedup_warnings:
+            print(f"warning: dedup: {w}")
         split_row = None
         if val_fraction is not None:
             cfg = SplitConfig(val_fraction=val_fraction, seed=split_seed)
@@ -358,6 +370,7 @@ def build_index_flow(
             "dim": man["dim"],
             "held_out_val": man["dropped"].get("held_out", 0),
             "dup_groups": dedup["n_groups"],
+            "largest_group": dedup.get("largest_group", 0),
             "non_canonical": dedup["n_non_canonical"],
             "pairs_failing_frame_check": dedup["n_rejected_by_frames"],
             "build_s": man["build_seconds"],
@@ -377,6 +390,7 @@ def build_index_flow(
                 else "_manifest already ingested_\n",
                 "## Embedding",
                 "",
+                *_warning_lines(embed_warnings),
                 monitor.markdown_table(summary),
                 "### Quarantined videos by error class",
                 "",
@@ -385,6 +399,7 @@ def build_index_flow(
                 "",
                 "## Index",
                 "",
+                *_warning_lines(dedup_warnings),
                 monitor.markdown_table([index_row]),
                 f"- index: `{index_dir}`",
                 f"- train / val split: {split_row['train']} train, {split_row['val']} val "
@@ -416,4 +431,5 @@ def build_index_flow(
             "index": index_row,
             "ingest": ingest_stats,
             "split": split_row,
+            "warnings": {"embed": embed_warnings, "dedup": dedup_warnings},
         }

@@ -155,7 +155,7 @@ def _model_params(
         run=n["run"],
         name=n["run"],
         num_prompts=size["prompts"],
-        methods=["base", "ragme"],
+        methods=["base", "freeinit", "raginit", "ragme"],  # RAGME Tab. 1's rows
         reference_videos=2 * size["prompts"],
     )
 

@@ -47,6 +47,7 @@ def evaluate_task(
 
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
+    from ragvid.model.presets import random_weights_note
 
     res = Resolver.at(workspace)
     ws = res.ws
@@ -65,7 +66,7 @@ def evaluate_task(
         frame_features=load_frame_features(frame_features),
         methods=methods,
         protocol=plan.protocol,
-        notes=plan.notes,
+        notes=[*plan.notes, *filter(None, [random_weights_note(base)])],
     )
     return {
         "out_dir": rep.out_dir,

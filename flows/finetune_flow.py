@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
 from ragvid.flows.preflight import check_workspace
-from ragvid.flows.resolve import Resolver
+from ragvid.flows.resolve import TINY_BASE, Resolver
 
 
 @task(name="tiny-base-model", task_run_name="tiny-base", cache_policy=NO_CACHE)
@@ -25,8 +25,9 @@ def tiny_base_task(workspace: str) -> str:
 
 
 def resolve_base(workspace: str, base: str | None) -> str:
-    """The base model folder; None means the tiny preset (made once in the workspace)."""
-    if base is None:
+    """The base model folder; None or ``tiny`` means the tiny preset (made once in the
+    workspace, as its own task so the UI shows it)."""
+    if base is None or base == TINY_BASE:
         return tiny_base_task(workspace)
     return Resolver.at(workspace).base(base)
 

@@ -90,11 +90,15 @@ def neighbours_flow(
         "seconds": rep["seconds"],
     }
     monitor.table(f"neighbours-{name}", [row], "neighbour lists: counts and throughput")
+    warnings = rep.get("warnings", [])
     text = (
         f"# materialize-neighbours `{name}`\n\nIndex `{index_dir}` · K={k} · δ_min={delta_min} "
         f"(video) · δ_dedup={delta_dedup} · {round(time.perf_counter() - started, 2)} s\n\n"
-        f"{monitor.markdown_table([row])}\nOutput: `{out_dir}`\n"
+        + "".join(f"> **Warning:** {w}\n\n" for w in warnings)
+        + f"{monitor.markdown_table([row])}\nOutput: `{out_dir}`\n"
     )
     report = monitor.write_report(ws.root, f"neighbours-{name}", text)
     print(f"neighbours {name}: {rep['n_videos']} videos, mean valid {rep['mean_valid']:.2f}/{k}")
-    return {"out_dir": out_dir, "report": report, **row}
+    for w in warnings:
+        print(f"warning: {w}")
+    return {"out_dir": out_dir, "report": report, **row, "warnings": warnings}

@@ -22,6 +22,7 @@ from ragvid.schemas.markers import TableState, is_managed
 from ragvid.schemas.workspace import INDEX_JSON, Workspace
 
 NO_ADAPTER = "no-adapter"
+TINY_BASE = "tiny"  # --base tiny: the tiny preset, written into the workspace once
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ class Resolver:
         return path
 
     def base(self, base: str | None) -> str:
-        """The base model folder; None means the tiny preset, written once into the workspace."""
-        if base is None:
+        """The base model folder; None or ``tiny`` means the tiny preset (random weights, for
+        offline runs and tests), written once into the workspace."""
+        if base is None or base == TINY_BASE:
             from ragvid.model.presets import save_tiny_base
 
             folder = self.ws.base_models("tiny-base")
@@ -123,7 +125,7 @@ class Resolver:
         if not Path(base, "model_index.json").is_file():
             raise FileNotFoundError(
                 f"--base {base}: not a diffusers model folder (no model_index.json) — pass a local "
-                "ZeroScope/ModelScope-T2V folder, or leave it out for the tiny preset"
+                f"ZeroScope/ModelScope-T2V folder, or '{TINY_BASE}' for the tiny offline preset"
             )
         return base
 

@@ -214,4 +214,26 @@ def save_tiny_base(folder: str | Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     TextToVideoSDPipeline(**build_components("tiny", seed=seed)).save_pretrained(str(folder))
+    (folder / PRESET_MARKER).write_text(
+        json.dumps({"preset": "tiny", "seed": seed, "random_weights": True}) + "\n"
+    )
     return folder
+
+
+PRESET_MARKER = "ragvid_preset.json"  # written next to model_index.json by save_tiny_base
+
+
+def random_weights_note(folder: str | Path) -> str | None:
+    """A report note when the base at ``folder`` is a random-weight preset (its frames are
+    noise, so generation metrics compare noise generators); None for a real model."""
+    marker = Path(folder) / PRESET_MARKER
+    if not marker.is_file():
+        return None
+    info = json.loads(marker.read_text())
+    if not info.get("random_weights"):
+        return None
+    return (
+        f"the base model ({info.get('preset')} preset at {folder}) has random weights: its "
+        "frames are noise, so these figures compare noise generators — use a real base "
+        "(e.g. ZeroScope) for numbers that mean something"
+    )

@@ -35,6 +35,16 @@ Start: a fresh zero-initialised adapter (output = the base), or ``adapter=`` —
 (motion transfer overfits the WebVid-trained controller); its weights' sha256 is part of the
 run's resume identity, so a checkpoint grown from another start is refused.
 
+Stopping: the first SIGINT or SIGTERM stops the run at the next safe point — between two
+micro-batches. The interrupted step's accumulated gradients are dropped (no partial update), its
+data position and global RNG states are put back to the step's start, and a checkpoint of the
+last *completed* step is written (none when no step completed, or when that step's checkpoint
+is already on disk), so a resume reruns the interrupted step from its start — bit for bit. The
+previous signal handlers are restored and :meth:`Trainer.fit` returns ``stopped_early`` with
+``stop_signal`` set. A second signal raises :class:`TrainingAborted` (a KeyboardInterrupt) at
+once, without waiting for the micro-batch or the checkpoint. Under several processes the ranks
+agree on stopping at each boundary (one all-reduce of a flag), so none waits on a collective.
+
 Fault points (:func:`ragvid.schemas.faults.fault_point`, for the kill tests): ``train:after-step``
 (after each optimiser step), ``train:checkpoint:after-adapter`` / ``after-optimizer`` /
 ``before-state`` / ``before-rename`` / ``after-rename``, ``train:checkpoint-adapter:after-weights``
@@ -108,6 +118,23 @@ class CorruptCheckpointError(CheckpointError):
     """A complete checkpoint whose files do not match their records or do not parse."""
 
 
+class TrainingAborted(KeyboardInterrupt):  # noqa: N818 - a KeyboardInterrupt, named like one
+    """A second SIGINT/SIGTERM during a run: training stopped at once, no checkpoint written;
+    ``step`` is the last completed step (the newest checkpoint on disk may be older)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} again: training aborted")
+        self.signum, self.step = signum, step
+
+
+class _StepInterrupted(Exception):  # noqa: N818 - control flow inside fit
+    """A stop request seen between two micro-batches of a step (``micro``: 0-based)."""
+
+    def __init__(self, micro: int):
+        super().__init__(micro)
+        self.micro = micro
+
+
 @dataclass
 class BaseModel:
     """The frozen components of a diffusers T2V folder that training needs."""
@@ -150,6 +177,9 @@ class TrainResult:
     stopped_early: bool = False
     checkpoints: list[str] = field(default_factory=list)
     skipped_checkpoints: list[str] = field(default_factory=list)  # corrupt: why, per folder
+    stop_signal: int | None = None  # the SIGINT/SIGTERM that stopped the run
+    interrupted_step: int | None = None  # the step whose partial work a signal dropped
+    checkpoint: str | None = None  # the checkpoint of the last completed step, when one exists
 
 
 def _fresh_accelerator_state(mixed_precision: str) -> None:
@@ -328,7 +358,10 @@ class Trainer:
         self.log_rows: list[dict] = []
         self.resumed_from: int | None = None
         self._weights: FileRecord | None = None  # record of the last checkpoint's weights
-        self._stop_signal = False
+        self._stop_signal: int | None = None  # the first SIGINT/SIGTERM received
+        self._saved_step: int | None = None  # the step this state was last saved or loaded at
+        self._on_signal: Callable[[int, int], None] | None = None
+        self._handlers: dict = {}
 
     # --- state ----------------------------------------------------------------------------
 
@@ -338,7 +371,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         acc = self.accelerator
-        final = self.run_dir / "checkpoints" / f"step-{self.step:08d}"
+        final = self._checkpoint_dir()
         if acc.is_main_process:
             tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -372,6 +405,7 @@ class Trainer:
             self._write_log()
             self._prune_checkpoints()
         acc.wait_for_everyone()
+        self._saved_step = self.step  # on every rank: they must agree on saving again
         return final
 
     def _prune_checkpoints(self) -> None:
@@ -473,7 +507,7 @@ class Trainer:
         _set_rng_state(rng)
         self.step, self.position = int(state["step"]), int(state["position"])
         self.log_rows = list(state["log"])
-        self.resumed_from = self.step
+        self.resumed_from = self._saved_step = self.step
         self._weights = FileRecord.from_json(records.get(ADAPTER_WEIGHTS))
 
     def _write_log(self) -> pa.Table:
@@ -526,22 +560,47 @@ class Trainer:
             target = noise
         return F.mse_loss(pred.float(), target.float())
 
-    def train_step(self) -> float:
-        """One optimiser step over `accum` micro-batches; returns the mean loss."""
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop — agreed by all ranks (any one of them got it)."""
+        flag = self._stop_signal is not None
+        if self.accelerator.num_processes > 1:
+            votes = torch.tensor(float(flag), device=self.accelerator.device)
+            flag = float(self.accelerator.reduce(votes, reduction="sum")) > 0
+        return flag
+
+    def train_step(self, on_micro: Callable[[int, int, int], None] | None = None) -> float:
+        """One optimiser step over `accum` micro-batches; returns the mean loss.
+
+        ``on_micro(step, micro, total)`` is called as each micro-batch starts (``step`` the one
+        in progress, 1-based; ``micro`` 1..``total``). A stop request seen before a micro-batch
+        raises :class:`_StepInterrupted` (``fit`` handles it); on it or any other exception
+        before the update, the step's gradients are dropped and its data position and global
+        RNG states put back to the step's start."""
         acc, cfg = self.accelerator, self.config
         world, rank = acc.num_processes, acc.process_index
         total = 0.0
-        for micro in range(self.accum):
-            gen = _step_generator(cfg.seed, self.step, micro, rank)
-            size = cfg.micro_batch_size * world
-            indices = self.order.batch(self.position, size, rank, world)
-            self.position += size
-            sync = micro == self.accum - 1
-            ctx = acc.no_sync(self.model) if not sync else contextlib.nullcontext()
-            with ctx:
-                loss = self._micro_loss(indices, gen)
-                acc.backward(loss / self.accum)
-            total += float(loss.detach())
+        start_position, start_rng = self.position, _rng_state()
+        try:
+            for micro in range(self.accum):
+                if self._stop_requested():
+                    raise _StepInterrupted(micro)
+                if on_micro:
+                    on_micro(self.step + 1, micro + 1, self.accum)
+                gen = _step_generator(cfg.seed, self.step, micro, rank)
+                size = cfg.micro_batch_size * world
+                indices = self.order.batch(self.position, size, rank, world)
+                self.position += size
+                sync = micro == self.accum - 1
+                ctx = acc.no_sync(self.model) if not sync else contextlib.nullcontext()
+                with ctx:
+                    loss = self._micro_loss(indices, gen)
+                    acc.backward(loss / self.accum)
+                total += float(loss.detach())
+        except BaseException:  # a stop, an abort, a callback's error: the step never happened
+            self.optimizer.zero_grad(set_to_none=True)
+            self.position = start_position
+            _set_rng_state(start_rng)
+            raise
         acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
@@ -558,10 +617,19 @@ class Trainer:
         resume: bool = True,
         stop_after: int | None = None,
         on_step: Callable[[int, float], None] | None = None,
+        on_micro: Callable[[int, int, int], None] | None = None,
+        on_signal: Callable[[int, int], None] | None = None,
     ) -> TrainResult:
         """Train to ``config.max_steps`` (or stop after ``stop_after`` steps, checkpointed).
 
-        SIGTERM/SIGINT save a checkpoint at the current step and return (preemption).
+        ``on_step(step, loss)`` after each optimiser step; ``on_micro(step, micro, total)`` as
+        each micro-batch of step ``step`` starts (see :meth:`train_step`).
+
+        SIGTERM/SIGINT (preemption, Ctrl-C): the first stops at the next micro-batch boundary
+        — the partial step dropped, the last completed step checkpointed, the handlers restored
+        — and returns ``stopped_early`` with ``stop_signal``; ``on_signal(signum, step)`` is
+        called when it arrives (``step``: the last completed one), else it is logged. A second
+        one raises :class:`TrainingAborted` at once (see the module docstring).
         """
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -584,14 +652,21 @@ class Trainer:
         skipped = []
         if resume and (ckpts := list_checkpoints(self.run_dir)):
             skipped = self.resume_from(ckpts)
+        self._stop_signal, self._on_signal = None, on_signal
         handlers = self._install_signals()
-        stopped = False
+        stopped, interrupted = False, None
         try:
             while self.step < cfg.max_steps:
                 started = time.perf_counter()
                 self.model.train()
                 lr = float(self.lr_scheduler.get_last_lr()[0])  # the rate this step uses
-                loss = self.train_step()
+                try:
+                    loss = self.train_step(on_micro)
+                except _StepInterrupted:
+                    interrupted, stopped = self.step + 1, True
+                    if self.step and self._saved_step != self.step:
+                        self.save_checkpoint()  # the last completed step; the rerun redoes this
+                    break
                 if not np.isfinite(loss):
                     raise FloatingPointError(
                         f"loss became {loss} at step {self.step + 1} — lower the learning rate "
@@ -613,7 +688,9 @@ class Trainer:
                     out = self.run_dir / "samples" / f"step-{self.step:08d}"
                     self.sample_fn(self.step, self.accelerator.unwrap_model(self.model), out)
                 done = self.step >= cfg.max_steps
-                stop = (stop_after is not None and self.step >= stop_after) or self._stop_signal
+                stop = (stop_after is not None and self.step >= stop_after) or (
+                    self._stop_requested()
+                )
                 if done or stop or self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
                 if stop and not done:
@@ -621,6 +698,7 @@ class Trainer:
                     break
         finally:
             self._restore_signals(handlers)
+            self._handlers = {}
         log = pa.table({})
         if self.accelerator.is_main_process:
             if self.step:  # a rerun after a kill in save_checkpoint's tail: finish that tail
@@ -635,7 +713,15 @@ class Trainer:
             stopped_early=stopped,
             checkpoints=[str(p) for p in list_checkpoints(self.run_dir)],
             skipped_checkpoints=skipped,
+            stop_signal=self._stop_signal if stopped else None,
+            interrupted_step=interrupted,
+            checkpoint=str(self._checkpoint_dir())
+            if self.step and self._saved_step == self.step
+            else None,
         )
+
+    def _checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints" / f"step-{self.step:08d}"
 
     def _install_signals(self) -> dict:
         import threading
@@ -644,9 +730,22 @@ class Trainer:
             return {}
 
         def handler(signum, frame):
-            self._stop_signal = True
+            if self._stop_signal is not None:  # the second one: abort now
+                self._restore_signals(self._handlers)
+                raise TrainingAborted(signum, self.step)
+            self._stop_signal = signum
+            if self._on_signal is not None:
+                self._on_signal(signum, self.step)
+            else:
+                logger.warning(
+                    "%s: stopping at the next micro-batch boundary (checkpoint of step %d); "
+                    "send it again to abort now",
+                    signal.Signals(signum).name,
+                    self.step,
+                )
 
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._handlers = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self._handlers
 
     @staticmethod
     def _restore_signals(handlers: dict) -> None:
@@ -667,9 +766,12 @@ def train(
     sample_fn: Callable[[int, RagmeUNet, Path], list[str]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     encoder: str | None = None,
+    on_micro: Callable[[int, int, int], None] | None = None,
+    on_signal: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Load the base from ``base_dir``, fine-tune the adapter into ``run_dir`` (resuming);
-    ``encoder`` (the embeddings' spec id) is recorded in the adapter."""
+    ``encoder`` (the embeddings' spec id) is recorded in the adapter. The callbacks and
+    signals: :meth:`Trainer.fit`."""
     base = load_base(base_dir)
     if sample_fn is None and config.sample_every:
         sample_fn = dataset_sample_fn(
@@ -685,7 +787,13 @@ def train(
         sample_fn=sample_fn,
         encoder=encoder,
     )
-    return trainer.fit(resume=resume, stop_after=stop_after, on_step=on_step)
+    return trainer.fit(
+        resume=resume,
+        stop_after=stop_after,
+        on_step=on_step,
+        on_micro=on_micro,
+        on_signal=on_signal,
+    )
 
 
 def dataset_sample_fn(
@@ -757,3 +865,18 @@ def dataset_sample_fn(
         return list(out.video_paths or [])
 
     return sample
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: 0.04 s, 12 s, 7 min, 3.2 h, 5.1 days, 9.5 years."""
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds < 730 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365.25 * 86400):.1f} years"

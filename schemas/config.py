@@ -105,6 +105,19 @@ class EmbedConfig(_Config):
         description="fail the run (exit non-zero, flow run failed) when more than this share of "
         "rows is quarantined: at that rate the input, not the videos, is suspect",
     )
+    warn_mean_cosine: float = Field(
+        0.98,
+        ge=-1,
+        le=1,
+        description="warn when the video vectors' mean pairwise cosine (within each part, "
+        "measured as it is written) is above this: a random or collapsed encoder",
+    )
+    warn_sample: int = Field(
+        1024,
+        ge=2,
+        description="video vectors read back from the written parts for that check when their "
+        "markers lack it (parts written before it existed, or single-row parts)",
+    )
 
 
 class EncoderFitConfig(_Config):
@@ -159,6 +172,20 @@ class RetrievalConfig(_Config):
     delta_dedup: float = Field(DELTA_DEDUP, description="drop a result this similar to a kept one")
     overfetch: int = Field(4, ge=1, description="candidates fetched = overfetch × K (+ group)")
     rerank_exact: bool = Field(True, description="re-rank compressed-index hits exactly")
+    warn_valid_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="neighbour lists: warn when the mean kept neighbours per list is below this "
+        "share of K (not part of the lists' parameters)",
+    )
+    warn_padded_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="neighbour lists: warn when more than this share of the lists is fully "
+        "padded (not part of the lists' parameters)",
+    )
 
     def delta_min(self, modality: Literal["text", "video", "vector"]) -> float | None:
         return self.delta_min_text if modality == "text" else self.delta_min_video
@@ -243,6 +270,16 @@ class DedupConfig(_Config):
         "float32", description="how the driver holds the N vectors (float16: half the memory)"
     )
     seed: int = 0
+    warn_group_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="warn when the largest group holds more than this share of the corpus (as "
+        "SplitConfig.max_group_share: a collapsed encoder, not copies)",
+    )
+    warn_in_groups_share: float = Field(
+        0.5, gt=0, le=1, description="warn when more than this share of the corpus is in groups"
+    )
 
 
 class EnhancerConfig(_Config):

@@ -255,6 +255,7 @@ def test_cli_evaluate_against_a_real_workspace_index(tiny_base, tiny_tables, tmp
     assert "RagInit only" in res.output and "held out" in res.output
     page = (tmp_path / "evals/e1/report.html").read_text()
     assert "LEAKAGE" not in page and f"none of the {len(val)} reference videos" in page
+    assert "has random weights" in page  # the tiny base's frames are noise: the report says so
     table = read_table(tmp_path / "evals/e1/metrics.parquet", METRICS).to_pylist()
     sims = [r for r in table if r["metric"] == "copy_sim[pixels]" and r["value"] is not None]
     assert {r["method"] for r in sims} == {"base", "raginit"} and all(r["n"] == 2 for r in sims)

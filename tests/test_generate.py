@@ -111,3 +111,22 @@ def test_cli_generate_base_method(tiny_base, tmp_path):
     assert res.exit_code == 2 and "needs --adapter" in res.output
     res = runner.invoke(app, ["generate", str(tmp_path / "none.txt"), *args[2:], "--job", "x"])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_base_tiny_is_an_offline_base_everywhere(tmp_path):
+    """`--base tiny` writes the tiny preset into the workspace once and generates with it; a
+    folder that is not a diffusers model names the 'tiny' alternative."""
+    from ragvid.flows.cli import app
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a circle\n")
+    args = ["generate", str(prompts), "--job", "t", "--base", "tiny", "-w", str(tmp_path)]
+    args += ["--method", "base", "--steps", "1", "--height", "32", "--width", "32"]
+    args += ["--frames", "4", "--guidance", "1.0"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "models/tiny-base/model_index.json").is_file()
+    table = read_table(tmp_path / "generations/t/generations.parquet", GENERATIONS)
+    assert table.column("status").to_pylist() == ["ok"]
+    res = CliRunner().invoke(app, [*args, "--base", str(tmp_path), "--job", "u"])
+    assert res.exit_code == 2 and "'tiny' for the tiny offline preset" in res.output

@@ -204,3 +204,16 @@ def test_i3d_follows_the_common_protocol(tmp_path):
     idx = i3d_frame_indices(12)
     assert len(idx) == 16 and sorted(set(idx)) == list(range(12))  # every frame, 4 repeated
     assert len(idx) - len(set(idx)) == 4
+
+
+def test_identical_methods_are_named_and_different_ones_are_not():
+    from ragvid.model.evaluate import _thumbs, identical_methods
+
+    rng = np.random.default_rng(0)
+    a = [rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    b = [v.copy() for v in a]
+    c = [rng.integers(0, 255, (6, 16, 16, 3), dtype=np.uint8) for _ in range(3)]
+    notes = identical_methods({"raginit": _thumbs(a), "ragme": _thumbs(b), "base": _thumbs(c)})
+    assert len(notes) == 1 and "RagInit only and RAGME (full) generated the same" in notes[0]
+    b[1][2] = 255 - b[1][2]  # one frame of one prompt differs: not "the same videos"
+    assert not identical_methods({"raginit": _thumbs(a), "ragme": _thumbs(b)})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ragvid.flows.cli.common import (
@@ -137,10 +138,18 @@ def embed(
     table.add_row("videos/s (this run)", f"{report.videos_per_s:.1f}")
     table.add_row("frames/s (this run)", f"{report.frames_per_s:.1f}")
     table.add_row("seconds", f"{report.seconds:.1f}")
+    if report.mean_pair_cosine is not None:
+        style = "[yellow]" if report.warnings else ""
+        table.add_row(
+            f"{style}mean pairwise cosine{'[/]' if style else ''}",
+            f"{style}{report.mean_pair_cosine:.4f}{'[/]' if style else ''}",
+        )
     if report.random_weights:
         table.add_row("[yellow]encoder weights[/]", "[yellow]RANDOM (tests only)[/]")
     console.print(table)
     console.print(f"embeddings: {report.output}")
+    for w in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}")
     if report.quarantined:
         console.print(f"quarantined rows: {report.failures} (retry with --retry-failures)")
     report.check_failure_ratio(config.max_failure_ratio)

@@ -157,6 +157,8 @@ def dedup(
     """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram
     (the next `ragvid index build` copies it into the new version; the current one keeps
     the table it was built with)."""
+    from rich.markup import escape as markup_escape
+
     from ragvid.pipelines.index.dedup import find_duplicates
 
     ws = Workspace.at(workspace).ensure_writable()
@@ -171,6 +173,8 @@ def dedup(
         f"{rep.n_rejected_by_frames} candidate pair(s) failed the frame check "
         f"({rep.method}, {rep.seconds:.1f}s); histogram {rep.histogram_path}"
     )
+    for w in rep.warnings:
+        console.print(f"[bold yellow]warning:[/] {markup_escape(w)}")
 
 
 @index_app.command("list")
@@ -266,6 +270,8 @@ def neighbours(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Materialise training neighbour lists (query and its duplicates excluded); resumable."""
+    from rich.markup import escape as markup_escape
+
     from ragvid.pipelines.index.neighbours import materialize_neighbours
 
     _join_ray(ray_address)
@@ -289,6 +295,8 @@ def neighbours(
         f"({rep.parts_skipped} already done), mean {rep.mean_valid:.2f}/{k} kept, "
         f"{rep.fully_padded} fully padded, {rep.videos_per_s:.0f} videos/s"
     )
+    for w in rep.warnings:
+        console.print(f"[bold yellow]warning:[/] {markup_escape(w)}")
 
 
 @app.command("inspect")

@@ -27,7 +27,8 @@ BaseOpt = Annotated[
     typer.Option(
         "--base",
         envvar="RAGVID_BASE_MODEL",
-        help="Local diffusers text-to-video folder (ZeroScope layout; save_tiny_base for tests).",
+        help="Local diffusers text-to-video folder (ZeroScope layout), or 'tiny' for the tiny "
+        "random-weight preset (offline runs; written into the workspace once).",
     ),
 ]
 _GEN = GenerationConfig()  # the flags' defaults are the paper's, documented once there
@@ -108,12 +109,48 @@ def train(
         str, typer.Option(help="Neighbour missing from the embeddings: error | mask (reported).")
     ] = "error",
     resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint.")] = True,
+    effective_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Override the recipe's samples per optimiser step (paper: 16)."),
+    ] = None,
+    micro_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Override the recipe's samples per forward pass (the rest accumulates)."),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Train on even when, without a GPU, the timing of the first micro-batches puts "
+            "the run over a day (otherwise refused, exit status 2).",
+        ),
+    ] = False,
 ) -> None:
-    """Fine-tune the RAGME adapter (enhancer + RagCA) on neighbour lists; resumable."""
+    """Fine-tune the RAGME adapter (enhancer + RagCA) on neighbour lists; resumable.
+
+    The progress bar shows the step and its micro-batch (step N/T, micro-batch i/M). Ctrl-C or
+    SIGTERM stops at the next micro-batch boundary: the partial step is dropped, the last
+    completed step is checkpointed and the command exits with status 130 (SIGINT) or 143
+    (SIGTERM); rerunning it resumes exactly, redoing the interrupted step. A second signal
+    aborts at once (the same status, no new checkpoint). The first two micro-batches are timed
+    and the step and run estimates printed; without a CUDA device a run estimated over a day is
+    refused there (exit status 2) unless --yes.
+    """
+    import signal
+    import time
+
+    import torch
+
     from ragvid.model.presets import get_preset
     from ragvid.model.train_data import load_training_set
+    from ragvid.model.trainer import (
+        TrainingAborted,
+        format_duration,
+        list_checkpoints,
+        train_preset,
+    )
     from ragvid.model.trainer import train as run_train
-    from ragvid.model.trainer import train_preset
 
     res_ = Resolver.at(workspace)
     ws = res_.ws
@@ -122,6 +159,8 @@ def train(
         "max_steps": max_steps,
         "checkpoint_every": checkpoint_every,
         "sample_every": sample_every,
+        "effective_batch_size": effective_batch_size,
+        "micro_batch_size": micro_batch_size,
     }
     cfg = cfg.model_copy(update={k: v for k, v in updates.items() if v is not None})
     cfg = type(cfg).model_validate(cfg.model_dump())
@@ -143,24 +182,108 @@ def train(
             f"{(data.report.masked_slots + data.report.dropped_rows)[:1]}"
         )
     run_dir = res_.run_dir(run)
+    base = res_.base(base)  # a folder, or 'tiny' (the offline preset)
+    cuda = torch.cuda.is_available()
+    if not cuda and preset != "tiny":
+        console.print(
+            f"[yellow]no CUDA device:[/] the {preset} recipe on CPU — the first micro-batches "
+            "are timed to estimate the run (over a day is refused without --yes)"
+        )
+    rerun = "rerun this command" + (" without --no-resume" if not resume else "")
+    clock: dict = {"starts": [], "loss": None, "printed": None}
+
+    def estimate(first: float, second: float, step: int, micro: int, total: int) -> None:
+        """Print the step and run estimates from the second micro-batch (the first one carries
+        the warm-up); refuse a CPU run over a day unless --yes."""
+        per_step = second * total
+        left = (cfg.max_steps - step) * total + total - micro + 1  # micro-batches still to run
+        run_s = second * left
+        console.print(
+            f"timing: a micro-batch ≈ {format_duration(second)} (the first, with warm-up, "
+            f"{format_duration(first)}) → ≈ {format_duration(per_step)} a step ({total} "
+            f"micro-batches), ≈ {format_duration(run_s)} to step {cfg.max_steps} on "
+            f"{'CUDA' if cuda else 'CPU'}"
+        )
+        if not cuda and run_s > 86400 and not yes:
+            raise ValueError(
+                f"without a GPU this run would take ≈ {format_duration(run_s)} "
+                f"({format_duration(per_step)} a step, to step {cfg.max_steps}) — train on a "
+                "CUDA machine, use a smaller recipe (--preset tiny, --max-steps), or pass --yes "
+                "to train anyway"
+            )
+
+    aborted = None
     with progress() as bar:
         task = bar.add_task("train", total=cfg.max_steps)
 
-        def on_step(step: int, loss: float) -> None:
-            bar.update(task, completed=step, description=f"train loss {loss:.4f}")
+        def on_micro(step: int, micro: int, total: int) -> None:
+            now, starts = time.monotonic(), clock["starts"]
+            if len(starts) < 3:  # time the first two micro-batches
+                starts.append(now)
+                if len(starts) == 3:
+                    first, second = starts[1] - starts[0], starts[2] - starts[1]
+                    estimate(first, second, step, micro, total)
+            loss = f" · loss {clock['loss']:.4f}" if clock["loss"] is not None else ""
+            where = f"step {step}/{cfg.max_steps}, micro-batch {micro}/{total}"
+            bar.update(task, completed=step - 1, description=where + loss)
+            if not console.is_interactive and (  # no live bar (a log file): a line now and then
+                clock["printed"] is None or now - clock["printed"] >= 10
+            ):
+                clock["printed"] = now
+                console.print(where + loss)
 
-        res = run_train(
-            run_dir,
-            base,
-            data,
-            cfg,
-            enhancer=mp.enhancer,
-            ragca=mp.ragca,
-            resume=resume,
-            stop_after=stop_after,
-            on_step=on_step,
-            encoder=res_.encoder(encoder).id,  # recorded in the adapter: checked at generation
+        def on_step(step: int, loss: float) -> None:
+            clock["loss"] = loss
+            bar.update(task, completed=step, description=f"step {step} · loss {loss:.4f}")
+
+        def on_signal(signum: int, step: int) -> None:
+            name = signal.Signals(signum).name
+            console.print(
+                f"[yellow]{name} received:[/] stopping at the next micro-batch boundary — the "
+                f"partial step is dropped, the last completed step checkpointed; {name} again "
+                "aborts at once"
+            )
+
+        try:
+            res = run_train(
+                run_dir,
+                base,
+                data,
+                cfg,
+                enhancer=mp.enhancer,
+                ragca=mp.ragca,
+                resume=resume,
+                stop_after=stop_after,
+                on_step=on_step,
+                encoder=res_.encoder(encoder).id,  # recorded in the adapter: checked at generation
+                on_micro=on_micro,
+                on_signal=on_signal,
+            )
+        except TrainingAborted as exc:
+            aborted = exc
+    if aborted is not None:
+        ckpts = list_checkpoints(run_dir)
+        newest = (
+            f"the newest checkpoint is {ckpts[-1]} — {rerun} to resume from it"
+            if ckpts
+            else f"no checkpoint on disk — {rerun} to start over"
         )
+        console.print(
+            f"[red]aborted[/] by a second {signal.Signals(aborted.signum).name} after step "
+            f"{aborted.step}: nothing saved now; {newest}"
+        )
+        raise typer.Exit(128 + aborted.signum)
+    if res.stop_signal is not None:
+        name = signal.Signals(res.stop_signal).name
+        dropped = (
+            f", the partial step {res.interrupted_step} dropped" if res.interrupted_step else ""
+        )
+        if res.checkpoint:
+            saved = f"checkpointed at step {res.step} ({res.checkpoint}) — {rerun} to resume"
+        else:
+            saved = f"no step had completed, nothing saved — {rerun} to start over"
+        console.print(f"stopped by {name} at step {res.step}{dropped}: {saved}")
+        raise typer.Exit(128 + res.stop_signal)
     what = "stopped" if res.stopped_early else "finished"
     since = f" (resumed from step {res.resumed_from})" if res.resumed_from is not None else ""
     console.print(f"{what} at step {res.step}{since}: adapter + train_log.parquet in {run_dir}")
@@ -217,6 +340,7 @@ def generate(
     adapter_dir = res.adapter(adapter)
     retrieval = res.retrieval(index, k, encoder)
     res.check_adapter(adapter_dir, retrieval)
+    base = res.base(base)
     pipe = res.pipeline(base, adapter_dir)
     with progress() as bar:
         task = bar.add_task(f"generate ({method})", total=len(plist.prompts))
@@ -280,7 +404,8 @@ def evaluate(
         typer.Option(
             "--base",
             envvar="RAGVID_BASE_MODEL",
-            help="Local diffusers text-to-video folder; default: the tiny preset.",
+            help="Local diffusers text-to-video folder, or 'tiny' (the default): the tiny "
+            "random-weight preset.",
         ),
     ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -332,6 +457,7 @@ def evaluate(
     from ragvid.model.evaluate import evaluate_methods
     from ragvid.model.features import load_frame_features, load_video_features
     from ragvid.model.metrics import FarnebackFlow, RaftFlow
+    from ragvid.model.presets import random_weights_note
 
     ws = Workspace.at(workspace).ensure_writable()
     method_list = _methods(methods)
@@ -365,7 +491,9 @@ def evaluate(
     retrieval = res.retrieval(index, k, encoder)
     adapter_dir = res.adapter(adapter)
     res.check_adapter(adapter_dir, retrieval)
-    pipe = res.pipeline(res.base(base), adapter_dir)
+    base_dir = res.base(base)
+    pipe = res.pipeline(base_dir, adapter_dir)
+    notes = [*plan.notes, *filter(None, [random_weights_note(base_dir)])]
     console.print(f"protocol: {plan.protocol}")
     n = len(plan.prompts)
     with console.status(f"evaluating {len(method_list)} methods on {n} prompts"):
@@ -383,7 +511,7 @@ def evaluate(
             flow=flow,
             methods=method_list,
             protocol=plan.protocol,
-            notes=plan.notes,
+            notes=notes,
         )
     for r in rep.comparison:
         vals = "  ".join(
@@ -481,7 +609,7 @@ def motion_transfer_cmd(
         res = motion_transfer(
             video,
             prompt,
-            base,
+            Resolver(ws).base(base),
             ws.run(out),
             load_encoder(spec, workspace=ws.root),
             caption=caption,

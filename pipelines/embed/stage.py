@@ -21,6 +21,7 @@ quarantined, checked per part and over the corpus.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -40,6 +41,7 @@ from ragvid.pipelines.embed.decode import DECODE_STAGE, decode_row
 from ragvid.pipelines.embed.encoder import ClipEncoder, load_encoder
 from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
 from ragvid.pipelines.executor.base import LocalExecutor, Part, finish_part, table_state
+from ragvid.pipelines.index.degenerate import embedding_warning, pair_cosine_sum
 from ragvid.schemas import EMBEDDINGS, FAILURES, MANIFEST, EmbedConfig
 from ragvid.schemas.faults import fault_point
 from ragvid.schemas.files import clean_temporaries
@@ -57,6 +59,9 @@ from ragvid.schemas.markers import Marker, declare_table, is_managed
 from ragvid.schemas.workspace import Workspace
 
 ENCODE_STAGE = "encode"
+log = logging.getLogger(__name__)
+# the report carries the warnings and the CLI / flows print them: no last-resort stderr copy
+log.addHandler(logging.NullHandler())
 
 
 def video_embedding(frame_emb: np.ndarray) -> np.ndarray:
@@ -113,6 +118,9 @@ class PartStats:
     attempt: int = 1
     finished_at: float = 0.0
     skipped: bool = False
+    # mean cosine over every pair of the part's video vectors (None: fewer than two rows, or
+    # a marker written before it was measured) — how the run tells a degenerate encoder
+    pair_cosine: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> PartStats:
@@ -363,6 +371,7 @@ def write_part(
             "was lost or duplicated; the part is not marked done"
         )
     emb, fail = rows_to_tables(rows, plan.index, enc_id, config.storage_dtype, attempt)
+    pair_cos = _pair_cosine(rows)
     cfg = {**config.model_dump(), "encoder_id": enc_id, "encoder_random_weights": random_weights}
     if config.storage_dtype == "float16":
         write_table(plan.uri, emb, EMBEDDINGS, dim=dim, encoder=enc_id, config=cfg)
@@ -383,7 +392,17 @@ def write_part(
         encode_s=round(sum(r.get("encode_s", 0.0) for r in rows), 3),
         encoder=enc_id,
         attempt=attempt,
+        pair_cosine=pair_cos,
     )
+
+
+def _pair_cosine(rows: list[dict]) -> float | None:
+    """Mean pairwise cosine of the embedded rows' video vectors (O(rows × dim))."""
+    ok = [r["video_emb"] for r in rows if r.get("error_class") is None]
+    if len(ok) < 2:
+        return None
+    total, n = pair_cosine_sum(np.asarray(ok, dtype=np.float32))
+    return round(total / (n * (n - 1) / 2), 6)
 
 
 def _write_float32(uri: str, emb: pa.Table, dim: int | None, enc_id: str, cfg: dict) -> None:
@@ -485,7 +504,9 @@ def retry_part(
 
 @dataclass
 class EmbedReport:
-    """One run over a corpus: totals merged from the part markers."""
+    """One run over a corpus: totals merged from the part markers, and ``warnings`` when the
+    video vectors are nearly identical (mean pairwise cosine above
+    ``EmbedConfig.warn_mean_cosine``: a random or collapsed encoder)."""
 
     corpus: str
     encoder: str
@@ -501,6 +522,9 @@ class EmbedReport:
     seconds: float
     part_stats: list[PartStats] = field(default_factory=list)
     random_weights: bool = False
+    mean_pair_cosine: float | None = None  # over the measured video pairs (see summarize)
+    cosine_pairs: int = 0
+    warnings: list[str] = field(default_factory=list)  # degenerate output (EmbedConfig.warn_*)
 
     @property
     def videos_per_s(self) -> float:
@@ -544,6 +568,12 @@ def summarize(
     by_class: Counter = Counter()
     for s in stats:
         by_class.update(s.by_class)
+    mean_cos, pairs = _spread(stage, plans, stats)
+    warning = embedding_warning(
+        mean_cos, pairs, stage.spec.id, stage.config.warn_mean_cosine, stage.spec.random
+    )
+    if warning:
+        log.warning("embed %s: %s", stage.corpus, warning)
     return EmbedReport(
         corpus=stage.corpus,
         encoder=stage.spec.id,
@@ -559,4 +589,56 @@ def summarize(
         seconds=round(seconds, 3),
         part_stats=stats,
         random_weights=stage.spec.random,
+        mean_pair_cosine=None if mean_cos is None else round(mean_cos, 6),
+        cosine_pairs=pairs,
+        warnings=[warning] if warning else [],
     )
+
+
+def _spread(
+    stage: EmbedStage, plans: list[PartPlan], stats: list[PartStats]
+) -> tuple[float | None, int]:
+    """(mean pairwise cosine of the video vectors, pairs it is over): from the parts' markers
+    (pairs within each part, measured as it was written: no read), else — markers from before
+    the measure, or single-row parts — from at most ``warn_sample`` vectors read back from up
+    to 8 written parts (``video_emb`` only)."""
+    total, pairs = 0.0, 0
+    for s in stats:
+        n = s.embedded
+        if s.pair_cosine is not None and n >= 2:
+            total += s.pair_cosine * n * (n - 1) / 2
+            pairs += n * (n - 1) // 2
+    if pairs:
+        return total / pairs, pairs
+    embedded = {s.part for s in stats if s.embedded}
+    uris = [p.uri for p in plans if p.index in embedded]
+    try:
+        x = sample_video_vectors(uris, stage.config.warn_sample)
+    except (OSError, ValueError) as exc:  # a check, not a stage: never fail the run for it
+        log.info("embed %s: no spread check (%s)", stage.corpus, exc)
+        return None, 0
+    sum_cos, n = pair_cosine_sum(x)
+    if n < 2:
+        return None, 0
+    return sum_cos / (n * (n - 1) / 2), n * (n - 1) // 2
+
+
+def sample_video_vectors(uris: list[str], limit: int, max_parts: int = 8) -> np.ndarray:
+    """Up to ``limit`` video vectors (float32) from up to ``max_parts`` evenly spaced parts of
+    ``uris`` — a bounded read, whatever the corpus size."""
+    from ragvid.pipelines.index.vectors import table_vectors
+
+    if not uris or limit < 1:
+        return np.zeros((0, 0), np.float32)
+    pick = sorted({uris[int(i)] for i in np.linspace(0, len(uris) - 1, min(max_parts, len(uris)))})
+    per = -(-limit // len(pick))
+    out, got = [], 0
+    for uri in pick:
+        v = table_vectors(read_table(uri, EMBEDDINGS, columns=["video_emb"]))
+        if len(v) > per:
+            v = v[np.linspace(0, len(v) - 1, per).round().astype(int)]
+        out.append(v[: limit - got])
+        got += len(out[-1])
+        if got >= limit:
+            break
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -286,7 +286,12 @@ def _split_source(split: str | None) -> dict[str, Any] | None:
     """What the manifest records of the split table whose val side was held out."""
     if split is None:
         return None
-    return {"uri": split, "kept": "train", **file_record(split).to_json()}
+    # contents, not the path: a moved workspace keeps its index up to date
+    return {
+        "file": split.rstrip("/").rsplit("/", 1)[-1],
+        "kept": "train",
+        **file_record(split).to_json(),
+    }
 
 
 def _same_split(old: IndexManifest, split: str | None) -> bool:

@@ -26,6 +26,7 @@ record to :func:`read_duplicates` (checked whole before parsing).
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ragvid.pipelines.index.dedup_blocks import clustered_pairs, read_frame_rows, read_video_vectors
+from ragvid.pipelines.index.degenerate import dedup_warnings, pair_cosine_sum
 from ragvid.pipelines.index.layout import IndexManifest, damaged
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
 from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record
@@ -46,6 +48,9 @@ from ragvid.schemas.config import DedupConfig, IndexConfig, defaults
 from ragvid.schemas.io import write_bytes_atomic
 
 _INDEX = defaults(IndexConfig)
+log = logging.getLogger(__name__)
+# the report carries the warnings and the CLI / flows print them: no last-resort stderr copy
+log.addHandler(logging.NullHandler())
 
 
 @dataclass
@@ -63,6 +68,9 @@ class DuplicateReport:
     histogram_path: str
     seconds: float
     record: dict[str, Any] = field(default_factory=dict)  # size + sha256 of the table file
+    largest_group: int = 0
+    mean_pair_cosine: float | None = None  # over every pair of videos (from the vectors read)
+    warnings: list[str] = field(default_factory=list)  # degenerate output (DedupConfig.warn_*)
 
 
 def similar_pairs(
@@ -261,7 +269,11 @@ def find_duplicates(
     (≥ ``delta_frame``; None turns it off). ``config`` picks how pairs are found (exact range
     search up to ``exact_max_n`` videos, clustered above; ``exact_max_n`` overrides the
     config's); ``nprobe`` is for ``method="ivf"`` only. Reads ``video_id`` + ``video_emb``
-    part by part, and ``frame_emb`` only for the rows in candidate pairs."""
+    part by part, and ``frame_emb`` only for the rows in candidate pairs.
+
+    The report's ``warnings`` (also logged) say when the groups are too big to be copies
+    (``DedupConfig.warn_*``: a random or collapsed encoder), with the vectors' mean pairwise
+    cosine, computed in one O(N × dim) sum over the vectors already read."""
     if not -1.0 < delta_dedup <= 1.0:
         raise ValueError(f"delta_dedup={delta_dedup} must be in (-1, 1] (paper: 0.965)")
     if delta_frame is not None and not -1.0 < delta_frame <= 1.0:
@@ -272,6 +284,8 @@ def find_duplicates(
     t0 = time.perf_counter()
     vec = read_video_vectors(embeddings, dtype=cfg.vectors_dtype)
     n = len(vec.ids)
+    pair_sum, _ = pair_cosine_sum(vec.x)
+    mean_cos = pair_sum / (n * (n - 1) / 2) if n > 1 else None
     how = cfg.method
     if how == "auto":
         how = "exact" if n <= cfg.exact_max_n else "clustered"
@@ -310,6 +324,20 @@ def find_duplicates(
     hist = histogram_path(out_path)
     write_histogram(top1, delta_dedup, hist)
     canon = table.column("is_canonical").to_numpy(zero_copy_only=False)
+    sizes = table.column("group_size").to_numpy(zero_copy_only=False)
+    largest = int(sizes.max()) if len(sizes) else 0
+    warnings = dedup_warnings(
+        n,
+        largest,
+        len(table),
+        delta_dedup=delta_dedup,
+        group_share=cfg.warn_group_share,
+        in_groups_share=cfg.warn_in_groups_share,
+        mean_cosine=mean_cos,
+        encoder=vec.encoder,
+    )
+    for w in warnings:
+        log.warning("dedup of %s: %s", _where(embeddings), w)
     return DuplicateReport(
         n_videos=n,
         n_pairs=len(i),
@@ -324,7 +352,14 @@ def find_duplicates(
         histogram_path=hist,
         seconds=round(time.perf_counter() - t0, 3),
         record=file_record(out_path).to_json(),
+        largest_group=largest,
+        mean_pair_cosine=None if mean_cos is None else round(mean_cos, 6),
+        warnings=warnings,
     )
+
+
+def _where(embeddings: str | pa.Table) -> str:
+    return "an embeddings table" if isinstance(embeddings, pa.Table) else str(embeddings)
 
 
 def read_duplicates(path: str, expect: FileRecord | None = None) -> dict[str, list]:

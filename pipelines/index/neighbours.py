@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow as pa
 from ragvid.pipelines.executor.map_tasks import map_tasks, ray_node
 from ragvid.pipelines.executor.ray_tasks import init_ray
 from ragvid.pipelines.index.dedup import read_duplicates, read_index_duplicates
+from ragvid.pipelines.index.degenerate import neighbour_warnings
 from ragvid.pipelines.index.layout import IndexManifest, read_ids, relative_path
 from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.vectors import batch_dot
@@ -44,6 +46,14 @@ class NeighbourReport:
     seconds: float
     search_seconds: float
     videos_per_s: float
+    warnings: list[str] = field(default_factory=list)  # mostly padding (RetrievalConfig.warn_*)
+
+
+log = logging.getLogger(__name__)
+# the report carries the warnings and the CLI / flows print them: no last-resort stderr copy
+log.addHandler(logging.NullHandler())
+# what the warnings use, not what the lists depend on: left out of the parameters' hash
+_WARN_FIELDS = {"warn_valid_share", "warn_padded_share"}
 
 
 def _content_sha(duplicates: str | None, man: IndexManifest) -> str | None:
@@ -118,7 +128,7 @@ def _params(
     return {
         "index": relative_path(str(index_dir), out_dir),
         "index_shards_sha256": [s.get("sha256") for s in man.shards],
-        "retrieval": config.model_dump(),
+        "retrieval": config.model_dump(exclude=_WARN_FIELDS),
         "duplicates_sha256": _content_sha(duplicates, man),
         "index_ids_sha256": man.ids_record.sha256 if man.ids_record else None,
         "video_ids_sha256": ids_hash,
@@ -220,7 +230,10 @@ def materialize_neighbours(
     Parts are computed in parallel as Ray tasks when Ray is up (``ray=True`` starts a local
     one; a cluster joined with ``--ray-address`` spreads them over its nodes), each worker
     opening the index once; otherwise in this process. The driver keeps the lock, the skip of
-    finished parts and the markers."""
+    finished parts and the markers.
+
+    The report's ``warnings`` (also logged) say when the lists are mostly padding
+    (``RetrievalConfig.warn_*``), from the per-part counts the markers already hold."""
     t0 = time.perf_counter()
     man = IndexManifest.load(index_dir)
     duplicates = duplicates or man.duplicates
@@ -282,17 +295,31 @@ def materialize_neighbours(
                 progress(done, len(ids))
     _OPENED.clear()  # what this process opened for inline parts
     secs = time.perf_counter() - t0
+    mean_valid = valid_sum / len(ids)
+    warnings = neighbour_warnings(
+        len(ids),
+        mean_valid,
+        fully_padded,
+        k=config.k,
+        delta_min=config.delta_min_video,
+        delta_dedup=config.delta_dedup,
+        valid_share=config.warn_valid_share,
+        padded_share=config.warn_padded_share,
+    )
+    for w in warnings:
+        log.warning("neighbours %s: %s", out_dir, w)
     return NeighbourReport(
         out_dir=str(out_dir),
         n_videos=len(ids),
         n_parts=n_parts,
         parts_written=written,
         parts_skipped=skipped,
-        mean_valid=round(valid_sum / len(ids), 4),
+        mean_valid=round(mean_valid, 4),
         fully_padded=fully_padded,
         seconds=round(secs, 3),
         search_seconds=round(search_s, 3),
         videos_per_s=round(len(ids) / secs, 1) if secs else 0.0,
+        warnings=warnings,
     )
 
 
