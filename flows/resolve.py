@@ -38,12 +38,38 @@ class Resolver:
     def encoder(self, spec: str | EncoderSpec) -> EncoderSpec:
         return parse_encoder(spec, self.ws)
 
-    def embeddings(self, corpus: str, encoder: str | EncoderSpec) -> str:
-        """The embeddings folder of ``corpus`` under ``encoder``: it must exist and be complete
-        (every manifest row in a finished part) — a partial embedding is refused."""
+    def corpus_encoder(self, corpus: str) -> EncoderSpec:
+        """The encoder of the corpus's only embeddings folder (for commands whose --encoder is
+        left out); several folders or none is an error listing what there is."""
+        from ragvid.pipelines.index.parts import embedding_parts, part_encoder
+
+        fs, root = fs_and_path(self.ws.embeddings_root(corpus))
+        folders = (
+            sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p)) if fs.exists(root) else []
+        )
+        folders = [f for f in folders if TableState(f).parts()]
+        if len(folders) != 1:
+            names = [f.rstrip("/").rsplit("/", 1)[-1] for f in folders]
+            raise ValueError(
+                f"corpus '{corpus}' has {len(folders)} embedded encoder folder(s) {names or ''} — "
+                + (
+                    f"run `ragvid embed --corpus {corpus} --encoder …` first"
+                    if not folders
+                    else "pass --encoder to choose one"
+                )
+            )
+        infos = [i for i in embedding_parts(folders[0]) if i.rows]
+        if not infos:
+            raise ValueError(f"corpus '{corpus}': {folders[0]} holds no rows — run `ragvid embed`")
+        return self.encoder(part_encoder(infos[0]))
+
+    def embeddings(self, corpus: str, encoder: str | EncoderSpec | None) -> str:
+        """The embeddings folder of ``corpus`` under ``encoder`` (None: the corpus's only one):
+        it must exist and be complete (every manifest row in a finished part) — a partial
+        embedding is refused."""
         from ragvid.pipelines.embed.stage import check_complete
 
-        spec = self.encoder(encoder)
+        spec = self.corpus_encoder(corpus) if encoder is None else self.encoder(encoder)
         path = self.ws.embeddings(corpus, spec.slug)
         if not TableState(path).parts() and not is_managed(path):
             raise FileNotFoundError(

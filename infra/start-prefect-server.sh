@@ -16,4 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_UI_API_URL="http://${HOST}:${PORT}/api"
 echo "Prefect UI:  http://${HOST}:${PORT}"
 echo "In other shells:  export PREFECT_API_URL=http://${HOST}:${PORT}/api"
-exec prefect server start --host "$HOST" --port "$PORT"
+# the repo's venv (README set-up) when this shell has not activated it
+PREFECT="$(dirname "$0")/../.venv/bin/prefect"
+[[ -x "$PREFECT" ]] || PREFECT=prefect
+exec "$PREFECT" server start --host "$HOST" --port "$PORT"

@@ -223,6 +223,12 @@ def test_cli_evaluate_against_a_real_workspace_index(tiny_base, tiny_tables, tmp
     emb_dir = ws.embeddings("clip", slug(enc.id))
     write_table(f"{emb_dir}/{part_name(0)}", emb, EMBEDDINGS, dim=enc.dim, encoder=enc.id)
     build_index(emb_dir, ws.index("clip"), IndexConfig(), ray=False)
+    # commands that leave --encoder out take the corpus's only embeddings
+    from ragvid.flows.resolve import Resolver
+
+    assert Resolver(ws).corpus_encoder("clip").id == enc.id
+    with pytest.raises(ValueError, match="run `ragvid embed --corpus nope"):
+        Resolver(ws).corpus_encoder("nope")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a moving square\na static square\n")
     args = ["evaluate", str(prompts), "--run", "e1", "--base", tiny_base, "--index", "clip"]

@@ -81,12 +81,22 @@ def demo(
     else:
         console.print(
             "\nThe flow runs were recorded in the local Prefect database under "
-            f"{PREFECT_HOME.value()} (ephemeral mode). To browse them: `prefect server start` "
-            "(or infra/start-prefect-server.sh) and open http://127.0.0.1:4200 — runs "
+            f"{PREFECT_HOME.value()} (ephemeral mode). To browse them: `{_prefect()} server "
+            "start` (or infra/start-prefect-server.sh) and open http://127.0.0.1:4200 — runs "
             "'demo-…', 'build-index-demo', 'neighbours-demo' and their artifacts."
         )
     if failed:
         raise typer.Exit(1)
+
+
+def _prefect() -> str:
+    """The prefect command of this install (the venv's, which a bare `prefect` may not be)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    here = Path(sys.executable).with_name("prefect")
+    return str(here) if here.exists() and shutil.which("prefect") != str(here) else "prefect"
 
 
 def _model_rows(out: dict) -> list[tuple[str, str]]:

@@ -177,9 +177,10 @@ def encoder_list() -> None:
 @user_errors
 def encoder_fit(
     corpus: CorpusOpt = "demo",
-    name: Annotated[str, typer.Option("--name", "-n", help="Saved as <ws>/encoders/<name>.")] = (
-        "demo-tiny"
-    ),
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Saved as <ws>/encoders/<name>; default: <corpus>-tiny."),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     preset: Annotated[str, typer.Option(help="Architecture preset to fit.")] = _FIT["preset"],
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = _FIT["steps"],
@@ -193,6 +194,7 @@ def encoder_fit(
     from ragvid.schemas import Workspace
 
     ws = Workspace.at(workspace).ensure_writable()
+    name = name or f"{corpus}-tiny"  # one fitted encoder per corpus, never another's overwritten
     with progress() as bar:
         task = bar.add_task(f"fit {name}", total=steps)
         spec = fit_encoder(

@@ -68,7 +68,10 @@ def _encoder(spec: str | None, index: str, workspace: str):
 @user_errors
 def build(
     corpus: Annotated[str, typer.Option(help="Corpus whose embeddings to index.")],
-    encoder: Annotated[str, typer.Option(help="Encoder the corpus was embedded with.")],
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="Encoder the corpus was embedded with (default: its only one)."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     factory: Annotated[str | None, typer.Option(help="FAISS factory string override.")] = None,
     shards: Annotated[int, typer.Option(help="Number of shards.")] = _INDEX["num_shards"],
@@ -143,7 +146,10 @@ def build(
 @user_errors
 def dedup(
     corpus: Annotated[str, typer.Option(help="Corpus whose embeddings to scan.")],
-    encoder: Annotated[str, typer.Option(help="Encoder the corpus was embedded with.")],
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="Encoder the corpus was embedded with (default: its only one)."),
+    ] = None,
     threshold: Annotated[float, typer.Option(help="δ_dedup: cosine for a near-duplicate.")] = (
         _INDEX["delta_dedup"]
     ),
