@@ -72,3 +72,29 @@ def test_outside_folder_and_checkpoint_slugs_carry_no_absolute_path(tmp_path):
         f"open_clip:ragvid-tiny/{tmp_path / 'a' / 'enc' / 'open_clip_model.safetensors'}"
     )
     assert ckpt.kind == "checkpoint" and str(tmp_path) not in ckpt.slug
+
+
+def test_missing_pretrained_weights_fail_in_seconds_before_any_output(tmp_path, monkeypatch):
+    """Offline, the paper's default encoder fails fast with what to do, and leaves no empty
+    embeddings folder behind (it would later be listed as an encoder)."""
+    import time
+
+    import pyarrow as pa
+    from typer.testing import CliRunner
+
+    from ragvid.flows.cli import app
+    from ragvid.schemas import MANIFEST, Workspace, part_name, write_table
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline for sure, even on a networked box
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    ws = Workspace.at(tmp_path)
+    row = {"video_id": "v", "uri": "/x.mp4", "caption": "c", "duration_s": 1.0, "source": "s"}
+    row |= {"source_file": "f.csv", "source_row": 2}
+    write_table(f"{ws.manifest('c')}/{part_name(0)}", pa.Table.from_pylist([row]), MANIFEST)
+    started = time.monotonic()
+    res = CliRunner().invoke(app, ["embed", "-c", "c", "-e", "vit-b-32", "-w", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert time.monotonic() - started < 10
+    out = " ".join(res.output.split())
+    assert "weights are not in the Hugging Face cache" in out and "ragvid encoder fit" in out
+    assert not (tmp_path / "corpora/c/embeddings").exists()

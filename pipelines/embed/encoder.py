@@ -211,6 +211,81 @@ def _load_local_dir(folder: str, device: str):
     return model, open_clip.get_tokenizer(f"local-dir:{path}")
 
 
+WEIGHT_FILES = (  # what open_clip fetches from a hf_hub pretrained config, newest first
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+)
+
+
+def _reachable(host: str, timeout_s: float) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def pretrained_weights_problem(
+    arch: str, tag: str, spec_id: str, timeout_s: float = 3.0
+) -> str | None:
+    """Why open_clip could not get ``arch``/``tag``'s weights now, or None if it can: cached
+    locally, or the host answers within ``timeout_s``. Offline, open_clip's hub client retries
+    for about a minute before failing; this says so in seconds."""
+    import os
+    from urllib.parse import urlparse
+
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    hub = (cfg.get("hf_hub") or "").strip("/")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        cache = os.environ.get("HF_HUB_CACHE")  # read now: the hub reads it once, at import
+        if any(
+            isinstance(try_to_load_from_cache(hub, f, cache_dir=cache), str) for f in WEIGHT_FILES
+        ):
+            return None
+        where = f"the Hugging Face cache ({hub})"
+        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    elif cfg.get("url"):
+        name = os.path.basename(urlparse(cfg["url"]).path)
+        if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), name)):
+            return None
+        where, host = f"~/.cache/clip/{name}", urlparse(cfg["url"]).hostname
+    else:
+        return None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline and host and _reachable(host, timeout_s):
+        return None
+    return (
+        f"encoder '{spec_id}': the {arch}/{tag} weights are not in {where} and {host} cannot be "
+        "reached (offline?). Copy the checkpoint here and use open_clip:<arch>/<path to "
+        "checkpoint>, set HF_HUB_CACHE to a cache that holds it, or fit a small encoder on your "
+        "corpus with `ragvid encoder fit` and pass its name"
+    )
+
+
+def check_weights(spec: EncoderSpec) -> None:
+    """Raise FileNotFoundError in seconds when ``spec`` names pretrained weights this machine
+    can neither find nor download — before a stage creates any output."""
+    load = spec.load
+    if load.startswith("preset:"):
+        p = PRESETS[load.removeprefix("preset:")]
+        arch, tag = p.arch, p.pretrained
+    elif spec.kind == "pretrained":
+        arch, tag = spec.arch, spec.weights
+    else:
+        return
+    if arch and tag:
+        problem = pretrained_weights_problem(arch, tag, spec.id)
+        if problem:
+            raise FileNotFoundError(problem)
+
+
 def load_encoder(
     spec: str | EncoderSpec,
     device: str | None = None,
@@ -230,6 +305,7 @@ def load_encoder(
         )
     device = device or _default_device()
     load = parsed.load
+    check_weights(parsed)
     if load.startswith("preset:"):
         p = PRESETS[load.removeprefix("preset:")]
         model, tok = _build(p.arch, p.pretrained, p.preprocess, p.seed, device)

@@ -38,7 +38,7 @@ from ragvid.pipelines.corpus.parts import (
     plan_slices,
 )
 from ragvid.pipelines.embed.decode import DECODE_STAGE, decode_row
-from ragvid.pipelines.embed.encoder import ClipEncoder, load_encoder
+from ragvid.pipelines.embed.encoder import ClipEncoder, check_weights, load_encoder
 from ragvid.pipelines.embed.spec import EncoderSpec, parse_encoder
 from ragvid.pipelines.executor.base import LocalExecutor, Part, finish_part, table_state
 from ragvid.pipelines.index.degenerate import embedding_warning, pair_cosine_sum
@@ -152,6 +152,8 @@ class EmbedStage:
         self.verify = verify
         self.corpus, self.config = corpus, config
         self.spec: EncoderSpec = parse_encoder(config.encoder, self.ws)
+        if encoder is None:  # missing pretrained weights fail here, before any folder exists
+            check_weights(self.spec)
         self.output = self.ws.embeddings(corpus, self.spec.slug)
         self.failures = self.ws.failures(corpus, self.spec.slug)
         if encoder is not None and encoder.id != self.spec.id:
