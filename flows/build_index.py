@@ -191,6 +191,11 @@ def index_task(
         manifest=manifest,
         split=split,
     )
+    if man.reused:
+        print(f"index {index}: up to date (version {man.version}, every file verified)")
+    elif man.built_because:
+        what = f"added to {man.grown_from}" if man.grown_from else "rebuilt"
+        print(f"index {index}: {what} — {man.built_because}")
     return man.to_json()
 
 

@@ -263,8 +263,9 @@ def test_cli_says_up_to_date_only_for_an_intact_index(index, corpus):
     res = run(app, ["search", "red circle", "--index", "c", "--mode", "bm25", "-w", ws.root])
     assert res.exit_code == 2 and "checksum mismatch" in res.output
     res = run(app, args)
-    assert res.exit_code == 0 and "up to date" not in res.output, res.output
-    assert "version v-000002" in " ".join(res.output.split())
+    assert res.exit_code == 0 and "is up to date:" not in res.output, res.output
+    out = " ".join(res.output.split())
+    assert "version v-000002" in out and "rebuilt: the current version is damaged" in out
     res = run(app, ["search", "red circle", "--index", "c", "--mode", "bm25", "-w", ws.root])
     assert res.exit_code == 0, res.output
 

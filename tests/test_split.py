@@ -125,6 +125,7 @@ def test_near_duplicate_groups_stay_on_one_side_and_leaks_are_named(built_index,
         split=str(tmp_path / "ungrouped.parquet"),
     )  # fmt: skip
     assert not again.reused and again.dropped == {"held_out": len(loose)}
+    assert again.built_because == "the train / val split changed"  # said, and kept in index.json
 
 
 def _emb(built_index, tmp_path):

@@ -129,6 +129,8 @@ def build(
         )
         return
     grown = f" (added to {man.grown_from})" if man.grown_from else ""
+    if man.built_because:
+        console.print(f"[yellow]{'grown' if man.grown_from else 'rebuilt'}:[/] {man.built_because}")
     console.print(
         f"[green]index[/] {out}: version {man.version}{grown}, {man.ntotal} videos, {man.factory}, "
         f"{len(man.shards)} shard(s), search {man.search_params or 'exact'} "

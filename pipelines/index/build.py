@@ -226,6 +226,7 @@ def build_index(
                 log.warning("rebuilding index %s: %s", layout.root, reason)
         else:
             base = None
+            reason = "rebuild forced (--force)" if current is not None and force else None
         target = versions.begin(layout, current)  # also removes what killed builds left
         try:
             if ray:
@@ -233,6 +234,7 @@ def build_index(
             man = _build_version(embeddings, target, config, duplicates, manifest, base, split)
             man.previous = previous
             man.grown_from = base.version if base is not None else None
+            man.built_because = reason
             store = RowStore.open(man, verify=False)
             t_tune = time.perf_counter()
             man.search_params, man.tuned_recall = tune_search_params(

@@ -72,6 +72,7 @@ class IndexManifest:
     previous: str | None = None  # the version this one replaced (kept until the next switch)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per build step
     grown_from: str | None = None  # the version whose shards this one kept, adding new parts
+    built_because: str | None = None  # why the previous version was not reused (None: first)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # version-relative → record
     path: str = ""  # the index folder (not serialised)
     reused: bool = field(default=False, compare=False)  # a build found it up to date
