@@ -33,7 +33,7 @@ from ragvid.pipelines.executor.base import (
     finish_part,
     marker_stats,
 )
-from ragvid.pipelines.executor.ray_tasks import init_ray
+from ragvid.pipelines.executor.ray_tasks import init_ray, quiet_ray_logs
 from ragvid.schemas.io import output_lock
 
 
@@ -142,6 +142,7 @@ class RayDataExecutor:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        quiet_ray_logs()  # after ray.data's own logging set-up
         config = stage.config
 
         probe = load_encoder(stage.spec, device="cpu")

@@ -8,6 +8,8 @@ the workers once (``ray.put``); it must be picklable and load heavy state lazily
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
@@ -22,10 +24,20 @@ from ragvid.pipelines.executor.base import (
 from ragvid.schemas.io import output_lock
 
 
+def quiet_ray_logs() -> None:
+    """Keep Ray's own loggers (start-up notices, Ray Data's per-run INFO lines) to errors:
+    on every run they read as failures to a newcomer. ``RAGVID_VERBOSE=1`` keeps them all."""
+    if os.environ.get("RAGVID_VERBOSE"):
+        return
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray(ray_address: str | None = None) -> None:
     """Join ``ray_address`` (``ray://head:10001``) or start local Ray, once per process."""
     import ray
 
+    quiet_ray_logs()
     if ray.is_initialized():
         return
     if ray_address:
