@@ -156,7 +156,10 @@ class Workspace:
     def at(cls, root: str | os.PathLike | Workspace) -> Workspace:
         if isinstance(root, Workspace):
             return root
-        return cls(str(root).rstrip("/") or "/")
+        root = str(root)
+        if "://" not in root:  # Ray workers and Prefect workers run in other directories
+            root = os.path.abspath(root)
+        return cls(root.rstrip("/") or "/")
 
     def ensure_writable(self) -> Workspace:
         """Create the root and prove it is writable, with a message that says what to fix."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -146,6 +147,8 @@ def ingest(
         max_failure_ratio=max_failure_ratio,
     )
     ws = Workspace.at(workspace).ensure_writable()
+    if "://" not in input_path:  # manifest uris must resolve from any worker's directory
+        input_path = os.path.abspath(input_path)
     with console.status(f"ingesting {input_path} with Beam ({runner})…"):
         report = run_ingest(
             input_path,
