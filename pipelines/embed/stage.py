@@ -153,6 +153,7 @@ class EmbedStage:
         self.corpus, self.config = corpus, config
         self.spec: EncoderSpec = parse_encoder(config.encoder, self.ws)
         if encoder is None:  # missing pretrained weights fail here, before any folder exists
+            manifest_files(self.ws.manifest(corpus), corpus)  # (a missing corpus says so first)
             check_weights(self.spec)
         self.output = self.ws.embeddings(corpus, self.spec.slug)
         self.failures = self.ws.failures(corpus, self.spec.slug)
