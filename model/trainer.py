@@ -359,6 +359,7 @@ class Trainer:
         self.resumed_from: int | None = None
         self._weights: FileRecord | None = None  # record of the last checkpoint's weights
         self._stop_signal: int | None = None  # the first SIGINT/SIGTERM received
+        self._abort_signal: int | None = None  # a second one (abort)
         self._saved_step: int | None = None  # the step this state was last saved or loaded at
         self._on_signal: Callable[[int, int], None] | None = None
         self._handlers: dict = {}
@@ -561,7 +562,13 @@ class Trainer:
         return F.mse_loss(pred.float(), target.float())
 
     def _stop_requested(self) -> bool:
-        """Whether a signal asked to stop — agreed by all ranks (any one of them got it)."""
+        """Whether a signal asked to stop — agreed by all ranks (any one of them got it).
+
+        A second signal's :class:`TrainingAborted` is raised again here: raised from the signal
+        handler it can land in a destructor (decord's ``VideoReader.__del__``), where Python
+        swallows it; the next check still aborts."""
+        if self._abort_signal is not None:
+            raise TrainingAborted(self._abort_signal, self.step)
         flag = self._stop_signal is not None
         if self.accelerator.num_processes > 1:
             votes = torch.tensor(float(flag), device=self.accelerator.device)
@@ -652,7 +659,7 @@ class Trainer:
         skipped = []
         if resume and (ckpts := list_checkpoints(self.run_dir)):
             skipped = self.resume_from(ckpts)
-        self._stop_signal, self._on_signal = None, on_signal
+        self._stop_signal, self._abort_signal, self._on_signal = None, None, on_signal
         handlers = self._install_signals()
         stopped, interrupted = False, None
         try:
@@ -731,6 +738,7 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_signal is not None:  # the second one: abort now
+                self._abort_signal = signum
                 self._restore_signals(self._handlers)
                 raise TrainingAborted(signum, self.step)
             self._stop_signal = signum
