@@ -31,32 +31,27 @@ def run_name(name: str, k: int) -> str:
 
 
 @task(name="k-ablation-summary", task_run_name="k-ablation-{name}", cache_policy=NO_CACHE)
-def summary_task(workspace: str, name: str, rows: list[dict]) -> dict[str, Any]:
-    """The per-K table as METRICS + the Fig. 4 plot (FVD vs copy similarity, one point per K)."""
+def summary_task(
+    workspace: str, name: str, rows: list[dict], sources: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """The per-K table as METRICS + the Fig. 4 plot (FVD vs copy similarity, one point per K).
+    ``sources``: (metrics table, method) of each K's evaluation — its rows are copied with
+    their sample sizes and setups, never re-derived from the comparison."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from ragvid.model.evaluate import metric_kind, plot_fvd_vs_similarity
-    from ragvid.schemas import METRICS, write_table
+    from ragvid.schemas import METRICS, read_table, write_table
 
     ws = Resolver.at(workspace).ws
     out = ws.evals(name)
     Path(out).mkdir(parents=True, exist_ok=True)
-    table = [
-        {
-            "run": name,
-            "method": r["method"],
-            "metric": c,
-            "value": r[c],
-            "n": 0,
-            "setup": f"adapter {r['run']} trained and evaluated at {r['method']}",
-        }
-        for r in rows
-        for c in r
-        if c not in ("method", "label", "run", "k")
-    ]
-    write_table(
-        ws.metrics_table(name), pa.Table.from_pylist(table, schema=METRICS.schema()), METRICS
-    )
+    parts = []
+    for table, method in sources:
+        t = read_table(table, METRICS)
+        t = t.filter(pc.equal(t.column("method"), method))
+        parts.append(t.set_column(0, "run", pa.array([name] * len(t), pa.string())))
+    write_table(ws.metrics_table(name), pa.concat_tables(parts), METRICS)
     plot = None
     if any(metric_kind(c) == "fvd" for c in rows[0]) and any(
         metric_kind(c) == "copy_sim" for c in rows[0]
@@ -111,7 +106,7 @@ def k_ablation_flow(
     print(f"protocol: {plan.protocol}")
     base_dir = resolve_base(ws.root, base)
     config = TINY_GENERATION if tiny else GenerationConfig()
-    rows, trained = [], []
+    rows, trained, sources = [], [], []
     for k in ks:
         run = run_name(name, k)
         trained.append(
@@ -142,7 +137,8 @@ def k_ablation_flow(
         )
         row = next(r for r in out["comparison"] if r["method"] == f"ragme@k={k}")
         rows.append({**row, "label": f"K={k}", "run": run, "k": k})
-    summary = summary_task(ws.root, name, rows)
+        sources.append((out["metrics"], f"ragme@k={k}"))
+    summary = summary_task(ws.root, name, rows, sources)
     table = [{k: v for k, v in r.items() if k not in ("method", "label")} for r in rows]
     monitor.table(f"k-ablation-{name}", table, "one adapter per K (RAGME Fig. 4)")
     text = "\n".join(

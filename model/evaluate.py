@@ -372,8 +372,9 @@ def _thumbs(videos: Sequence[np.ndarray]) -> np.ndarray:
         v = np.asarray(v, dtype=np.float32)
         idx = np.linspace(0, len(v) - 1, 4).round().astype(int)
         h, w = v.shape[1:3]
-        ys, xs = np.linspace(0, h - 1, 8).round().astype(int), np.linspace(0, w - 1, 8).round()
-        out.append(v[idx][:, ys][:, :, xs.astype(int)])
+        ys = np.linspace(0, h - 1, 8).round().astype(int)
+        xs = np.linspace(0, w - 1, 8).round().astype(int)
+        out.append(v[idx][:, ys][:, :, xs])
     return np.stack(out) if out else np.empty((0, 4, 8, 8, 3), np.float32)
 
 

@@ -79,8 +79,7 @@ def index_overlap(index_dir: str, video_ids: Iterable[str]) -> Overlap:
     if not ids:
         return out
     wanted = pa.array(ids, pa.string())
-    direct = _indexed(man.layout.ids, wanted)
-    out.direct = sorted(direct)
+    mine = members = None
     if man.duplicates and exists(man.duplicates):
         dups = read_table(
             man.duplicates, DUPLICATES, columns=["video_id", "group_id", "group_size"]
@@ -91,7 +90,20 @@ def index_overlap(index_dir: str, video_ids: Iterable[str]) -> Overlap:
         mine = dups.filter(pc.is_in(dups.column("video_id"), value_set=wanted))
         groups = mine.column("group_id").combine_chunks()
         members = dups.filter(pc.is_in(dups.column("group_id"), value_set=groups))
-        indexed = _indexed(man.layout.ids, members.column("video_id").combine_chunks())
+    # one pass over the index's ids for the checked videos and their groups' members
+    lookup = (
+        wanted
+        if members is None
+        else pc.unique(
+            pa.concat_arrays(
+                [wanted, members.column("video_id").combine_chunks().cast(pa.string())]
+            )
+        )
+    )
+    indexed = _indexed(man.layout.ids, lookup)
+    direct = indexed.intersection(ids)
+    out.direct = sorted(direct)
+    if members is not None:
         by_group: dict[int, str] = {}
         for vid, gid in zip(
             members.column("video_id").to_pylist(),
