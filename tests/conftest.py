@@ -616,3 +616,42 @@ def _fill_disk(disk, leave_pages: int):
 def fill_disk():
     """``fill_disk(disk, leave_pages)``: fill a small disk up to that many free 4 KiB pages."""
     return _fill_disk
+
+
+# --- browser (owner: lead — web UI and Prefect UI tests) -----------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright — one launch per session.
+
+    CI installs it (``.ci/run``: ``apt-get install chromium``); elsewhere the browser tests skip
+    with the command that installs it."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (CI's .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context + page per test (no cookies or storage shared)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    yield pg
+    ctx.close()
