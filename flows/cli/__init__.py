@@ -24,6 +24,9 @@ def _register() -> None:
         jobs,
         serve,
     )
+    from .help_text import tidy_help
+
+    tidy_help(app)
 
 
 _register()

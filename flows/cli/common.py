@@ -27,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from ragvid.flows.cli.errors import describe_error, is_store_error
 from ragvid.schemas import LockedError, SchemaMismatchError
@@ -113,6 +114,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``message`` as the one error line (never wrapped, no markup) and exit."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code) from None
+
+
+def titled_table(*columns: str, title: str | None = None) -> Table:
+    """A result table whose title never wraps mid-word: the table is at least as wide as its
+    title (up to the terminal), since rich folds a title to the table's width."""
+    width = min(len(title) + 4, console.width) if title else None
+    return Table(*columns, title=title, min_width=width)
 
 
 def progress(transient: bool = False) -> Progress:

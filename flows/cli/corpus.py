@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Annotated
 
@@ -14,8 +15,10 @@ from ragvid.flows.cli.common import (
     console,
     corpus_app,
     progress,
+    titled_table,
     user_errors,
 )
+from ragvid.pipelines.corpus.layouts import columns_help
 from ragvid.schemas import ManifestConfig, SplitConfig, SynthConfig
 from ragvid.schemas.config import defaults
 
@@ -183,11 +186,14 @@ def ingest(
         )
 
 
+ingest.__doc__ = f"{inspect.cleandoc(ingest.__doc__)}\n\n{columns_help()}\n"
+
+
 def _show_rejects(rejects_dir: str, limit: int = 10) -> None:
     from ragvid.schemas import REJECTS, read_parts
 
     rows = read_parts(rejects_dir, REJECTS).slice(0, limit).to_pylist()
-    table = Table(title=f"first {len(rows)} rejects")
+    table = titled_table(title=f"first {len(rows)} rejects")
     for col in ("file", "row", "field", "reason", "detail"):
         table.add_column(col, overflow="fold")
     for r in rows:

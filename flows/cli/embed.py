@@ -15,6 +15,7 @@ from ragvid.flows.cli.common import (
     console,
     encoder_app,
     progress,
+    titled_table,
     user_errors,
 )
 from ragvid.schemas import EmbedConfig, EncoderFitConfig
@@ -125,7 +126,7 @@ def embed(
                 task, description=f"retry quarantined rows of {corpus}", completed=done, total=total
             ),
         )
-    table = Table(title=f"embed {corpus} with {report.encoder}")
+    table = titled_table(title=f"embed {corpus} with {report.encoder}")
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("manifest rows", str(report.rows))

@@ -18,6 +18,7 @@ from ragvid.flows.cli.common import (
     console,
     index_app,
     progress,
+    titled_table,
     user_errors,
 )
 from ragvid.flows.resolve import Resolver
@@ -250,7 +251,7 @@ def search(
     res = r.search_text([query], enc, cfg, mode=MODES[mode])
     caps = r.captions_for(res.ids)[0]
     dm = "off" if res.delta_min is None else f"{res.delta_min:g}"
-    t = Table("#", "video_id", "score", "caption", title=f"{query!r} — {mode}, δ_min {dm}")
+    t = titled_table("#", "video_id", "score", "caption", title=f"{query!r} — {mode}, δ_min {dm}")
     for i, (v, s, m, c) in enumerate(
         zip(res.ids[0], res.scores[0], res.mask[0], caps, strict=True)
     ):

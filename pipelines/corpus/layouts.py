@@ -62,6 +62,15 @@ CANDIDATES = {
 REQUIRED_WEBVID = ("videoid", "contentUrl", "name")
 
 
+def columns_help() -> str:
+    """The column names each layout accepts per role, for ``corpus ingest --help``."""
+    lines = ["Column names recognised (first present wins; override with --*-column):"]
+    for layout, roles in CANDIDATES.items():
+        named = "; ".join(f"{role}: {', '.join(names)}" for role, names in roles.items())
+        lines.append(f"- {layout}: {named}")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One input file and how to read it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,19 @@ def first_frame(uri: str | None, size: int = 160) -> np.ndarray | None:
     return None
 
 
+TILE_CHARS = 34  # what a 2.6-inch tile holds at 7 pt
+
+
+def _tile_label(t: dict[str, Any]) -> str:
+    """Rank, score, id and caption wrapped to the tile's width (at most 3 caption lines), so a
+    long caption never runs into the next tile."""
+    vid = str(t["id"] or "—")
+    if len(vid) > TILE_CHARS:
+        vid = vid[: TILE_CHARS - 1] + "…"
+    cap = textwrap.wrap(t.get("caption") or "", TILE_CHARS, max_lines=3, placeholder=" …")
+    return "\n".join([f"#{t['rank']}  {t['score']:.3f}", vid, *cap])
+
+
 def contact_sheet(query: str, tiles: list[dict[str, Any]], delta_min: float | None) -> bytes:
     """A one-row PNG: each tile's frame (or a grey placeholder), caption and score."""
     import matplotlib
@@ -66,9 +80,7 @@ def contact_sheet(query: str, tiles: list[dict[str, Any]], delta_min: float | No
                 va="center",
                 color="#444",
             )
-        cap = (t.get("caption") or "")[:60]
-        label = f"#{t['rank']}  {t['score']:.3f}\n{t['id'] or '—'}\n{cap}"
-        ax.set_title(label, fontsize=7, loc="left")
+        ax.set_title(_tile_label(t), fontsize=7, loc="left")
     dm = "off" if delta_min is None else f"{delta_min:g}"
     fig.suptitle(f"“{query}”  (δ_min {dm})", fontsize=10)
     fig.tight_layout()
