@@ -2,7 +2,10 @@
 (``RAGVID_FAULT``, :mod:`ragvid.schemas.faults`: e.g. exactly between a part's embeddings and
 failures writes) and at seeded random moments — in real ``ragvid`` processes, then rerun.
 After every completed step ``embedded + quarantined = manifest rows``, and the final tables are
-identical to those of an uninterrupted run of the same chain.
+identical to those of an uninterrupted run of the same chain: the same rows, ids, failures and
+neighbour lists exactly; vectors and scores to float16 rounding — a part recomputed whole after
+a kill encodes its videos in one batch instead of two, and CPU matmul kernels round differently
+for different batch shapes (CI saw ~1e-4 differences, once in many runs).
 
 Training is killed at five named points and at random times, each followed by a resume that
 must match an uninterrupted run bit for bit, in ``test_train_faults.py``; more index-build kill
@@ -20,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -89,6 +93,33 @@ def _tables(ws: Workspace) -> dict[str, list[dict]]:
         "index_ids": _rows(lay.ids),
         "neighbours": _rows(ws.neighbours("c")),
     }
+
+
+FLOAT_TOL = 2e-3  # float16 holds ~3 significant digits; batch-shape rounding moves the last one
+
+
+def _split_floats(rows: list[dict]) -> tuple[list[dict], list[np.ndarray]]:
+    """(the rows without their float columns, each float column as one flat array)."""
+    floats = [k for k, v in (rows[0].items() if rows else []) if _is_float(v)]
+    exact = [{k: v for k, v in r.items() if k not in floats} for r in rows]
+    arrays = [
+        np.concatenate([np.ravel(np.asarray(r[k], np.float64)) for r in rows]) for k in floats
+    ]
+    return exact, arrays
+
+
+def _is_float(v) -> bool:
+    while isinstance(v, list) and v:
+        v = v[0]
+    return isinstance(v, float)
+
+
+def _assert_same(name: str, a: list[dict], b: list[dict]) -> None:
+    (ea, fa), (eb, fb) = _split_floats(a), _split_floats(b)
+    assert ea == eb, f"{name} differs after the kills"
+    for x, y in zip(fa, fb, strict=True):
+        worst = float(np.max(np.abs(x - y), initial=0.0))
+        assert worst <= FLOAT_TOL, f"{name}: a vector moved by {worst:.2e} after the kills"
 
 
 def _balanced(ws: Workspace) -> tuple[int, int]:
@@ -192,7 +223,7 @@ def test_killed_chain_ends_identical_to_an_uninterrupted_one(corpus, tmp_path):
     _chain(killed, kills=True, seed=12)
     a, b = _tables(clean), _tables(killed)
     for name in a:
-        assert a[name] == b[name], f"{name} differs after the kills"
+        _assert_same(name, a[name], b[name])
     leftovers = [p for p in Path(killed.root).rglob("*.tmp") if p.is_file()]
     assert not leftovers, leftovers
     assert time.monotonic() - started < 600
