@@ -6,9 +6,10 @@ of these; every table it writes stores the config's JSON in its Parquet metadata
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Config(BaseModel):
@@ -19,6 +20,36 @@ def defaults(config: type[BaseModel]) -> dict:
     """Field → default of a config class: what CLI flags and flow parameters default to, so
     the config stays the single source of every default."""
     return {k: f.default for k, f in config.model_fields.items()}
+
+
+_MEMORY_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+_MEMORY = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgtp]?)(i?b)?\s*", re.IGNORECASE)
+
+
+def parse_memory_gb(value: float | int | str, what: str = "memory size") -> float:
+    """A memory size in GiB: a plain number is GiB (``16``, ``1.5``, ``"16.0"``); a string with
+    a unit is read as autofaiss and clip-retrieval write it, powers of 1024 whatever the
+    spelling (``16G`` = ``16GB`` = ``16GiB`` = 16 GiB; ``512M`` = 0.5; ``2T``; ``1048576K``).
+    The one parser for every memory option (configs and CLI flags)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} {value!r}: expected a number of GiB or a size such as 16G")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        m = _MEMORY.fullmatch(str(value))
+        if m is None or (m.group(3) and m.group(3).lower() == "ib" and not m.group(2)):
+            raise ValueError(
+                f"{what} {value!r}: expected a number of GiB (16, 1.5) or a size with a unit "
+                "— 16G, 16GB, 16GiB, 512M, 1.5T (powers of 1024, as autofaiss reads them)"
+            )
+        unit = m.group(2).lower()
+        if not unit and m.group(3):  # "16B": bytes
+            number = float(m.group(1)) / 2**30
+        else:
+            number = float(m.group(1)) * _MEMORY_UNITS[unit] / 2**30 if unit else float(m.group(1))
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError(f"{what} {value!r}: must be a positive size (e.g. 16G or 0.5)")
+    return number
 
 
 DELTA_DEDUP = 0.965  # RAGME App. A: near-duplicate video cosine (index dedup and query filter)
@@ -195,7 +226,12 @@ class IndexConfig(_Config):
     """FAISS index: type from N and a memory budget unless a factory string is given."""
 
     factory: str | None = Field(None, description="FAISS factory string; overrides the choice")
-    memory_budget_gb: float = Field(8.0, gt=0)
+    memory_budget_gb: float = Field(
+        8.0,
+        gt=0,
+        description="memory the index may use, in GiB; also '16G', '512M', '1.5GB' "
+        "(autofaiss's form, read by parse_memory_gb)",
+    )
     num_shards: int = Field(1, ge=1)
     train_sample: int | None = Field(
         None,
@@ -233,6 +269,34 @@ class IndexConfig(_Config):
         description="mean cosine of time-aligned frames a near-duplicate pair must also reach "
         "(the frame mean is blind to order and path); None skips the check",
     )
+
+    @field_validator("memory_budget_gb", mode="before")
+    @classmethod
+    def _memory_size(cls, value: object) -> float:
+        return parse_memory_gb(value, "memory_budget_gb")  # type: ignore[arg-type]
+
+
+class ExportConfig(_Config):
+    """`ragvid export`: a corpus's embeddings in a peer tool's layout, part by part.
+
+    ``clip-retrieval``: what ``clip-retrieval inference`` writes and ``clip-retrieval index``
+    / autofaiss / embedding-reader read — ``img_emb/img_emb_<i>.npy`` (the Eq. 3 video
+    vectors: a video is an "image" of CLIP's image tower), ``text_emb/text_emb_<i>.npy`` (the
+    captions) and ``metadata/metadata_<i>.parquet`` (same rows, same order), float32; with an
+    index, also the folder ``clip-retrieval back`` serves (``image.index`` +
+    ``indices_paths.json``). ``nemo``: NeMo Curator's embedding parquet (its semantic-dedup
+    workflow's ``id_field`` / ``embedding_field``), float32 lists — what cuDF, Trino and readers
+    without float16 support read."""
+
+    format: Literal["clip-retrieval", "nemo"] = "clip-retrieval"
+    vectors: Literal["video", "text"] = Field(
+        "video", description="nemo: which vectors go in the embedding column"
+    )
+    id_column: str = Field("id", description="nemo: the id column (Curator's id_field)")
+    embedding_column: str = Field(
+        "embeddings", description="nemo: the vector column (Curator's embedding_field default)"
+    )
+    text: bool = Field(True, description="clip-retrieval: write text_emb/ (caption vectors) too")
 
 
 class DedupConfig(_Config):
@@ -424,3 +488,42 @@ class MotionTransferConfig(_Config):
     @property
     def warmup_steps(self) -> int:
         return int(self.iterations * self.warmup_fraction)
+
+
+class ServiceConfig(_Config):
+    """Limits and timings of ``ragvid serve-index``; each is a CLI option of the same name."""
+
+    host: str = Field("127.0.0.1", description="address to bind (loopback unless told)")
+    port: int = Field(8765, ge=0, le=65535)
+    poll_s: float = Field(
+        2.0, gt=0, description="how often each index's index.json is checked for a new version"
+    )
+    max_k: int = Field(1000, ge=1, description="largest K a request may ask for")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    max_exclude: int = Field(10_000, ge=0, description="most exclude_ids / exclude_groups")
+    max_candidates: int = Field(
+        65_536, ge=16, description="the filters widen the candidate fetch up to this many"
+    )
+    exact_max_rows: int = Field(
+        50_000,
+        ge=0,
+        description="metadata predicates that leave at most this many index rows (and at most "
+        "exact_max_share of them) are answered by an exact scan of those rows instead of an "
+        "over-fetch from the ANN index, which a rare predicate would leave short",
+    )
+    exact_max_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="above this share of the index the over-fetch finds enough rows and is "
+        "cheaper than gathering them all",
+    )
+    faiss_threads: int | None = Field(
+        1,
+        ge=1,
+        description="OpenMP threads a FAISS search may use, set in each request's worker thread "
+        "(OpenMP counts are per thread: setting them once in the main thread does not reach "
+        "the server's threads); 1: concurrent requests are the parallelism; None: FAISS's own",
+    )
+    histogram_sample: int = Field(2000, ge=10, description="rows the similarity histogram uses")
+    thumb_cache: int = Field(512, ge=0, description="first-frame thumbnails kept in memory")
