@@ -100,6 +100,29 @@ class Resolver:
 
         return self.encoder(IndexManifest.load(self.index(name)).encoder)
 
+    def index_corpus(self, name: str) -> str | None:
+        """The workspace corpus the index's current version was built from (its embeddings or
+        manifest live under ``corpora/<corpus>/``); None for an index built from elsewhere."""
+        from ragvid.pipelines.index.layout import IndexManifest
+
+        man = IndexManifest.load(self.index(name))
+        sources = [str(s) for s in (man.source.get("uri"), man.source.get("manifest")) if s]
+        fs, root = fs_and_path(self.ws.corpora_root())
+        if not sources or not fs.exists(root):
+            return None
+        for p in sorted(fs.ls(root, detail=False)):
+            corpus = p.rstrip("/").rsplit("/", 1)[-1]
+            folders = (self.ws.embeddings_root(corpus), self.ws.manifest(corpus))
+            if any(_inside(s, f) for s in sources for f in folders):
+                return corpus
+        return None
+
+    def index_split_table(self, name: str) -> str | None:
+        """The train / val table of the corpus the index was built from (None: no split, or
+        an index built from outside the workspace's corpora)."""
+        corpus = self.index_corpus(name)
+        return self.split_table(corpus) if corpus is not None else None
+
     def retrieval(
         self,
         index: str | None,
@@ -278,3 +301,11 @@ class Resolver:
                 f"`ragvid index dedup --corpus {corpus} --name {given}` first, or leave it out"
             )
         return None
+
+
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or below it (local paths compared after resolving links)."""
+    if "://" not in path and "://" not in folder:
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")

@@ -24,6 +24,7 @@ import torch
 
 from ragvid.schemas import GENERATIONS, GenerationConfig, read_table, write_table
 from ragvid.schemas.io import read_json, write_json_atomic
+from ragvid.schemas.tables import timings_cell, timings_of
 
 from .retrieval_source import RetrievalSource
 
@@ -215,7 +216,7 @@ def generate_prompts(
                 row["retrieved_ids"] = [None if i is None else str(i) for i in batch[0]]
                 row["retrieved_scores"] = [float(s) for s in batch[1]]
                 row["retrieved_mask"] = [bool(m) for m in batch[2]]
-            row["timings"] = list(timings.items())
+            row["timings"] = timings_cell(timings)
             if not np.isfinite(frames).all():
                 raise FloatingPointError(
                     "the generated frames contain NaN/inf (try fp32, fewer guidance, or check "
@@ -271,7 +272,7 @@ def write_gallery(job_dir: str | os.PathLike, table: pa.Table) -> str:
         got = ", ".join(
             i for i, m in zip(r["retrieved_ids"], r["retrieved_mask"], strict=False) if m and i
         )
-        total = dict(r["timings"]).get("total", float("nan")) if r["timings"] else float("nan")
+        total = timings_of(r["timings"]).get("total", float("nan"))
         video = f"[mp4]({r['video_path']})" if r["video_path"] else (r["error"] or "")[:80]
         prompt = r["prompt"].replace("|", "/")
         lines.append(

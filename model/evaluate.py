@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from ragvid.schemas import METRICS, GenerationConfig, write_table
+from ragvid.schemas.tables import timings_of
 
 from .batch_generate import batch_generate
 from .features import FrameFeatures, VideoFeatures
@@ -467,7 +468,13 @@ def evaluate_methods(
             for r in ok
         ]
         rows, n = method_metrics(
-            run, method, gen, ref_videos, retrieved, [dict(r["timings"]) for r in ok], **measure
+            run,
+            method,
+            gen,
+            ref_videos,
+            retrieved,
+            [timings_of(r["timings"]) for r in ok],
+            **measure,
         )
         all_rows += rows
         notes += n

@@ -66,9 +66,19 @@ class TableSpec:
             meta[META_CONFIG] = json.dumps(config, sort_keys=True, default=str).encode()
         return meta
 
-    def conform(self, table: pa.Table, dim: int | None = None, where: str = "table") -> pa.Table:
+    def conform(
+        self,
+        table: pa.Table,
+        dim: int | None = None,
+        where: str = "table",
+        keep_float32: bool = False,
+    ) -> pa.Table:
         """Check ``table`` against the contract and return it in the contract's column order
         and types (safe casts only, e.g. float32 vectors → float16 storage is *not* implicit).
+
+        ``keep_float32`` (readers): a float16 vector column stored as float32 (``EmbedConfig.
+        storage_dtype="float32"``, the layout every Parquet reader reads) is returned as
+        stored, not rounded to float16.
         """
         schema = self.schema(dim)
         missing = [f.name for f in schema if f.name not in table.column_names]
@@ -85,6 +95,8 @@ class TableSpec:
         columns, fields = [], []
         for f in schema:
             col = table.column(f.name)
+            if keep_float32 and col.type.equals(float32_variant(f.type)):
+                f = pa.field(f.name, col.type, nullable=f.nullable)
             if not col.type.equals(f.type):
                 try:
                     col = col.cast(f.type, safe=True)
@@ -144,6 +156,19 @@ class TableSpec:
                     f"'{encoder}' — mixing encoders gives meaningless similarities; re-embed or "
                     "select the matching index."
                 )
+
+
+def float32_variant(type_: pa.DataType) -> pa.DataType:
+    """``type_`` with every float16 (at any list depth) widened to float32."""
+    if pa.types.is_float16(type_):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(type_):
+        item = type_.value_field
+        return pa.list_(item.with_type(float32_variant(item.type)), type_.list_size)
+    if pa.types.is_list(type_):
+        item = type_.value_field
+        return pa.list_(item.with_type(float32_variant(item.type)))
+    return type_
 
 
 def file_dim(meta: Mapping[bytes, bytes] | None) -> int | None:

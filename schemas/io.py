@@ -144,7 +144,8 @@ def read_table(
             f"{uri}: not a readable Parquet file ({exc}) — delete it and rerun the stage"
         ) from exc
     if columns is None:
-        table = spec.conform(table, dim=file_dim(meta) if spec.has_dim else None, where=uri)
+        stored_dim = file_dim(meta) if spec.has_dim else None
+        table = spec.conform(table, dim=stored_dim, where=uri, keep_float32=True)
     return table
 
 

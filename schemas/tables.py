@@ -6,12 +6,20 @@ that read it. Bump ``version`` whenever a column changes meaning or type.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pyarrow as pa
 
 from .contract import TableSpec
 
 
 def _vec(dim: int, dtype: pa.DataType = pa.float16()) -> pa.DataType:
+    """A vector column: ``fixed_size_list<float16>[dim]`` — half the bytes of float32, exact
+    enough for cosine (≈ 1e-3). Read as numbers by pyarrow ≥ 15, pandas, polars, HF
+    ``datasets`` and DuckDB ≥ 1.3 (measured, tests/test_interop.py); older DuckDB returns raw
+    2-byte BLOBs and pyarrow 14 cannot open the file. For those (and cuDF, Trino, Spark) embed
+    with ``EmbedConfig.storage_dtype="float32"`` (the contract reads either) or take
+    ``ragvid export --format nemo`` (float32 lists, 2 KB a 512-d video)."""
     return pa.list_(pa.field("item", dtype, nullable=False), dim)
 
 
@@ -152,9 +160,25 @@ NEIGHBOURS = TableSpec(
     doc="Training neighbours: K ids (null where padded), cosine scores, validity mask.",
 )
 
+PHASE_TIMING = pa.struct(
+    [pa.field("phase", pa.string(), nullable=False), pa.field("seconds", pa.float64())]
+)
+
+
+def timings_cell(timings: Mapping[str, float]) -> list[dict]:
+    """Per-phase seconds as GENERATIONS stores them: a list of (phase, seconds) structs — a
+    map column would be tidier, but HF ``datasets`` has no feature type for maps."""
+    return [{"phase": k, "seconds": float(v)} for k, v in timings.items()]
+
+
+def timings_of(cell: list[dict] | None) -> dict[str, float]:
+    """A GENERATIONS ``timings`` cell (as ``to_pylist`` gives it) back as {phase: seconds}."""
+    return {t["phase"]: t["seconds"] for t in cell or []}
+
+
 GENERATIONS = TableSpec(
     name="generations",
-    version=1,
+    version=2,  # v2: timings list<struct<phase, seconds>> (was map<string, double>)
     build=lambda _: pa.schema(
         [
             _f("prompt_id", pa.string()),
@@ -165,7 +189,7 @@ GENERATIONS = TableSpec(
             _f("retrieved_ids", pa.list_(pa.field("item", pa.string(), nullable=True))),
             _f("retrieved_scores", pa.list_(pa.field("item", pa.float32(), nullable=False))),
             _f("retrieved_mask", pa.list_(pa.field("item", pa.bool_(), nullable=False))),
-            _f("timings", pa.map_(pa.string(), pa.float64())),
+            _f("timings", pa.list_(pa.field("item", PHASE_TIMING, nullable=False))),
             _f("model_id", pa.string()),
             _f("index_id", pa.string(), nullable=True),
             _f("status", pa.string()),
@@ -206,6 +230,35 @@ TRAIN_LOG = TableSpec(
     doc="Per-step training metrics of an adapter fine-tune.",
 )
 
+CLIP_RETRIEVAL_METADATA = TableSpec(
+    name="clip_retrieval_metadata",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("caption", pa.string()),
+            _f("image_path", pa.string(), nullable=True),
+        ]
+    ),
+    doc="`ragvid export --format clip-retrieval`: ``metadata/metadata_<i>.parquet``, row for row "
+    "beside ``img_emb/img_emb_<i>.npy``; ``image_path`` is clip-retrieval's name for the file an "
+    "embedding was made from (here the video's manifest uri; null without a manifest).",
+)
+
+NEMO_EMBEDDINGS = TableSpec(
+    name="nemo_embeddings",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("id", pa.string()),
+            _f("embeddings", pa.list_(pa.field("item", pa.float32(), nullable=False))),
+        ]
+    ),
+    doc="`ragvid export --format nemo`: NeMo Curator's embedding parquet (its semantic-dedup "
+    "workflow's default ``id_field`` / ``embedding_field``), float32 lists: the video_id and its "
+    "video (or caption) vector.",
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
@@ -220,6 +273,8 @@ ALL_TABLES: dict[str, TableSpec] = {
         GENERATIONS,
         METRICS,
         TRAIN_LOG,
+        CLIP_RETRIEVAL_METADATA,
+        NEMO_EMBEDDINGS,
     )
 }
 

@@ -17,6 +17,7 @@ DEFAULT_WORKSPACE = "ragvid-workspace"
 
 # file names inside an index folder (IndexLayout) and a run folder
 INDEX_JSON = "index.json"
+INDEX_INFOS = "index_infos.json"  # autofaiss's summary of an index, beside the version's index.json
 IDS_FILE = "ids.parquet"
 VECTORS_FILE = "vectors.npy"  # one float32 file: versions built before pieces
 VECTORS_PIECE = "vectors-{:03d}.npy"  # one piece per shard (pipelines/index/rowstore.py)
@@ -102,6 +103,11 @@ class IndexLayout:
     def version_manifest(self) -> str:
         """The version's own copy of its manifest (what the switch copies to the root)."""
         return join(self.folder, INDEX_JSON)
+
+    @property
+    def index_infos(self) -> str:
+        """The version's autofaiss-style ``index_infos.json`` (key, params, size, …)."""
+        return join(self.folder, INDEX_INFOS)
 
     @property
     def ids(self) -> str:
@@ -206,6 +212,10 @@ class Workspace:
         """Quarantined inputs of the embedding stage, one folder per encoder slug."""
         root = join(self.corpus(corpus), "failures")
         return root if encoder_slug is None else join(root, encoder_slug)
+
+    def exports(self, corpus: str, encoder_slug: str, fmt: str) -> str:
+        """Where ``ragvid export --format <fmt>`` writes a corpus's embeddings by default."""
+        return join(self.corpus(corpus), "exports", encoder_slug, fmt)
 
     def raw(self, corpus: str) -> str:
         """Where `corpus synth` writes the generated source corpus (WebVid layout)."""

@@ -18,6 +18,7 @@ from ragvid.model.pipeline_ragme import RagmePipeline
 from ragvid.model.schedulers import use_scheduler
 from ragvid.model.video_io import read_video
 from ragvid.schemas import FreeInitConfig, GenerationConfig
+from ragvid.schemas.tables import timings_of
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -191,7 +192,7 @@ def test_generation_uses_ddim_by_default_and_records_it(euler_base, pipe, tiny_b
         p, lambda: batch_generate(tmp_path / "fi", [PROMPT], p, None, fi, method="freeinit")
     )
     assert seen == {"DDIMScheduler"} and rep.table.to_pylist()[0]["status"] == "ok"
-    timings = dict(rep.table.to_pylist()[0]["timings"])
+    timings = timings_of(rep.table.to_pylist()[0]["timings"])
     assert {"pass_1", "pass_2", "total"} <= set(timings)
     settings = json.loads((tmp_path / "fi" / "job.json").read_text())
     assert settings["generation"]["freeinit"]["iterations"] == 2

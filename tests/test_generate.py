@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from ragvid.model.batch_generate import batch_generate, read_prompts
 from ragvid.model.video_io import read_video
 from ragvid.schemas import GENERATIONS, GenerationConfig, read_table
+from ragvid.schemas.tables import timings_of
 
 CFG = GenerationConfig(
     num_inference_steps=2, guidance_scale=2.0, height=32, width=32, num_frames=4, k=2, fps=4
@@ -62,7 +63,7 @@ def test_generate_one_mp4_and_row_per_prompt_and_rerun_adds_nothing(
         assert len(r["retrieved_ids"]) == 2 and all(
             i in tiny_tables.ids for i in r["retrieved_ids"]
         )
-        timings = dict(r["timings"])
+        timings = timings_of(r["timings"])
         phases = {"retrieval", "retrieval_enhancer", "vae_encoding", "denoising", "total"}
         assert phases <= set(timings)
     assert len(list((job / "videos").glob("*.mp4"))) == 3

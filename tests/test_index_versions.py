@@ -308,7 +308,7 @@ def test_flat_layout_opens_and_the_next_build_migrates_it(index, corpus):
     before = _results(layout.root, corpus[1])
     root, version = Path(layout.root), Path(layout.current().folder)
     for p in version.iterdir():
-        if p.name not in ("index.json", "duplicates.parquet", "embeddings"):
+        if p.name not in ("index.json", "index_infos.json", "duplicates.parquet", "embeddings"):
             shutil.move(str(p), root / p.name)
     data = json.loads(Path(layout.manifest).read_text())
     for key in ("version", "previous", "files"):

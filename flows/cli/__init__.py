@@ -20,9 +20,11 @@ def _register() -> None:
         corpus,
         demo,
         embed,
+        export,
         index,
         jobs,
         serve,
+        service,
     )
     from .help_text import tidy_help
 

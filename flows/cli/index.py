@@ -76,9 +76,13 @@ def build(
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
     factory: Annotated[str | None, typer.Option(help="FAISS factory string override.")] = None,
     shards: Annotated[int, typer.Option(help="Number of shards.")] = _INDEX["num_shards"],
-    memory_gb: Annotated[float, typer.Option(help="Memory budget for the index type.")] = _INDEX[
-        "memory_budget_gb"
-    ],
+    memory_gb: Annotated[
+        str,
+        typer.Option(
+            "--memory-gb",
+            help="Memory budget for the index type: GiB (8, 1.5) or a size (16G, 512M).",
+        ),
+    ] = str(_INDEX["memory_budget_gb"]),
     recall_target: Annotated[float, typer.Option(help="Recall@10 to tune nprobe/ef for.")] = (
         _INDEX["recall_target"]
     ),

@@ -1,10 +1,12 @@
 """CLIP encoders over open_clip, with their preprocessing bound to them.
 
 Specs are parsed once by :func:`ragvid.pipelines.embed.spec.parse_encoder` (presets, fitted
-workspace encoders, ``open_clip:<arch>/<tag or checkpoint>``, ``open_clip:local-dir:<folder>``);
-this module only loads what a parsed :class:`EncoderSpec` names. Pretrained tags download
-through open_clip's own code, so on a machine without the weights cached loading fails with a
-message saying how to provide them.
+workspace encoders, ``open_clip:<arch>/<tag or checkpoint>``, ``open_clip:hf-hub:<repo>``,
+``open_clip:local-dir:<folder>``, OpenAI names, ``hf_clip:<repo or folder>``); this module only
+loads what a parsed :class:`EncoderSpec` names. Pretrained tags and hub repos download through
+open_clip's / transformers' own code, so on a machine without the weights cached loading fails
+in seconds with a message saying how to provide them (:func:`check_weights`). ``hf_clip``
+models run behind the same interface (:mod:`.hf_clip`).
 
 Frames are preprocessed as one torch batch (resize per the weights' ``resize_mode``, centre
 crop, normalise with their mean/std) rather than per-frame PIL, which is what makes CPU
@@ -25,6 +27,10 @@ import torch.nn.functional as F
 
 from ragvid.pipelines.embed.spec import (
     CONFIG_NAME,
+    HF_CLIP,
+    HF_CONFIG_NAME,
+    HF_HUB,
+    HF_WEIGHTS_NAMES,
     LOCAL_DIR,
     PRESETS,
     WEIGHTS_NAME,
@@ -66,7 +72,7 @@ class ClipEncoder:
         self.id = encoder_id
         self.device = device
         self.batch_size = batch_size
-        self.dim = int(model.text_projection.shape[1])
+        self.dim = _output_dim(model)
         pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
         size = pp.get("size", model.visual.image_size)
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)  # (H, W)
@@ -165,6 +171,18 @@ class ClipEncoder:
         return torch.cat(out).numpy()
 
 
+def _output_dim(model: torch.nn.Module) -> int:
+    """The embedding dimension: an adapter's ``output_dim`` (hf_clip), else open_clip's text
+    projection (a (width, dim) parameter, or a Linear for HF-text-tower models)."""
+    dim = getattr(model, "output_dim", None)
+    if isinstance(dim, int):
+        return dim
+    proj = model.text_projection
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    return int(proj.shape[1])
+
+
 # --- loading ---------------------------------------------------------------------------------
 
 
@@ -188,12 +206,28 @@ def _build(arch: str, pretrained: str | None, preprocess: dict | None, seed: int
     import open_clip
 
     _register_configs()
+    # weights trained with QuickGELU (OpenAI's) need it on whichever arch name they come under
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    quick_gelu = bool((tag_cfg or {}).get("quick_gelu")) and not arch.endswith("-quickgelu")
     with torch.random.fork_rng(devices=[]), _quiet_open_clip():
         torch.manual_seed(seed)
         model = open_clip.create_model(
-            arch, pretrained=pretrained, device="cpu", force_preprocess_cfg=preprocess
+            arch,
+            pretrained=pretrained,
+            device="cpu",
+            force_preprocess_cfg=preprocess,
+            force_quick_gelu=quick_gelu,
         )
     return model, open_clip.get_tokenizer(arch)
+
+
+def _load_hf_hub(repo: str):
+    """open_clip's ``hf-hub:<repo>`` (config + weights from the hub cache, or downloaded)."""
+    import open_clip
+
+    with _quiet_open_clip():
+        model = open_clip.create_model(f"hf-hub:{repo}", device="cpu")
+    return model, open_clip.get_tokenizer(f"hf-hub:{repo}")
 
 
 def _load_local_dir(folder: str, device: str):
@@ -234,7 +268,6 @@ def pretrained_weights_problem(
     """Why open_clip could not get ``arch``/``tag``'s weights now, or None if it can: cached
     locally, or the host answers within ``timeout_s``. Offline, open_clip's hub client retries
     for about a minute before failing; this says so in seconds."""
-    import os
     from urllib.parse import urlparse
 
     import open_clip
@@ -242,15 +275,10 @@ def pretrained_weights_problem(
     cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
     hub = (cfg.get("hf_hub") or "").strip("/")
     if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        cache = os.environ.get("HF_HUB_CACHE")  # read now: the hub reads it once, at import
-        if any(
-            isinstance(try_to_load_from_cache(hub, f, cache_dir=cache), str) for f in WEIGHT_FILES
-        ):
+        if _hub_cached(hub, (), WEIGHT_FILES):
             return None
         where = f"the Hugging Face cache ({hub})"
-        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+        host = _hub_host()
     elif cfg.get("url"):
         name = os.path.basename(urlparse(cfg["url"]).path)
         if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), name)):
@@ -258,8 +286,7 @@ def pretrained_weights_problem(
         where, host = f"~/.cache/clip/{name}", urlparse(cfg["url"]).hostname
     else:
         return None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    if not offline and host and _reachable(host, timeout_s):
+    if _can_download(host, timeout_s):
         return None
     return (
         f"encoder '{spec_id}': the {arch}/{tag} weights are not in {where} and {host} cannot be "
@@ -269,10 +296,59 @@ def pretrained_weights_problem(
     )
 
 
+def _hub_host() -> str | None:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+
+
+def _can_download(host: str | None, timeout_s: float) -> bool:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    return not offline and bool(host) and _reachable(host, timeout_s)
+
+
+def _hub_cached(repo: str, configs: tuple[str, ...], weights: tuple[str, ...]) -> bool:
+    """True when the Hugging Face cache holds ``repo``'s config files and one weight file."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = os.environ.get("HF_HUB_CACHE")  # read now: the hub reads it once, at import
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str)
+
+    return all(map(cached, configs)) and any(map(cached, weights))
+
+
+def hub_weights_problem(spec: EncoderSpec, timeout_s: float = 3.0) -> str | None:
+    """Why the hub repo ``spec`` names (``open_clip:hf-hub:`` or ``hf_clip:``) cannot be had
+    now — not cached and the hub unreachable — or None."""
+    repo = spec.weights or ""
+    if spec.kind == "hf-hub":
+        configs, weights = (CONFIG_NAME,), WEIGHT_FILES
+    else:
+        configs, weights = (HF_CONFIG_NAME,), HF_WEIGHTS_NAMES
+    if _hub_cached(repo, configs, weights):
+        return None
+    host = _hub_host()
+    if _can_download(host, timeout_s):
+        return None
+    files = " + ".join([*configs, "/".join(weights)])
+    return (
+        f"encoder '{spec.id}': {repo} ({files}) is not in the Hugging Face cache and {host} "
+        "cannot be reached (offline?). Set HF_HUB_CACHE to a cache that holds it, or copy the "
+        "folder here and name it by path (hf_clip:<folder>, open_clip:local-dir:<folder>)"
+    )
+
+
 def check_weights(spec: EncoderSpec) -> None:
     """Raise FileNotFoundError in seconds when ``spec`` names pretrained weights this machine
     can neither find nor download — before a stage creates any output."""
     load = spec.load
+    if spec.kind == "hf-hub" or (spec.kind == "hf-clip" and spec.ecosystem_id is not None):
+        problem = hub_weights_problem(spec)
+        if problem:
+            raise FileNotFoundError(problem)
+        return
     if load.startswith("preset:"):
         p = PRESETS[load.removeprefix("preset:")]
         arch, tag = p.arch, p.pretrained
@@ -311,6 +387,12 @@ def load_encoder(
         model, tok = _build(p.arch, p.pretrained, p.preprocess, p.seed, device)
     elif load.startswith(LOCAL_DIR):
         model, tok = _load_local_dir(load[len(LOCAL_DIR) :], device)
+    elif load.startswith(HF_HUB):
+        model, tok = _load_hf_hub(load[len(HF_HUB) :])
+    elif load.startswith(HF_CLIP):
+        from ragvid.pipelines.embed.hf_clip import load_hf_clip
+
+        model, tok = load_hf_clip(load[len(HF_CLIP) :])
     else:
         arch, pretrained = parsed.arch, parsed.weights
         _register_configs()

@@ -63,11 +63,13 @@ from ragvid.schemas.io import (
     output_lock,
     part_name,
     write_bytes_atomic,
+    write_json_atomic,
 )
 from ragvid.schemas.workspace import (  # the index folder's file names live with the layout
     BM25_DIR,
     DUPLICATES_FILE,
     IDS_FILE,
+    INDEX_INFOS,
     IndexLayout,
 )
 
@@ -241,6 +243,7 @@ def build_index(
                 man, store, config.recall_target
             )
             man.timings["tune"] = round(time.perf_counter() - t_tune, 2)
+            man.files[INDEX_INFOS] = write_index_infos(man)
             man.build_seconds = round(time.perf_counter() - t0, 3)
             versions.seal(man)
             versions.verify(man, deep=True)  # what readers will check, read back from disk
@@ -548,6 +551,37 @@ def _build_version(
         files=files,
         path=target.root,
     )
+
+
+def index_infos(man: IndexManifest) -> dict[str, Any]:
+    """autofaiss's ``index_infos.json`` keys for a built version (its ``compute_fast_metrics``
+    + ``index_key`` / ``index_param`` / ``index_path``), so tools that read autofaiss's summary
+    read ragvid's. Search speed and reconstruction error are left out: the build does not
+    measure them. ``index_param`` is the tuned search parameters in FAISS ParameterSpace
+    syntax; ``10-recall@10`` the recall the tuning measured (perturbed corpus queries)."""
+    size = sum(int(s.get("bytes", 0)) for s in man.shards)
+    paths = [s["file"] for s in man.shards]
+    return {
+        "index_key": man.factory,
+        "index_param": ",".join(f"{k}={v}" for k, v in sorted(man.search_params.items())),
+        "index_path": paths[0] if len(paths) == 1 else paths,
+        "size in bytes": size,
+        "nb vectors": man.ntotal,
+        "vectors dimension": man.dim,
+        "compression ratio": round(4.0 * man.ntotal * man.dim / size, 4) if size else None,
+        "metric_type": "ip",
+        "10-recall@10": man.tuned_recall,
+        "nb shards": len(paths),
+        "encoder": man.encoder,
+    }
+
+
+def write_index_infos(man: IndexManifest) -> dict[str, Any]:
+    """Write ``index_infos.json`` into the version folder; return its record (the manifest
+    vouches for it like for every other file of the version)."""
+    uri = man.layout.index_infos
+    write_json_atomic(uri, index_infos(man))
+    return file_record(uri).to_json()
 
 
 def _empty_copy(base: IndexManifest) -> bytes:
