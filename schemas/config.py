@@ -149,6 +149,14 @@ class EmbedConfig(_Config):
         description="video vectors read back from the written parts for that check when their "
         "markers lack it (parts written before it existed, or single-row parts)",
     )
+    decoder: Literal["auto", "decord", "pyav", "torchcodec"] = Field(
+        "auto",
+        description="decode backend (auto: decord); a file it fails on is retried with PyAV",
+    )
+    keyframes: bool = Field(
+        False, description="move each sampled frame to the nearest keyframe (cheaper decode)"
+    )
+    decode_threads: int = Field(1, ge=1, description="threads per decoder")
 
 
 class EncoderFitConfig(_Config):

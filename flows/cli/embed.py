@@ -60,6 +60,20 @@ def embed(
     storage_dtype: Annotated[str, typer.Option(help="float16 | float32 vectors.")] = _EMBED[
         "storage_dtype"
     ],
+    decoder: Annotated[
+        str, typer.Option(help="auto (decord, PyAV fallback) | decord | pyav | torchcodec")
+    ] = _EMBED["decoder"],
+    keyframes: Annotated[
+        bool,
+        typer.Option(
+            "--keyframes",
+            help="Take the keyframe nearest each sampled time (2-4x faster decode; frame_ts "
+            "records what was decoded).",
+        ),
+    ] = _EMBED["keyframes"],
+    decode_threads: Annotated[int, typer.Option(help="Threads per decoder.")] = _EMBED[
+        "decode_threads"
+    ],
     engine: Annotated[
         str,
         typer.Option(
@@ -108,6 +122,9 @@ def embed(
         num_decoders=num_decoders,
         decode_timeout_s=decode_timeout,
         storage_dtype=storage_dtype,
+        decoder=decoder,
+        keyframes=keyframes,
+        decode_threads=decode_threads,
         max_failure_ratio=max_failure_ratio,
     )
     with progress() as bar:

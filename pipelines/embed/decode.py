@@ -1,9 +1,18 @@
-"""Frame decoding: decord first, PyAV when decord can't open a file, every failure classified.
+"""Frame decoding: one entry point over the decode backends, every failure classified.
 
 ``decode_video`` samples T frames (uniform over the frame indices, every n-th frame, or a fixed
 rate in seconds — the last uses the real timestamps, so variable-frame-rate files sample
-correctly) and returns them with their timestamps. Large videos are decoded at reduced size
-(``short_side``), which is where decode time goes on a real corpus (DESIGN.md "Scale").
+correctly) and returns them with the timestamps of the frames decoded. ``keyframes=True`` moves
+each sample to the nearest keyframe (each keyframe once), so a frame costs one keyframe decode
+instead of a decode from the GOP's start. Large videos are decoded at reduced size
+(``short_side``, resized inside the decoder), which is where decode time goes on a real corpus
+(DESIGN.md "Scale").
+
+The backend (``ragvid.pipelines.embed.decoders``: ``decord``, ``pyav``, ``torchcodec``) is
+chosen by ``backend`` (``EmbedConfig.decoder``); ``auto`` is decord. A file the chosen backend
+fails on is retried with PyAV, the most tolerant one, and the result says which decoded it.
+The checks that classify a bad file (missing, empty, truncated, no video stream, too short)
+run before and independently of the backend, so the choice never changes what is quarantined.
 
 Failures raise :class:`DecodeError` whose ``error_class`` is one of :data:`ERROR_CLASSES`. The
 time limit is real: with ``timeout_s`` set, decoding runs in a persistent helper process
@@ -211,6 +220,50 @@ def mp4_truncation(src: str | io.BytesIO, size: int) -> str | None:
     return None
 
 
+_EBML_HEADER, _SEGMENT = 0x1A45DFA3, 0x18538067
+
+
+def _ebml_vint(buf: bytes, pos: int, keep_marker: bool) -> tuple[int, int, bool]:
+    """(value, length, all-ones) of the EBML variable-length integer at ``pos``."""
+    first = buf[pos]  # IndexError past the end: the file stops inside the header
+    length = 9 - first.bit_length() if first else 9
+    if length > 8:
+        raise ValueError("bad EBML integer")
+    if pos + length > len(buf):
+        raise IndexError("EBML integer past the end")
+    value = first if keep_marker else first & ((1 << (8 - length)) - 1)
+    for b in buf[pos + 1 : pos + length]:
+        value = (value << 8) | b
+    ones = not keep_marker and value == (1 << (7 * length)) - 1
+    return value, length, ones
+
+
+def webm_truncation(src: str | io.BytesIO, size: int) -> str | None:
+    """If ``src`` is a Matroska/WebM file whose Segment declares more bytes than the file has,
+    say so; ``None`` if complete, of unknown size (a live stream), or not Matroska."""
+    head = _read_head(src, 64)
+    if len(head) < 4 or int.from_bytes(head[:4], "big") != _EBML_HEADER:
+        return None
+    try:
+        hsize, hlen, _ = _ebml_vint(head, 4, keep_marker=False)
+        pos = 4 + hlen + hsize
+        head = _read_head(src, 16, pos)
+        sid, slen, _ = _ebml_vint(head, 0, keep_marker=True)
+        if sid != _SEGMENT:
+            return None
+        seg_size, vlen, unknown = _ebml_vint(head, slen, keep_marker=False)
+    except ValueError:
+        return None  # not a Matroska header after all: the probe says what it is
+    except IndexError:
+        return f"file ends inside its EBML header ({size} bytes)"
+    if unknown:
+        return None
+    end = pos + slen + vlen + seg_size
+    if end > size:
+        return f"Segment at byte {pos} needs {end - pos} bytes, file ends at {size}"
+    return None
+
+
 # --- backends --------------------------------------------------------------------------------
 
 
@@ -248,44 +301,25 @@ def _target_size(
     return max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2)
 
 
-def _decode_decord(src, target, sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
-    import decord
+def _reader(name: str, src, target, threads: int):
+    from ragvid.pipelines.embed.decoders import load_backend
 
-    w, h = target if target else (-1, -1)
-    vr = decord.VideoReader(src, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
-    total = len(vr)
-    ts_all = vr.get_frame_timestamp(np.arange(total))[:, 0].astype(np.float32) if total else None
-    idx = sample(total, ts_all)
-    if len(idx) == 0:
-        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.float32), idx, total, 0.0
-    frames = vr.get_batch(list(idx)).asnumpy()
-    return frames, ts_all[idx], idx, total, float(vr.get_avg_fps())
+    return load_backend(name).open_reader(src, target, threads)
 
 
-def _decode_pyav(src, target, sample) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
-    """Decode every frame sequentially (a fallback, for files decord can't open)."""
-    import av
-
+def _decode_with(name, src, target, threads, choose):
+    """Open ``src`` with backend ``name``, choose the frames, read them."""
     if isinstance(src, io.BytesIO):
         src.seek(0)
-    frames, stamps = [], []
-    with av.open(src) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "NONE"
-        rate = float(stream.average_rate or stream.guessed_rate or 0.0)
-        kwargs = {"format": "rgb24"}
-        if target:
-            kwargs.update(width=target[0], height=target[1])
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(**kwargs))
-            t = frame.time if frame.time is not None else len(stamps) / max(rate, 1.0)
-            stamps.append(float(t))
-    total = len(frames)
-    ts_all = np.asarray(stamps, np.float32) - (stamps[0] if stamps else 0.0)
-    idx = sample(total, ts_all)
-    if len(idx) == 0:
-        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.float32), idx, total, rate
-    return np.stack([frames[i] for i in idx]), ts_all[idx], idx, total, rate
+    reader = _reader(name, src, target, threads)
+    try:
+        idx = choose(reader)
+        if len(idx) == 0:
+            return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), idx, reader.total, reader.fps
+        frames, ts = reader.read(idx)
+        return frames, ts, idx, reader.total, reader.fps
+    finally:
+        reader.close()
 
 
 def decode_inprocess(
@@ -298,37 +332,57 @@ def decode_inprocess(
     size: tuple[int, int] | None = None,
     short_side: int | None = None,
     min_frames: int = 2,
+    backend: str = "auto",
+    keyframes: bool = False,
+    threads: int = 1,
 ) -> DecodedVideo:
     """``decode_video`` without the time limit (runs in the calling process)."""
+    from ragvid.pipelines.embed.decoders import ORDER, load_backend, nearest_keyframes
+
     if num_frames < 1:
         raise ValueError(f"num_frames={num_frames}: must be ≥ 1")
+    if backend not in ORDER:
+        raise ValueError(f"unknown decoder backend '{backend}'. Available: {', '.join(ORDER)}")
+    if threads < 1:
+        raise ValueError(f"threads={threads}: must be ≥ 1")
+    load_backend(ORDER[backend][0])  # an unusable backend is a setup error, not a bad video
     started = time.perf_counter()
     src, nbytes = _open_source(uri)
     if nbytes == 0:
         raise DecodeError("empty", f"{uri}: file is empty (0 bytes)")
-    cut = mp4_truncation(src, nbytes)
+    cut = mp4_truncation(src, nbytes) or webm_truncation(src, nbytes)
     if cut:
-        raise DecodeError("truncated", f"{uri}: mp4 is truncated ({cut})")
+        raise DecodeError("truncated", f"{uri}: file is truncated ({cut})")
     width, height, _ = _probe(src, uri)
     target = _target_size((width, height), size, short_side)
     notes = [] if target is None else [f"decoded at {target[0]}x{target[1]}"]
+    short: list[int] = []
 
-    def sample(total: int, ts: np.ndarray | None) -> np.ndarray:
-        return sample_indices(total, num_frames, sampling, every_n=every_n, fps=fps, timestamps=ts)
+    def choose(reader) -> np.ndarray:
+        total = reader.total
+        if total < min_frames:  # the same verdict whichever backend counted
+            short.append(total)
+            return np.zeros(0, np.int64)
+        ts = reader.timestamps() if sampling == "fps" or keyframes else None
+        idx = sample_indices(total, num_frames, sampling, every_n=every_n, fps=fps, timestamps=ts)
+        if keyframes:
+            idx = nearest_keyframes(ts, reader.keyframes(), idx)
+        return idx
 
-    try:
-        frames, ts, idx, total, rate = _decode_decord(src, target, sample)
-        backend = "decord"
-    except Exception as exc:  # noqa: BLE001 - decord's errors are untyped; fall back
-        notes.append(f"decord failed ({str(exc).splitlines()[0][:200]}); used PyAV")
+    order = ORDER[backend]
+    for n, name in enumerate(order):
         try:
-            frames, ts, idx, total, rate = _decode_pyav(src, target, sample)
-        except Exception as exc2:  # noqa: BLE001
-            raise DecodeError("undecodable", f"{uri}: PyAV could not decode it ({exc2})") from None
-        backend = "pyav"
-    if total < min_frames:
+            frames, ts, idx, total, rate = _decode_with(name, src, target, threads, choose)
+            used = name
+            break
+        except Exception as exc:  # noqa: BLE001 - decoders' errors are untyped; fall back
+            if n + 1 < len(order):
+                notes.append(f"{name} failed ({str(exc).splitlines()[0][:200]}); used {order[-1]}")
+                continue
+            raise DecodeError("undecodable", f"{uri}: {name} could not decode it ({exc})") from None
+    if short:
         raise DecodeError(
-            "too_short", f"{uri}: {total} decodable frame(s), need at least {min_frames}"
+            "too_short", f"{uri}: {short[0]} decodable frame(s), need at least {min_frames}"
         )
     return DecodedVideo(
         frames=np.ascontiguousarray(frames),
@@ -337,7 +391,7 @@ def decode_inprocess(
         total_frames=int(total),
         fps=float(rate),
         native_size=(int(width), int(height)),
-        backend=backend,
+        backend=used,
         seconds=time.perf_counter() - started,
         notes=notes,
     )
@@ -477,6 +531,9 @@ def decode_video(
     short_side: int | None = None,
     min_frames: int = 2,
     timeout_s: float | None = 60.0,
+    backend: str = "auto",
+    keyframes: bool = False,
+    threads: int = 1,
     _test_delay_s: float = 0.0,
 ) -> DecodedVideo:
     """Decode ``num_frames`` frames of the video at ``uri`` (a path, an fsspec URI or a
@@ -485,7 +542,9 @@ def decode_video(
     ``size=(w, h)`` decodes at exactly that size; ``short_side=s`` scales down (never up) so
     the shorter side is ``s``, keeping the aspect ratio. Fewer than ``min_frames`` decodable
     frames is ``too_short``. ``timeout_s`` bounds the wall time per video (helper process);
-    ``None`` decodes in-process with no limit.
+    ``None`` decodes in-process with no limit. ``backend`` is ``auto``, ``decord``, ``pyav``
+    or ``torchcodec``; ``keyframes`` snaps samples to the nearest keyframes; ``threads`` is
+    the decoder's thread count.
     """
     kwargs = dict(
         uri=str(uri),
@@ -496,6 +555,9 @@ def decode_video(
         size=size,
         short_side=short_side,
         min_frames=min_frames,
+        backend=backend,
+        keyframes=keyframes,
+        threads=threads,
     )
     if timeout_s is None:
         return decode_inprocess(**kwargs)
@@ -520,6 +582,9 @@ def decode_row(row: dict, config: EmbedConfig, short_side: int | None) -> dict:
             fps=config.fps,
             short_side=short_side,
             timeout_s=config.decode_timeout_s,
+            backend=config.decoder,
+            keyframes=config.keyframes,
+            threads=config.decode_threads,
         )
         out.update(frames=video.frames, frame_ts=video.timestamps, error_class=None, message="")
     except DecodeError as exc:
