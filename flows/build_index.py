@@ -212,6 +212,25 @@ def inspect_task(index_dir: str, index: str, queries: list[str], encoder, k: int
     return out
 
 
+def inspection_lines(workspace: str, index: str, pages: list[dict[str, str]]) -> list[str]:
+    """The report's inspection section: each query's contact sheet inline (it renders in the
+    Prefect UI) and its HTML page's path as text — a link to a worker's file would point at
+    the reader's own disk. The retrieval service is where the pages' videos can be browsed."""
+    from ragvid.schemas.config import ServiceConfig
+
+    svc = defaults(ServiceConfig)
+    lines = [
+        f"Files on the machine that ran this flow. To browse `{index}` from a browser: run "
+        f"`ragvid serve-index -w {workspace} --index {index}` there (UI and API at "
+        f"`http://{svc['host']}:{svc['port']}/`; `--host 0.0.0.0` to reach it from elsewhere).",
+        "",
+    ]
+    for p in pages:
+        sheet = monitor.inline_png(p["png"], f"contact sheet: {p['query']}", 640, 40_000)
+        lines += [f"- **{p['query']}** — page `{p['html']}`", "", sheet, ""]
+    return lines
+
+
 def default_queries(ws: Workspace, corpus: str, n: int = 2) -> list[str]:
     """A few of the corpus's own captions (deterministic) to show on the inspection page."""
     import pyarrow.parquet as pq
@@ -412,12 +431,13 @@ def build_index_flow(
                 if split_row
                 else f"- train / val split: {'`' + split + '`' if split else 'none'}",
                 f"- duplicates: `{dedup['table_path']}`",
-                f"- top-1 similarity histogram: ![histogram]({dedup['histogram_path']})",
+                f"- top-1 similarity histogram (`{dedup['histogram_path']}`):",
+                "",
+                monitor.inline_png(dedup["histogram_path"], "top-1 similarity histogram"),
                 "",
                 "## Inspection pages",
                 "",
-                *[f"- [{p['query']}]({p['html']}) ([contact sheet]({p['png']}))" for p in pages],
-                "",
+                *inspection_lines(ws.root, index, pages),
             ]
         )
         report_uri = monitor.write_report(ws.root, f"build-index-{index}", text)

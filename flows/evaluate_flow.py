@@ -161,8 +161,12 @@ def evaluate_flow(
             "their features (`fvd[random3d]` is not published FVD).",
             "",
             monitor.markdown_table(out["comparison"]),
-            *[f"- {label}: ![{label}]({path})" for label, path in out["plots"].items()],
-            f"- HTML report: [{out['report']}]({out['report']})",
+            *[
+                line
+                for label, path in out["plots"].items()
+                for line in (f"- {label} (`{path}`):", "", monitor.inline_png(path, label), "")
+            ],
+            f"- HTML report: `{out['report']}`",
             f"- metrics table: `{out['metrics']}`",
             "",
             *[f"> note: {n}" for n in out["notes"]],

@@ -150,7 +150,8 @@ def k_ablation_flow(
             f"**Protocol:** {plan.protocol}",
             "",
             monitor.markdown_table(table),
-            f"- FVD vs copy similarity per K: ![Fig. 4]({summary['plot']})"
+            f"- FVD vs copy similarity per K (`{summary['plot']}`):\n\n"
+            + monitor.inline_png(summary["plot"], "Fig. 4: FVD vs copy similarity per K")
             if summary["plot"]
             else "- plot skipped: a metric is missing",
             f"- metrics table: `{summary['metrics']}`",

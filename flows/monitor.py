@@ -156,6 +156,57 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the Prefect UI renders a markdown artifact's images only from URLs the browser can reach; a
+# worker's local path is not one, so pictures travel inside the report as data URIs
+IMAGE_MAX_WIDTH = 800
+IMAGE_MAX_BYTES = 60_000
+
+
+def inline_png(
+    uri: str, alt: str, max_width: int = IMAGE_MAX_WIDTH, max_bytes: int = IMAGE_MAX_BYTES
+) -> str:
+    """``![alt](data:image/png;base64,…)`` for the PNG at ``uri``, downscaled to ``max_width``
+    pixels and recompressed (256-colour PNG, then narrower) until it fits in ``max_bytes``
+    (base64 adds a third on top).
+
+    The picture renders in the Prefect UI and in any markdown viewer of the report file,
+    wherever the file itself lives. A missing or unreadable file gives one line naming the path
+    instead — a report never fails for its picture.
+    """
+    import base64
+    import io
+
+    from PIL import Image
+
+    from ragvid.schemas.files import fs_and_path
+
+    try:
+        fs, path = fs_and_path(uri)
+        with fs.open(path, "rb") as fh:
+            img = Image.open(io.BytesIO(fh.read()))
+            img.load()
+    except Exception as exc:  # noqa: BLE001 - the report still says where the file should be
+        return f"_{alt}: not readable at `{uri}` ({type(exc).__name__})_"
+    img = img.convert("RGB")
+    width = min(max_width, img.width)
+    while True:
+        scaled = img
+        if width < img.width:
+            height = max(1, round(img.height * width / img.width))
+            scaled = img.resize((width, height), Image.LANCZOS)
+        buf = io.BytesIO()
+        scaled.quantize(colors=256).save(buf, format="PNG", optimize=True)
+        if buf.tell() <= max_bytes or width <= 64:
+            break
+        width = int(width * 0.7)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"![{_alt_text(alt)}](data:image/png;base64,{data})"
+
+
+def _alt_text(text: str) -> str:
+    return " ".join(re.sub(r"[\[\]]", " ", str(text)).split())
+
+
 def report_uri(workspace_root: str, flow_name: str, when: datetime | None = None) -> str:
     """``<workspace>/reports/<flow>-<UTC time>.md``."""
     stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")

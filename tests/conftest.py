@@ -137,7 +137,10 @@ def prefect_server(tmp_path_factory):
         PREFECT_HOME=str(home),
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_UI_ENABLED="false",
+        # the UI is on (at ``api_url`` minus ``/api``): tests/test_prefect_ui_pictures.py loads
+        # its pages in Chromium, so the UI must call this server's API, not the default :4200
+        PREFECT_SERVER_UI_ENABLED="true",
+        PREFECT_UI_API_URL=url,
         PREFECT_LOGGING_LEVEL="WARNING",
     )
     prefect = Path(sys.executable).with_name("prefect")
@@ -632,9 +635,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium, headless, driven by Playwright — one launch per session.
+    """Debian's Chromium, headless, driven by Playwright — one launch per test module.
+
+    Not per session: Playwright's sync API keeps an asyncio loop running in the main thread
+    while it is open, and every later test calling ``asyncio.run`` (Prefect's client,
+    ``flow.to_deployment``) would fail with "cannot be called from a running event loop".
 
     CI installs it (``.ci/run``: ``apt-get install chromium``); elsewhere the browser tests skip
     with the command that installs it."""

@@ -1,0 +1,149 @@
+"""Pictures where the MLOps engineer looks: a build-index report's histogram and contact sheets
+render in the Prefect UI (both the v1 and the v2 UI a real `prefect server` serves), loaded in
+headless Chromium — not a broken image pointing at the worker's disk."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from ragvid.flows import monitor
+from ragvid.schemas import SynthConfig
+from ragvid.schemas import io as rio
+from ragvid.schemas.tables import MANIFEST
+from ragvid.schemas.workspace import Workspace
+
+RAGVID = str(Path(sys.executable).with_name("ragvid"))
+DATA_PNG = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
+
+
+def test_inline_png_downscales_to_fit_and_names_a_missing_file(tmp_path):
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 255, (900, 1600, 3), dtype="uint8"))
+    noisy.save(tmp_path / "big.png")
+    md = monitor.inline_png(str(tmp_path / "big.png"), "a [noisy] picture", max_bytes=30_000)
+    assert md.startswith("![a noisy picture](data:image/png;base64,")
+    png = base64.b64decode(DATA_PNG.fullmatch(md).group(1))
+    assert len(png) <= 30_000
+    img = Image.open(io.BytesIO(png))
+    assert img.width <= monitor.IMAGE_MAX_WIDTH
+    assert abs(img.width / img.height - 16 / 9) < 0.05  # downscaled, not cropped
+
+    missing = monitor.inline_png(str(tmp_path / "nope.png"), "histogram")
+    assert "data:" not in missing and str(tmp_path / "nope.png") in missing
+
+
+def _synth_workspace(root: Path, corpus: str, config: SynthConfig) -> Workspace:
+    """A generated corpus and its manifest written straight from the CSV (no Beam)."""
+    import csv
+
+    from ragvid.pipelines.corpus.synth import synth_corpus
+
+    ws = Workspace.at(root)
+    rep = synth_corpus(ws.raw(corpus), config)
+    rows = list(csv.DictReader(open(rep.csv_path)))
+    table = {
+        "video_id": [r["videoid"] for r in rows],
+        "uri": [str(Path(ws.raw(corpus)) / r["contentUrl"]) for r in rows],
+        "caption": [r["name"] for r in rows],
+        "duration_s": [None] * len(rows),
+        "source": [corpus] * len(rows),
+        "source_file": ["results_0.csv"] * len(rows),
+        "source_row": list(range(2, len(rows) + 2)),
+    }
+    rio.write_table(rio.join(ws.manifest(corpus), rio.part_name(0)), pa.table(table), MANIFEST)
+    return ws
+
+
+def _post(url: str, body: dict) -> list[dict]:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _images(page, url: str, at_least: int) -> list[dict]:
+    """Load ``url`` and return every <img> of the rendered artifact once ``at_least`` are
+    loaded (or the wait runs out: the caller's assertion then says what rendered)."""
+    page.goto(url)
+    try:
+        page.wait_for_function(
+            """n => { const imgs = [...document.querySelectorAll('main img, .p-markdown img, img')]
+                      .filter(i => i.alt);
+                      return imgs.length >= n && imgs.every(i => i.complete); }""",
+            arg=at_least,
+            timeout=90_000,  # the v2 bundle is large: a loaded 2-core box needs a while
+        )
+    except Exception:  # noqa: BLE001 - report what is there
+        pass
+    return page.eval_on_selector_all(
+        "img",
+        "els => els.filter(e => e.alt).map(e => ({alt: e.alt, width: e.naturalWidth,"
+        " src: (e.getAttribute('src') || '').slice(0, 30)}))",
+    )
+
+
+def test_build_index_report_pictures_render_in_prefect_ui(prefect_server, page, tmp_path):
+    api, env = prefect_server
+    ui = api.removesuffix("/api")
+    ws = _synth_workspace(
+        tmp_path / "ws",
+        "pics",
+        SynthConfig(num_videos=12, num_duplicates=2, num_bad=0, width=48, height=32, num_frames=8),
+    )
+    proc = subprocess.run(
+        [RAGVID, "run", "build-index", "-c", "pics", "-w", ws.root, "--encoder", "tiny"]
+        + ["--engine", "local"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    arts = _post(
+        f"{api}/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["build-index-pics-report"]}}, "limit": 5},
+    )
+    assert len(arts) == 1
+    art = arts[0]
+    text = art["data"]
+    pictures = DATA_PNG.findall(text)
+    assert len(pictures) >= 2, text[:2000]  # the histogram + at least one contact sheet
+    assert len(text.encode()) < 200_000
+    assert "file://" not in text
+    # no markdown link or image whose target is a path on the worker's disk
+    assert not re.search(r"\]\((?!data:|https?://)[^)]*\)", text), text[:3000]
+    assert ws.root in text  # the files are still named, as text
+
+    # the control: a picture given as a local path (what the report used to do) is broken
+    hist = next(Path(ws.index("pics")).rglob("*_hist.png"))
+    ctrl = _post(
+        f"{api}/artifacts/",
+        {"key": "local-path-control", "type": "markdown", "data": f"![local]({hist})"},
+    )
+    shots = []
+    for version, base in (("v1", ui), ("v2", f"{ui}/v2")):
+        imgs = _images(page, f"{base}/artifacts/artifact/{art['id']}", len(pictures))
+        shot = tmp_path / f"report-ui-{version}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        shots.append(shot)
+        rendered = [i for i in imgs if i["src"].startswith("data:image/png")]
+        assert len(rendered) == len(pictures), (version, imgs)
+        assert all(i["width"] > 0 for i in rendered), (version, imgs)
+        assert any(i["alt"] == "top-1 similarity histogram" for i in rendered)
+
+        broken = _images(page, f"{base}/artifacts/artifact/{ctrl['id']}", 1)
+        assert [i["width"] for i in broken if i["alt"] == "local"] == [0], (version, broken)
+    assert all(s.stat().st_size > 10_000 for s in shots)
