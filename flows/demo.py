@@ -17,7 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ragvid.flows import monitor
-from ragvid.flows.build_index import Engine, build_index_flow, ingest_task
+from ragvid.flows.build_index import Engine, build_index_flow, ingest_task, inspection_lines
 from ragvid.flows.neighbours_flow import neighbours_flow
 from ragvid.flows.preflight import check_ray_address, check_workspace
 from ragvid.schemas import SynthConfig
@@ -33,12 +33,17 @@ def names(small: bool) -> dict[str, str]:
 
 DEMO_VAL_FRACTION = 0.2  # enough val clips at --small (≈ 5 of 28) for prompts and references
 
+# The neighbour lists' δ_min: RAGME's 0.6 is for CLIP ViT-B/32, whose video vectors crowd
+# together (mean pairwise cosine ≈ 0.5); the tiny encoder fitted on a few dozen clips spreads
+# them out (mean ≈ 0.05), so at 0.6 most lists came back empty; 0.4 (0.3 at --small) keeps
+# the look-alikes.
 # sizes: the full demo aims at ~3-5 minutes on a 2-core box, --small at about one
 SIZES: dict[bool, dict[str, Any]] = {
     False: dict(
         synth=SynthConfig(num_videos=96, num_duplicates=10, num_bad=6, num_frames=16),
         part_size=16,
         fit_steps=50,
+        delta_min=0.4,  # see the δ_min note above
         train_steps=6,
         prompts=4,
     ),
@@ -47,7 +52,8 @@ SIZES: dict[bool, dict[str, Any]] = {
             num_videos=24, num_duplicates=4, num_bad=4, width=64, height=48, num_frames=12
         ),
         part_size=8,
-        fit_steps=20,
+        fit_steps=50,  # 20 left the encoder collapsed (mean cosine 0.99: one dedup group)
+        delta_min=0.3,  # 22 indexed clips: few look-alikes reach 0.4
         train_steps=2,
         prompts=2,
     ),
@@ -100,6 +106,49 @@ def fit_encoder_task(workspace: str, corpus: str, name: str, steps: int) -> dict
     )
     progress.finish()
     return {"spec": spec, **read_json(join(out_dir, "fit.json")), "reused": False}
+
+
+def _truth(workspace: str, corpus: str) -> dict[str, dict[str, str]]:
+    """The manifest's synth truth columns, by video id."""
+    from ragvid.pipelines.corpus.showcase import TRUTH_COLUMNS
+    from ragvid.schemas import MANIFEST, Workspace, read_parts
+
+    t = read_parts(Workspace.at(workspace).manifest(corpus), MANIFEST)
+    cols = {c: t.column(c).to_pylist() for c in ("video_id", *TRUTH_COLUMNS)}
+    return {v: {c: cols[c][i] for c in TRUTH_COLUMNS} for i, v in enumerate(cols["video_id"])}
+
+
+@task(name="showcase-queries", task_run_name="showcase-{index}", cache_policy=NO_CACHE)
+def showcase_task(workspace: str, corpus: str, index: str, k: int = 5) -> dict[str, list]:
+    """Queries for the clips the index holds (:mod:`~ragvid.pipelines.corpus.showcase`), each
+    with its inspection page, searched as the pages are (dense, the retrieval defaults) and
+    scored against the synth's truth: what the retrieval finds, and what it cannot tell apart."""
+    from ragvid.flows.resolve import Resolver
+    from ragvid.pipelines.corpus.showcase import as_rows, score_hits, showcase_queries
+    from ragvid.pipelines.embed.encoder import load_encoder
+    from ragvid.pipelines.index.inspect_page import write_inspection
+    from ragvid.pipelines.index.layout import IndexLayout
+    from ragvid.pipelines.index.search import Retriever
+    from ragvid.schemas import RetrievalConfig, Workspace
+
+    resolver = Resolver(Workspace.at(workspace))
+    index_dir = resolver.index(index)
+    r = Retriever.open(index_dir)
+    indexed = set(r.ids.tolist())
+    truth = {v: t for v, t in _truth(workspace, corpus).items() if v in indexed}
+    queries = showcase_queries(truth)
+    enc = load_encoder(resolver.index_encoder(index), batch_size=64)
+    cfg = RetrievalConfig(k=k)
+    res = r.search_text([q.query for q in queries], enc, cfg)
+    scores = [score_hits(q, ids, truth) for q, ids in zip(queries, res.ids, strict=True)]
+    monitor.table(f"{index}-showcase", as_rows(scores), "showcase queries scored vs truth")
+    pages = []
+    for q in queries:
+        html, png = write_inspection(
+            index_dir, q.query, enc, IndexLayout(index_dir).inspect, k, config=cfg, retriever=r
+        )
+        pages.append({"query": q.query, "html": html, "png": png})
+    return {"lines": [s.line() for s in scores], "pages": pages}
 
 
 def _model_steps(
@@ -201,10 +250,13 @@ def demo_flow(
         part_size=size["part_size"],
         engine=engine,
         ray_address=ray_address,
-        inspect_queries=["a red circle moving left", "a blue square zooming in"],
+        inspect_queries=[],  # the showcase task writes the pages, for queries it can score
         val_fraction=DEMO_VAL_FRACTION,  # evaluation scores val against an index of train
     )
-    neigh = neighbours_flow(workspace=ws.root, index=index, ray_address=ray_address)
+    neigh = neighbours_flow(
+        workspace=ws.root, index=index, delta_min=size["delta_min"], ray_address=ray_address
+    )
+    showcase = showcase_task(ws.root, corpus, index)
     outputs: dict[str, Any] = {
         "workspace": ws.root,
         "corpus": ws.raw(corpus),
@@ -214,10 +266,11 @@ def demo_flow(
         "index": built["index_dir"],
         "duplicates": built["duplicates"],
         "histogram": built["histogram"],
-        "inspection": [p["html"] for p in built["inspection"]],
+        "inspection": [p["html"] for p in showcase["pages"]],
         "neighbours": neigh["out_dir"],
         "build_report": built["report"],
         "neighbours_report": neigh["report"],
+        "showcase": showcase["lines"],
     }
     model_lines: list[str] = []
     if with_model:
@@ -259,9 +312,19 @@ def demo_flow(
             "## Outputs",
             "",
             *[f"- {k}: `{v}`" for k, v in outputs.items() if isinstance(v, str)],
-            *[f"- inspection page: [{p}]({p})" for p in outputs["inspection"]],
-            f"- dedup histogram: ![top-1 similarity]({outputs['histogram']})",
+            *[f"- inspection page: `{p}`" for p in outputs["inspection"]],
             "",
+            "### Top-1 similarity (δ_dedup drawn in)",
+            "",
+            monitor.inline_png(outputs["histogram"], "top-1 similarity histogram"),
+            "",
+            "### What the showcase queries found (scored against the synth's truth)",
+            "",
+            *[f"- {line}" for line in outputs["showcase"]],
+            "",
+            "### Inspection pages",
+            "",
+            *inspection_lines(ws.root, index, showcase["pages"]),
             "## Model steps",
             "",
             *model_lines,

@@ -75,6 +75,9 @@ def demo(
         console.print(f"  {label:28s} {where}", soft_wrap=True)
     for line in out["model_steps"]:
         console.print(f"  {line}", soft_wrap=True)
+    console.print("\nWhat the showcase queries found (against the generated corpus's truth):")
+    for line in out["showcase"]:
+        console.print(f"  - {line}", soft_wrap=True)
     failed = [line for line in out["model_steps"] if "**failed**" in line]
     if api:
         console.print(f"\nThe runs are on the Prefect server at {api} — open its UI.")

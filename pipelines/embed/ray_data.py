@@ -17,6 +17,7 @@ ragvid installed.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -172,14 +173,22 @@ class RayDataExecutor:
             compute=ray.data.TaskPoolStrategy(size=num_decoders),
             num_cpus=0.5,
         )
-        ds = ds.map_batches(
-            _EncodeActor,
-            batch_size=max(1, config.batch_size // config.num_frames),
-            fn_constructor_kwargs={"spec": stage.spec, "batch_size": config.batch_size},
-            compute=ray.data.ActorPoolStrategy(size=num_encoders),
-            num_cpus=0 if gpus else 0.5,
-            num_gpus=1 if gpus else 0,
-        )
+        with warnings.catch_warnings():  # Ray's own advice for max_restarts=0 is this kwarg,
+            # which it also marks deprecated (no named parameter replaces it yet, Ray 2.5x)
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                _EncodeActor,
+                batch_size=max(1, config.batch_size // config.num_frames),
+                fn_constructor_kwargs={"spec": stage.spec, "batch_size": config.batch_size},
+                compute=ray.data.ActorPoolStrategy(size=num_encoders),
+                num_cpus=0 if gpus else 0.5,
+                num_gpus=1 if gpus else 0,
+                # on one machine a crashed encoder actor is the machine's problem, and a rerun
+                # resumes from the finished parts; Ray Data's default restarts (-1) made its core
+                # worker print an `E core_worker.cc` line on every embed (ray#53727). A cluster
+                # keeps them: a preempted node's actor comes back.
+                **({} if self.ray_address else {"max_restarts": 0}),
+            )
         by_part = {p.index: p for p in todo}
         pending: dict[int, list[dict]] = defaultdict(list)
         t0: dict[int, float] = {}
