@@ -24,6 +24,8 @@ import os
 import time
 from dataclasses import asdict
 
+from _common import emit
+
 
 def corpus(root: str, size_name: str, videos: int, seconds: float, webm_share: float) -> list:
     from ragvid.pipelines.corpus.scenes import SIZES, SceneConfig, scene_corpus
@@ -175,11 +177,7 @@ def main() -> None:
             "encode": enc_rows,
         }
     result["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ import os
 import tempfile
 import time
 
+from _common import emit
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -306,11 +308,7 @@ def main() -> None:
         result["ratio_flow_vs_cli"] = round(result["flow"]["videos_per_s"] / cli, 3)
     if args.plan_rows:
         result["plan"] = plan_bench(args.plan_rows, args.plan_files, args.part_size)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

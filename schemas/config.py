@@ -158,6 +158,19 @@ class EmbedConfig(_Config):
     )
     decode_threads: int = Field(1, ge=1, description="threads per decoder")
 
+    def output_settings(self) -> dict:
+        """The settings that change what a part holds (which frames, how decoded, stored how):
+        recorded in each part's marker, so a run with other settings recomputes the part
+        instead of reusing vectors made another way. Batch sizes, threads and worker counts
+        change only speed, so they are not here."""
+        keep = ("num_frames", "sampling", "storage_dtype", "decoder", "keyframes")
+        out = {k: getattr(self, k) for k in keep}
+        if self.sampling == "every_n":
+            out["every_n"] = self.every_n
+        if self.sampling == "fps":
+            out["fps"] = self.fps
+        return out
+
 
 class EncoderFitConfig(_Config):
     """`ragvid encoder fit`: a small CLIP fitted on a corpus's (video, caption) pairs.

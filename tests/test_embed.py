@@ -72,6 +72,20 @@ def test_demo_corpus_every_row_embedded_or_quarantined(demo_embeddings):
     assert stats.skipped and os.stat(done_marker(plans[0].uri)).st_mtime_ns == before
 
 
+def test_changed_decode_settings_recompute_parts_speed_settings_do_not(demo_embeddings):
+    """A part made with other frames (count, sampling, keyframes, backend) or another storage
+    dtype is not reused; batch sizes, threads and worker counts change only speed."""
+    d = demo_embeddings
+    same = EmbedConfig(encoder=d.encoder, part_size=64, batch_size=7, decode_threads=3)
+    assert all(p.done for p in plan_parts(d.ws, d.corpus, same))
+    for change in ({"num_frames": 4}, {"keyframes": True}, {"decoder": "pyav"},
+                   {"sampling": "fps", "fps": 2.0}, {"storage_dtype": "float32"}):  # fmt: skip
+        other = EmbedConfig(encoder=d.encoder, part_size=64, **change)
+        plans = plan_parts(d.ws, d.corpus, other)
+        assert plans and not any(p.done for p in plans), change
+        assert other.output_settings().items() <= plans[0].input.items()
+
+
 def test_cli_encoder_list_and_embed_summary(demo_embeddings):
     from ragvid.flows.cli import app
 

@@ -197,7 +197,7 @@ class EmbedStage:
         for i, sl in enumerate(slices):
             name = part_name(i)
             uri = join(self.output, name)
-            source = slice_input(sl)
+            source = slice_input(sl, self.config)
             marker = state.check(uri, expect_input=source)
             done = isinstance(marker, Marker)
             plans.append(
@@ -232,9 +232,11 @@ class EmbedStage:
         return asdict(stats)
 
 
-def slice_input(sl: ManifestSlice) -> dict:
-    """A part's input as its marker records it: manifest file name and row range."""
-    return {"manifest": sl.file.rstrip("/").rsplit("/", 1)[-1], "start": sl.start, "stop": sl.stop}
+def slice_input(sl: ManifestSlice, config: EmbedConfig) -> dict:
+    """A part's input as its marker records it: manifest file name, row range and the settings
+    that shape its vectors (``EmbedConfig.output_settings``)."""
+    name = sl.file.rstrip("/").rsplit("/", 1)[-1]
+    return {"manifest": name, "start": sl.start, "stop": sl.stop, **config.output_settings()}
 
 
 class IncompleteEmbeddingError(ValueError):
