@@ -461,15 +461,56 @@ class TrainConfig(_Config):
         return self
 
 
-class VimiConfig(_Config):
-    """VIMI §3.1: BM25 over an image-text memory, K=3 (K=2 in pretraining)."""
+VIMI_TASKS = ("retrieval", "interleaved", "first_frame")
 
-    k: int = 3
+
+class VimiConfig(_Config):
+    """VIMI (seed 003): BM25 over an image-text memory (§3.1: top-3; §4.3's pretraining set: 2),
+    the retrieval-augmented prompt dataset and the three instruction tasks of §3.3, whose
+    instructions are prepended verbatim."""
+
+    k: int = Field(3, ge=1, le=64)
+    k_pretrain: int = Field(2, ge=1, le=64)
     templates: dict[str, str] = {
         "retrieval": "Generate a video with the retrieved text-image examples and text prompt.",
         "interleaved": "Generate a video with the text and image interleaved prompt.",
         "first_frame": "Generate a video with the following text and first frame.",
     }
+    placeholder: str = "<image_{i}>"  # 1-based, as the paper's Figure 1 writes them
+    # the memory's BM25 engine (on disk, sharded; one Ray task builds each shard)
+    engine: Literal["tantivy", "bm25s"] = "tantivy"
+    memory_shards: int = Field(4, ge=1)
+    engine_heap_mb: int = Field(128, ge=16)  # tantivy writer heap per shard (bounds build memory)
+    overfetch: int = Field(8, ge=0)  # extra candidates per query so exclusions still leave K
+    query_batch: int = Field(1024, ge=1)  # captions searched per batch inside a retrieval task
+    # keyframes of ragvid's own corpora as memory items (RAGME's corpus doubles as M)
+    keyframes: tuple[Literal["first", "middle"], ...] = ("first", "middle")
+    # subject-driven task: entity words, then one image segment of a frame per entity
+    max_entities: int = Field(3, ge=1)
+    entity_frame: Literal["first", "middle"] = "middle"
+    detector: str = "saliency"  # "saliency" (offline default) or "grounding-dino:<local folder>"
+    segmenter: str = "box"  # "box" (the detector's box as the mask) or "sam:<local folder>"
+    tasks: tuple[str, ...] = VIMI_TASKS
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [t for t in v if t not in VIMI_TASKS]
+        if bad:
+            raise ValueError(f"unknown VIMI task(s) {bad}; the tasks are {list(VIMI_TASKS)}")
+        return v
+
+
+class VimiConditionConfig(_Config):
+    """ragvid's stand-in for VIMI's MLLM conditioning (the paper's MLLM + FIT is out of scope):
+    the prompt's images and captions encoded with the corpus's CLIP into tokens, injected into
+    the text-to-video UNet through zero-initialised cross-attention (RagCA's injection), so the
+    model equals the base at initialisation."""
+
+    max_images: int = Field(4, ge=1)
+    dim: int = 512
+    layers: int = Field(2, ge=0)
+    heads: int = Field(8, ge=1)
 
 
 class FCAConfig(_Config):

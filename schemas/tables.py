@@ -259,6 +259,91 @@ NEMO_EMBEDDINGS = TableSpec(
     "video (or caption) vector.",
 )
 
+# -- VIMI (seed 003 §3.1–3.3): the image-text memory, the prompt dataset, the task tables --------
+
+IMAGE_REF = pa.struct(
+    [
+        pa.field("item_id", pa.string()),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("frame_ts", pa.float32()),
+        pa.field("caption", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("box", pa.list_(pa.field("item", pa.float32(), nullable=False), 4)),
+        pa.field("mask_uri", pa.string()),
+    ]
+)
+"""One image of a multimodal prompt: where it is (``uri`` as in IMAGE_MEMORY, ``frame_ts`` when
+it is a frame of a video), the memory item and caption it came from, its BM25 score, and for
+subject-driven rows the entity's box (x0, y0, x1, y1, pixels of the frame) and mask PNG."""
+
+IMAGE_MEMORY = TableSpec(
+    name="image_memory",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("item_id", pa.string()),
+            _f("image_uri", pa.string()),
+            _f("caption", pa.string()),
+            _f("frame_ts", pa.float32(), nullable=True),
+            _f("video_id", pa.string(), nullable=True),
+            _f("url", pa.string(), nullable=True),
+            _f("width", pa.int32(), nullable=True),
+            _f("height", pa.int32(), nullable=True),
+            _f("tar_offset", pa.int64(), nullable=True),
+            _f("tar_size", pa.int64(), nullable=True),
+            _f("source", pa.string()),
+            _f("source_file", pa.string()),
+            _f("source_row", pa.int64()),
+        ]
+    ),
+    doc="VIMI's image-text memory M (§3.1): one row per image-caption pair. Images stay where "
+    "they are: ``image_uri`` is a local path / fsspec URI, ``tar://<member>::<shard>`` for an "
+    "img2dataset webdataset shard (``tar_offset`` / ``tar_size``: the member's bytes in the tar, "
+    "read directly), or a video's uri with ``frame_ts`` for a keyframe of a ragvid corpus "
+    "(``video_id`` names the video, so its own keyframes are never retrieved for it).",
+)
+
+VIMI_PROMPTS = TableSpec(
+    name="vimi_prompts",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("video_uri", pa.string()),
+            _f("caption", pa.string()),
+            _f("retrieved", pa.list_(pa.field("item", IMAGE_REF, nullable=False))),
+            _f("n_retrieved", pa.int32()),
+            _f("prompt", pa.string()),
+        ]
+    ),
+    doc="The retrieval-augmented multimodal prompt dataset (§3.1): per video its caption, the "
+    "top-K BM25 image-text pairs of the memory (best first; the caption's own / same-normalised "
+    "captions and the video's own keyframes excluded; fewer than K only when the memory has no "
+    "more matches) and the interleaved prompt, ``<image_i>`` (1-based) ↔ ``retrieved[i-1]``.",
+)
+
+VIMI_TASKS = TableSpec(
+    name="vimi_tasks",
+    version=1,
+    build=lambda _: pa.schema(
+        [
+            _f("video_id", pa.string()),
+            _f("task", pa.string()),
+            _f("instruction", pa.string()),
+            _f("prompt", pa.string()),
+            _f("caption", pa.string()),
+            _f("images", pa.list_(pa.field("item", IMAGE_REF, nullable=False))),
+            _f("entities", pa.list_(pa.field("item", pa.string(), nullable=False))),
+            _f("target_uri", pa.string()),
+        ]
+    ),
+    doc="A multimodal instruction-tuning table (§3.3), one per task (``retrieval``: text-to-video "
+    "with retrieved examples; ``interleaved``: subject-driven, entity words bound to image "
+    "segments of a frame; ``first_frame``: video prediction). ``prompt`` is the task's "
+    "instruction, verbatim, then the interleaved text; ``<image_i>`` ↔ ``images[i-1]``; "
+    "``target_uri`` is the video to generate.",
+)
+
 ALL_TABLES: dict[str, TableSpec] = {
     t.name: t
     for t in (
@@ -275,6 +360,9 @@ ALL_TABLES: dict[str, TableSpec] = {
         TRAIN_LOG,
         CLIP_RETRIEVAL_METADATA,
         NEMO_EMBEDDINGS,
+        IMAGE_MEMORY,
+        VIMI_PROMPTS,
+        VIMI_TASKS,
     )
 }
 

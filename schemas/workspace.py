@@ -242,6 +242,46 @@ class Workspace:
     def neighbours(self, name: str) -> str:
         return join(self.root, "neighbours", name)
 
+    # -- VIMI: image-text memories and multimodal prompt datasets -------------------------------
+
+    def memories_root(self) -> str:
+        return join(self.root, "memories")
+
+    def memory(self, name: str) -> str:
+        """A named image-text memory: ``table/`` (IMAGE_MEMORY parts), ``rejects/``, ``bm25/``."""
+        return join(self.memories_root(), name)
+
+    def memory_table(self, name: str) -> str:
+        return join(self.memory(name), "table")
+
+    def memory_rejects(self, name: str) -> str:
+        return join(self.memory(name), "rejects")
+
+    def memory_engine(self, name: str) -> str:
+        """The memory's BM25 engine: ``engine.json`` (the current version, switched atomically)
+        and ``versions/v-NNNNNN/shard-NNN/`` (one on-disk BM25 index per shard)."""
+        return join(self.memory(name), "bm25")
+
+    def vimi_root(self) -> str:
+        return join(self.root, "vimi")
+
+    def vimi_dataset(self, name: str) -> str:
+        """A VIMI dataset: ``prompts/`` (VIMI_PROMPTS), ``tasks/<task>/`` (VIMI_TASKS),
+        ``segments/`` (entity mask PNGs), ``samples.html``."""
+        return join(self.vimi_root(), name)
+
+    def vimi_prompts(self, name: str) -> str:
+        return join(self.vimi_dataset(name), "prompts")
+
+    def vimi_task(self, name: str, task: str) -> str:
+        return join(self.vimi_dataset(name), "tasks", task)
+
+    def vimi_segments(self, name: str) -> str:
+        return join(self.vimi_dataset(name), "segments")
+
+    def vimi_samples_page(self, name: str) -> str:
+        return join(self.vimi_dataset(name), "samples.html")
+
     # -- model side ---------------------------------------------------------------------------
 
     def run(self, name: str) -> str:

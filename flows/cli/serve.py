@@ -337,3 +337,42 @@ def run_evaluate(
         tiny=tiny,
     )
     console.print(f"evaluation {out['out_dir']} (html {out['html']})\nreport: {out['report']}")
+
+
+@run_app.command("vimi-dataset")
+@user_errors
+def run_vimi_dataset(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="Video corpus to augment.")],
+    memory: Annotated[str, typer.Option("--memory", "-m", help="Image-text memory name.")],
+    workspace: WsOpt = DEFAULT_WORKSPACE,
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: corpus-memory).")] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="Ingest these memory sources first (repeat)."),
+    ] = None,
+    keyframes: Annotated[
+        bool, typer.Option("--keyframes", help="Add the corpus's keyframes to the memory first.")
+    ] = False,
+    k: Annotated[int, typer.Option("-k", help="Pairs per caption.")] = 3,
+    ray_address: RayOpt = None,
+) -> None:
+    """Build a VIMI multimodal prompt dataset and its three task tables (the `vimi-dataset` flow)."""
+    from ragvid.flows.preflight import check_workspace
+    from ragvid.flows.vimi_flow import vimi_dataset_flow
+
+    check_workspace(workspace)
+    out = _run(
+        vimi_dataset_flow,
+        ray_address,
+        workspace=workspace,
+        corpus=corpus,
+        memory=memory,
+        dataset=name,
+        memory_sources=source,
+        memory_keyframes=keyframes,
+        k=k,
+    )
+    console.print(
+        f"vimi {out['dataset']}: {out['counts']}\nsamples: {out['samples_page']}\n"
+        f"report: {out['report']}"
+    )
