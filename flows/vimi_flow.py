@@ -145,17 +145,17 @@ def vimi_dataset_flow(
     config = vimi_config(k, engine, memory_shards, tasks, detector, segmenter)
     started = time.perf_counter()
     ingested: dict[str, Any] = {}
-    if memory_sources:
+    if memory_sources or memory_keyframes:  # one ingest: the memory is what these make
         ingested = memory_ingest_task(
-            ws.root, memory, list(memory_sources), memory_kind, None, config
+            ws.root,
+            memory,
+            list(memory_sources or []),
+            memory_kind,
+            corpus if memory_keyframes else None,
+            config,
         )
-    if memory_keyframes:
-        key = memory_ingest_task(ws.root, memory, [], "keyframes", corpus, config)
-        ingested = ingested or key
     engine_info = memory_engine_task(ws.root, memory, config)
-    retrieved = retrieval_task(
-        ws.root, corpus, memory, dataset, config, executor, ray_address
-    )
+    retrieved = retrieval_task(ws.root, corpus, memory, dataset, config, executor, ray_address)
     built = task_tables_task(ws.root, dataset, config, executor, ray_address)
     summary = summarise_dataset(ws, dataset, config)
     hist = write_score_histogram(

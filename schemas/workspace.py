@@ -251,6 +251,10 @@ class Workspace:
         """A named image-text memory: ``table/`` (IMAGE_MEMORY parts), ``rejects/``, ``bm25/``."""
         return join(self.memories_root(), name)
 
+    def memory_manifest(self, name: str) -> str:
+        """``memory.json``: the memory's version, input fingerprint and counts."""
+        return join(self.memory(name), "memory.json")
+
     def memory_table(self, name: str) -> str:
         return join(self.memory(name), "table")
 

@@ -72,7 +72,7 @@ def memory_ingest(
     ] = None,
     memory: MemoryOpt = "memory",
     kind: Annotated[
-        str, typer.Option(help="auto | img2dataset | table (what the sources are).")
+        str, typer.Option(help="auto | img2dataset | table | keyframes (what the sources are).")
     ] = "auto",
     keyframes_of: Annotated[
         str | None,
@@ -85,7 +85,9 @@ def memory_ingest(
 ) -> None:
     """Ingest image-text pairs into a named memory (Apache Beam; every row accounted for).
 
-    Images stay where they are: files by path, tar members by uri + byte offsets, keyframes by
+    The memory becomes exactly what this run's inputs hold (a new version when they changed;
+    nothing is done when they did not): name every source and corpus in one command. Images
+    stay where they are: files by path, tar members by uri + byte offsets, keyframes by
     their video's uri + time. Refused rows go to <memory>/rejects with a reason."""
     from ragvid.pipelines.vimi.memory_ingest import ingest_memory
 
@@ -93,19 +95,17 @@ def memory_ingest(
         raise ValueError("nothing to ingest: give source folders/tables or --keyframes-of CORPUS")
     ws = Workspace.at(workspace).ensure_writable()
     config = VimiConfig()
-    runs = []
-    if sources:
-        runs.append(("sources", ingest_memory(ws, memory, list(sources), kind=kind, config=config)))
-    if keyframes_of:
-        runs.append(
-            (
-                f"keyframes of {keyframes_of}",
-                ingest_memory(ws, memory, [], kind="keyframes", corpus=keyframes_of, config=config),
-            )
-        )
-    table = titled_table("input", "counts", title=f"memory {memory}")
-    for what, counts in runs:
-        table.add_row(escape(what), escape(", ".join(f"{k} {v}" for k, v in dict(counts).items())))
+    counts = ingest_memory(
+        ws, memory, list(sources or []), kind=kind, corpus=keyframes_of, config=config
+    )
+    table = titled_table("", "", title=f"memory {memory}")
+    if counts.get("skipped"):
+        table.add_row("unchanged inputs", f"nothing to do (version {counts.get('version')})")
+    for key in ("version", "read", "written", "rejected", "seconds"):
+        if key in counts:
+            table.add_row(key, escape(str(counts[key])))
+    for reason, n in (counts.get("rejects_by_reason") or {}).items():
+        table.add_row(f"  rejected: {escape(str(reason))}", str(n))
     console.print(table)
     console.print(f"memory table: {ws.memory_table(memory)}")
 
@@ -165,9 +165,9 @@ def build_dataset(
     name: Annotated[
         str | None, typer.Option("--name", help="Dataset name (default: <corpus>-<memory>).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="Pairs per caption (§3.1: 3; §4.3 pretraining: 2).")] = (
-        _VIMI["k"]
-    ),
+    k: Annotated[
+        int, typer.Option("-k", help="Pairs per caption (§3.1: 3; §4.3 pretraining: 2).")
+    ] = (_VIMI["k"]),
     tasks: Annotated[
         list[str] | None,
         typer.Option("--task", help="retrieval | interleaved | first_frame (repeat; default all)."),

@@ -128,7 +128,9 @@ def summarise_dataset(
         n = imgs = 0
         instruction = config.templates[task]
         for part, _ in parts:
-            tab = read_table(part, VIMI_TASKS, columns=["video_id", "instruction", "prompt", "images"])
+            tab = read_table(
+                part, VIMI_TASKS, columns=["video_id", "instruction", "prompt", "images"]
+            )
             for row in tab.to_pylist():
                 n += 1
                 imgs += len(row["images"] or [])
