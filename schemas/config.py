@@ -490,6 +490,15 @@ class VimiConfig(_Config):
     entity_frame: Literal["first", "middle"] = "middle"
     detector: str = "saliency"  # "saliency" (offline default) or "grounding-dino:<local folder>"
     segmenter: str = "box"  # "box" (the detector's box as the mask) or "sam:<local folder>"
+    # entity words: "lemminflect" (its bundled English lexicon tags the words) or "rules"
+    # (closed word lists + suffixes, no package) — pipelines/vimi/entities.py
+    entity_extractor: str = "lemminflect"
+    # Grounding DINO's box threshold (the official demo's 0.35): an entity whose best query
+    # scores lower stays ungrounded
+    detector_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    grounding_device: str = "auto"  # torch device of the Grounding DINO / SAM models
+    # the task tables refuse a run where more than this share of rows fails (unreadable videos)
+    max_bad_share: float = Field(0.5, ge=0.0, le=1.0)
     tasks: tuple[str, ...] = VIMI_TASKS
 
     @field_validator("tasks")
@@ -511,15 +520,64 @@ class VimiConditionConfig(_Config):
     dim: int = 512
     layers: int = Field(2, ge=0)
     heads: int = Field(8, ge=1)
+    # the zero-initialised cross-attention in the UNet (RagCA's): heads must divide every
+    # temporal layer's channel count (8 divides ZeroScope's 320/640/1280; the tiny base has 8)
+    ragca_heads: int = Field(8, ge=1)
+    # classifier-free guidance: the unconditional branch sees no multimodal prompt (trained by
+    # TrainConfig.retrieval_dropout, which drops a row's whole multimodal prompt)
+    uncond_keeps_prompt: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> VimiConditionConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"VimiConditionConfig: heads={self.heads} must divide dim={self.dim}")
+        return self
 
 
 class FCAConfig(_Config):
-    """FCA: parallel attention branch per DiT block, learnable scale init 0.1, CFG 6.0."""
+    """FCA (seed 004): parallel attention branch per DiT block, learnable scale init 0.1,
+    CFG 6.0, DDIM 50 steps; the defaults are the paper's (§3, §4, App. B, Tab. 4, Tab. 5)."""
 
     scale_init: float = 0.1
     guidance_scale: float = 6.0
     num_inference_steps: int = 50
-    num_query_tokens: int = 16
+    num_query_tokens: int = Field(
+        226,
+        ge=1,
+        description="l_t: frame-wise text queries per effective (latent) frame — Tab. 5: the "
+        "T5 length 226, so 226 × 4 = 904 for 16 frames",
+    )
+    prenorm: Literal["adaln", "layernorm", "none"] = Field(
+        "adaln",
+        description="pre-normalisation of y_frames before injection: 'adaln' (learned, "
+        "timestep-modulated like the DiT's adaLN — the paper, Tab. 4), 'layernorm' (plain), "
+        "'none' (Tab. 4's ablation)",
+    )
+    init_frames: int = Field(
+        2,
+        ge=1,
+        description="k initial frames VAE-encoded as a short clip into x_init: 2 for SSv2 (the "
+        "default), 1 for BridgeData / Epic100 (see TVP_INIT_FRAMES)",
+    )
+    init_noise_step: int = Field(
+        1, ge=0, description="x_init is diffused this many scheduler steps (§3.2: one small step)"
+    )
+    blip2_path: str | None = Field(
+        None,
+        description="local BLIP-2 folder: the conditioner cross-attends to its frozen ViT's "
+        "features of the first frame (the paper). None: to the DiT's own layer-i tokens of the "
+        "first latent frame (ragvid's offline default, no extra encoder)",
+    )
+    num_frames: int = Field(16, ge=8, description="frames per clip (divisible by 8: CogVideoX)")
+    height: int = Field(480, ge=8)
+    width: int = Field(720, ge=8)
+    ssv2_val_samples: int = Field(
+        2048, ge=1, description="SSv2 protocol: the first N validation samples are evaluated"
+    )
+    bridge_val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="BridgeData protocol: a seeded 80/20 trajectory split"
+    )
+    bridge_split_seed: int = 0
 
 
 class MotionTransferConfig(_Config):
