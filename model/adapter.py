@@ -150,11 +150,12 @@ def save_adapter(adapter: RagmeAdapter, folder: str | Path, *, fault: str = "ada
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}
     tmp = folder / f".{ADAPTER_WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": FORMAT})
+    config = adapter.config_dict()  # another adapter kind (VIMI's) names its own format
+    save_file(state, str(tmp), metadata={"format": str(config.get("format", FORMAT))})
     record = file_record(tmp)
     tmp.replace(folder / ADAPTER_WEIGHTS)
     fault_point(f"{fault}:after-weights")
-    config = {**adapter.config_dict(), "weights": {"path": ADAPTER_WEIGHTS, **record.to_json()}}
+    config = {**config, "weights": {"path": ADAPTER_WEIGHTS, **record.to_json()}}
     write_json_atomic(str(folder / ADAPTER_CONFIG), config)
     return folder
 

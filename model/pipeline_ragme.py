@@ -231,6 +231,7 @@ class RagmePipeline(DiffusionPipeline):
         uncond_keeps_retrieval: bool | None = None,
         eta: float = 0.0,
         latents: torch.Tensor | None = None,
+        tokens: RetrievalTokens | None = None,
     ) -> RagmeOutput:
         """Generate one video per prompt. `rag_init=None` means on whenever retrieval is given.
 
@@ -240,6 +241,11 @@ class RagmePipeline(DiffusionPipeline):
 
         Under CFG the retrieval tokens are doubled with the batch; the unconditional half keeps
         them unless `uncond_keeps_retrieval=False` (default: the adapter's RagCAConfig).
+
+        `tokens` (b, N, dim) + mask: ready-made RagCA tokens for RagCA layers attached to this
+        UNet by another conditioning path (VIMI's multimodal prompt, model/vimi_cond.py) — used
+        as given, with no RAGME adapter; under CFG the unconditional half sees them only with
+        `uncond_keeps_retrieval=True`.
         """
         t_start = time.perf_counter()
         device = self._execution_device
@@ -256,6 +262,11 @@ class RagmePipeline(DiffusionPipeline):
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self._check_inputs(prompts, height, width, num_frames, k, output_type, output_dir)
+        if tokens is not None and self.adapter is not None:
+            raise ValueError(
+                "tokens= feeds RagCA layers attached outside set_adapter; this pipeline has a "
+                "RAGME adapter — pass retrieval= instead, or load it with adapter=None"
+            )
         if self.adapter is not None and retrieval is None:
             raise ValueError(
                 "this pipeline has a RAGME adapter: pass retrieval= (a RetrievalSource), or load "
@@ -293,8 +304,15 @@ class RagmePipeline(DiffusionPipeline):
                 raise ValueError(f"negative_prompt has {len(negative)} entries for {b} prompts")
         text = self.encode_prompt(prompts, negative, do_cfg)
         t0 = lap("text_encoding", t0)
-        tokens = None
-        if self.adapter is not None:
+        if tokens is not None:
+            if tokens.tokens.shape[0] != b:
+                raise ValueError(f"tokens have batch {tokens.tokens.shape[0]} for {b} prompts")
+            tokens = RetrievalTokens(
+                tokens.tokens.to(device=device, dtype=self.unet.dtype), tokens.mask.to(device)
+            )
+            if do_cfg:
+                tokens = tokens.for_cfg(bool(uncond_keeps_retrieval))
+        elif self.adapter is not None:
             tokens = self._retrieval_tokens(batch, device)
             if do_cfg:
                 keep = uncond_keeps_retrieval

@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -79,6 +79,7 @@ from ragvid.schemas.io import write_json_atomic
 
 from .adapter import ADAPTER_WEIGHTS, RagmeAdapter, RagmeUNet, save_adapter, weights_record
 from .pipeline_ragme import encode_text
+from .ragca import RetrievalTokens
 from .train_data import ResumableOrder, RetrievalTrainingSet, apply_dropout, collate
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -275,6 +276,19 @@ def _state_digest(adapter: RagmeAdapter) -> str:
     return digest.hexdigest()[:16]
 
 
+class Conditioning(Protocol):
+    """Another conditioning path for the trainer to train instead of RAGME's (VIMI's multimodal
+    prompt, :class:`ragvid.model.vimi_cond.VimiConditioning`): ``build`` wraps the frozen base
+    UNet with a fresh, zero-initialised adapter — a :class:`RagmeUNet`-like module (``adapter``
+    with ``ragca``, ``state_dict`` and ``config_dict``; ``trainable_parameters``; ``forward(
+    noisy, t, text, retrieval=tokens)``) — and ``tokens`` turns a collated batch into the
+    RagCA tokens. Everything else (steps, checkpoints, exact resume, signals) is the same."""
+
+    def build(self, unet: torch.nn.Module) -> RagmeUNet: ...
+
+    def tokens(self, model: RagmeUNet, batch: dict, device: torch.device) -> RetrievalTokens: ...
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints (state.json present), oldest first."""
     folder = Path(run_dir) / "checkpoints"
@@ -299,15 +313,21 @@ class Trainer:
         sample_fn: Callable[[int, RagmeUNet, Path], list[str]] | None = None,
         encoder: str | None = None,
         adapter: RagmeAdapter | None = None,
+        conditioning: Conditioning | None = None,
     ):
         """``encoder``: spec id of the encoder of ``dataset``'s embeddings, recorded in the
         adapter (default: ``adapter``'s record, else the embeddings table's). ``adapter``: start
         from this (trained) adapter — its sizes and weights; ``enhancer`` / ``ragca`` are then
-        ignored — instead of a fresh one."""
+        ignored — instead of a fresh one. ``conditioning``: train another conditioning path
+        (see :class:`Conditioning`; ``dataset`` yields what its ``tokens`` reads) from a fresh
+        adapter; ``enhancer`` / ``ragca`` are then ignored."""
         from accelerate import Accelerator
 
         self.run_dir = Path(run_dir)
         self.config, self.base, self.dataset, self.sample_fn = config, base, dataset, sample_fn
+        self.conditioning = conditioning
+        if conditioning is not None and adapter is not None:
+            raise ValueError("pass adapter= (a RAGME start) or conditioning=, not both")
         _fresh_accelerator_state(config.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
         acc = self.accelerator
@@ -323,7 +343,11 @@ class Trainer:
             m.to(acc.device)
         encoder = _training_encoder(dataset, encoder, adapter)
         self._init: str | None = None  # sha256 of the starting weights (None: fresh)
-        if adapter is not None:
+        if conditioning is not None:
+            torch.manual_seed(config.seed)  # adapter init: same weights in every run of a config
+            self.model = conditioning.build(base.unet)
+            self.model.adapter.encoder = encoder
+        elif adapter is not None:
             if adapter.input_dim != dataset.dim:
                 raise ValueError(
                     f"the starting adapter takes {adapter.input_dim}-d frame embeddings, the "
@@ -550,9 +574,12 @@ class Trainer:
         noisy = sched.add_noise(latents, noise, t)
         text = self._encode_text(batch["caption"])
         model = self.accelerator.unwrap_model(self.model)
-        retrieval = model.encode_retrieval(
-            batch["frame_emb"].to(dev), batch["frame_mask"].to(dev), batch["mask"].to(dev)
-        )
+        if self.conditioning is not None:
+            retrieval = self.conditioning.tokens(model, batch, dev)
+        else:
+            retrieval = model.encode_retrieval(
+                batch["frame_emb"].to(dev), batch["frame_mask"].to(dev), batch["mask"].to(dev)
+            )
         with self.accelerator.autocast():
             pred = self.model(noisy, t, text, retrieval=retrieval)
         if sched.config.prediction_type == "v_prediction":

@@ -268,7 +268,10 @@ IMAGE_REF = pa.struct(
         pa.field("frame_ts", pa.float32()),
         pa.field("caption", pa.string()),
         pa.field("score", pa.float32()),
-        pa.field("box", pa.list_(pa.field("item", pa.float32(), nullable=False), 4)),
+        # 4 values when set; a variable-size list because pyarrow (≤ 25) cannot read a null
+        # fixed-size list back from Parquet (apache/arrow#35692), and box is null but for
+        # subject-driven rows
+        pa.field("box", pa.list_(pa.field("item", pa.float32(), nullable=False))),
         pa.field("mask_uri", pa.string()),
     ]
 )
