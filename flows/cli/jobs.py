@@ -137,20 +137,10 @@ def train(
     and the step and run estimates printed; without a CUDA device a run estimated over a day is
     refused there (exit status 2) unless --yes.
     """
-    import signal
-    import time
-
-    import torch
-
     from ragvid.model.presets import get_preset
     from ragvid.model.train_data import load_training_set
-    from ragvid.model.trainer import (
-        TrainingAborted,
-        format_duration,
-        list_checkpoints,
-        train_preset,
-    )
     from ragvid.model.trainer import train as run_train
+    from ragvid.model.trainer import train_preset
 
     res_ = Resolver.at(workspace)
     ws = res_.ws
@@ -183,6 +173,39 @@ def train(
         )
     run_dir = res_.run_dir(run)
     base = res_.base(base)  # a folder, or 'tiny' (the offline preset)
+    encoder_id = res_.encoder(encoder).id  # recorded in the adapter: checked at generation
+
+    def fit(on_step, on_micro, on_signal):
+        return run_train(
+            run_dir,
+            base,
+            data,
+            cfg,
+            enhancer=mp.enhancer,
+            ragca=mp.ragca,
+            resume=resume,
+            stop_after=stop_after,
+            on_step=on_step,
+            encoder=encoder_id,
+            on_micro=on_micro,
+            on_signal=on_signal,
+        )
+
+    drive_training(fit, cfg, run_dir, preset=preset, resume=resume, yes=yes)
+
+
+def drive_training(fit, cfg, run_dir: str | Path, *, preset: str, resume: bool, yes: bool) -> None:
+    """Run ``fit(on_step, on_micro, on_signal)`` (a trainer's fit) under the CLI's progress bar,
+    its step/run estimate (a CPU run over a day refused without ``--yes``) and its handling of
+    Ctrl-C / SIGTERM (exit status 128 + signal, what was saved and how to resume) — the one
+    driver of ``ragvid train`` and ``ragvid vimi train``."""
+    import signal
+    import time
+
+    import torch
+
+    from ragvid.model.trainer import TrainingAborted, format_duration, list_checkpoints
+
     cuda = torch.cuda.is_available()
     if not cuda and preset != "tiny":
         console.print(
@@ -245,20 +268,7 @@ def train(
             )
 
         try:
-            res = run_train(
-                run_dir,
-                base,
-                data,
-                cfg,
-                enhancer=mp.enhancer,
-                ragca=mp.ragca,
-                resume=resume,
-                stop_after=stop_after,
-                on_step=on_step,
-                encoder=res_.encoder(encoder).id,  # recorded in the adapter: checked at generation
-                on_micro=on_micro,
-                on_signal=on_signal,
-            )
+            res = fit(on_step, on_micro, on_signal)
         except TrainingAborted as exc:
             aborted = exc
     if aborted is not None:

@@ -23,9 +23,10 @@ from ragvid.flows.cli.common import (
 )
 from ragvid.flows.vimi_flow import vimi_config
 from ragvid.schemas import Workspace
-from ragvid.schemas.config import VimiConfig, defaults
+from ragvid.schemas.config import GenerationConfig, VimiConfig, defaults
 
 _VIMI = defaults(VimiConfig)
+_GEN = defaults(GenerationConfig)
 
 vimi_app = typer.Typer(
     help="VIMI: an image-text memory, BM25 bulk retrieval, multimodal prompt datasets.",
@@ -230,3 +231,123 @@ def build_dataset(
 def _brief(info: dict) -> str:
     keys = ("version", "rows", "shards", "engine", "built_because", "reused")
     return ", ".join(f"{k} {info[k]}" for k in keys if k in info) or str(info)
+
+
+@vimi_app.command("train")
+@user_errors
+def vimi_train(
+    run: Annotated[str, typer.Option(help="Run name (under <workspace>/runs/) or a folder.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="VIMI dataset name.")],
+    encoder: Annotated[
+        str, typer.Option(help="The corpus's CLIP (encodes the prompt's images and captions).")
+    ],
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base",
+            envvar="RAGVID_BASE_MODEL",
+            help="Local diffusers text-to-video folder, or 'tiny' (the offline preset).",
+        ),
+    ],
+    task: Annotated[str, typer.Option(help="retrieval | interleaved | first_frame.")] = "retrieval",
+    preset: Annotated[str, typer.Option(help="Training recipe: paper | tiny.")] = "paper",
+    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's steps.")] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop (checkpointed) after N steps; resume later.")
+    ] = None,
+    missing: Annotated[
+        str, typer.Option(help="An unloadable image: error | mask (its slot masked, reported).")
+    ] = "error",
+    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint.")] = True,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Train on even when a CPU run is over a day.")
+    ] = False,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+) -> None:
+    """Train the multimodal conditioning adapter on a VIMI task table; resumable.
+
+    ragvid's stand-in for VIMI's MLLM conditioning: the prompt's images, captions and
+    instruction encoded with the corpus's CLIP into tokens, injected through RagCA's
+    zero-initialised cross-attention (the model equals the base at initialisation). Same
+    trainer, progress, Ctrl-C / SIGTERM handling and exact resume as `ragvid train`."""
+    from ragvid.flows.cli.jobs import drive_training
+    from ragvid.flows.resolve import Resolver
+    from ragvid.model.trainer import train_preset
+    from ragvid.model.vimi_train import train_vimi
+
+    res = Resolver.at(workspace)
+    cfg = train_preset(preset)
+    if max_steps is not None:
+        cfg = type(cfg).model_validate({**cfg.model_dump(), "max_steps": max_steps})
+    run_dir = res.run_dir(run)
+
+    def fit(on_step, on_micro, on_signal):
+        return train_vimi(
+            res.ws,
+            dataset,
+            task,
+            run,
+            base=base,
+            encoder=encoder,
+            train_config=cfg,
+            missing=missing,
+            resume=resume,
+            stop_after=stop_after,
+            on_step=on_step,
+            on_micro=on_micro,
+            on_signal=on_signal,
+        )
+
+    drive_training(fit, cfg, run_dir, preset=preset, resume=resume, yes=yes)
+
+
+@vimi_app.command("generate")
+@user_errors
+def vimi_generate(
+    run: Annotated[str, typer.Option(help="The `ragvid vimi train` run (name or folder).")],
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base", envvar="RAGVID_BASE_MODEL", help="The base it was trained on, or 'tiny'."
+        ),
+    ],
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="Take the prompt from this dataset…")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="…this task table…")] = None,
+    video_id: Annotated[
+        str | None, typer.Option("--video-id", help="…this row (default: the first).")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="Or an ad-hoc prompt with <image_i> placeholders.")
+    ] = None,
+    image: Annotated[
+        list[str] | None, typer.Option("--image", help="The ad-hoc prompt's images, in order.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = _GEN["num_inference_steps"],
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = _GEN[
+        "guidance_scale"
+    ],
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+) -> None:
+    """Generate a video with a trained VIMI adapter, from a task row or an ad-hoc prompt."""
+    from ragvid.model.vimi_train import generate_vimi
+
+    if prompt is None and dataset is None:
+        raise ValueError("give --dataset (and --task / --video-id) or --prompt with --image")
+    out = generate_vimi(
+        Workspace.at(workspace),
+        run,
+        base=base,
+        dataset=dataset,
+        task=task,
+        video_id=video_id,
+        prompt=prompt,
+        images=list(image or []),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+    )
+    console.print(f"prompt: {escape(out.prompt)}")
+    console.print(f"wrote {out.path} ({out.frames.shape[0]} frames)")
