@@ -175,8 +175,8 @@ def vimi_dataset_flow(
     problems = "".join(f"> **Problem:** {p}\n\n" for p in summary.problems)
     text = (
         f"# vimi-dataset `{dataset}`\n\nCorpus `{corpus}` · memory `{memory}` "
-        f"({engine_info.get('rows', '?')} pairs, {engine_info.get('shards', '?')} BM25 shards, "
-        f"{config.engine}) · K={config.k} · {seconds} s\n\n"
+        f"({engine_info.get('rows', '?')} pairs, {len(engine_info.get('shards') or [])} BM25 "
+        f"shards, {engine_info.get('backend', config.engine)}) · K={config.k} · {seconds} s\n\n"
         + problems
         + f"{monitor.markdown_table(rows)}\n"
         + monitor.inline_png(hist, "retrieval-score histogram")

@@ -356,7 +356,7 @@ def run_vimi_dataset(
     k: Annotated[int, typer.Option("-k", help="Pairs per caption.")] = 3,
     ray_address: RayOpt = None,
 ) -> None:
-    """Build a VIMI multimodal prompt dataset and its three task tables (the `vimi-dataset` flow)."""
+    """Build a VIMI multimodal prompt dataset and its 3 task tables (the `vimi-dataset` flow)."""
     from ragvid.flows.preflight import check_workspace
     from ragvid.flows.vimi_flow import vimi_dataset_flow
 

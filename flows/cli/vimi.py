@@ -229,8 +229,16 @@ def build_dataset(
 
 
 def _brief(info: dict) -> str:
-    keys = ("version", "rows", "shards", "engine", "built_because", "reused")
-    return ", ".join(f"{k} {info[k]}" for k in keys if k in info) or str(info)
+    """One line about an engine build: version, backend, pairs, shards, why (re)built."""
+    shards = info.get("shards")
+    parts = [
+        f"version {info.get('version')}",
+        str(info.get("backend", "")),
+        f"{info.get('rows', '?')} pairs",
+        f"{len(shards) if isinstance(shards, list) else shards} shards",
+        "reused" if info.get("reused") else f"built ({info.get('built_because', 'new')})",
+    ]
+    return ", ".join(p for p in parts if p)
 
 
 @vimi_app.command("train")
