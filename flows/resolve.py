@@ -178,6 +178,25 @@ class Resolver:
             )
         return base
 
+    def cogvideox_base(self, base: str | None) -> str:
+        """A CogVideoX base folder for FCA / text-video prediction; None or ``tiny`` means the
+        tiny CogVideoX preset (random weights, offline runs and tests), written once into the
+        workspace."""
+        if base is None or base == TINY_BASE:
+            from ragvid.model.fca_presets import save_tiny_cogvideox
+
+            folder = self.ws.base_models("cogvideox-tiny")
+            if not exists(os.path.join(folder, "model_index.json")):
+                save_tiny_cogvideox(folder)
+            return folder
+        if not Path(base, "model_index.json").is_file() or not Path(base, "transformer").is_dir():
+            raise FileNotFoundError(
+                f"--base {base}: not a diffusers CogVideoX folder (model_index.json + "
+                f"transformer/) — pass a local THUDM/CogVideoX-2b folder, or '{TINY_BASE}' for "
+                "the tiny offline preset"
+            )
+        return base
+
     def _portable(self, path: str) -> str:
         """``ws:<relative path>`` for a folder inside the workspace (moves with it), else the
         path as given (an external model folder such as /models/zeroscope)."""

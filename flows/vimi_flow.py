@@ -104,10 +104,13 @@ def retrieval_task(
 def task_tables_task(
     workspace: str, dataset: str, config: VimiConfig, executor: str, ray_address: str | None
 ) -> dict[str, Any]:
-    from ragvid.pipelines.vimi.tasks import build_tasks
+    from ragvid.pipelines.vimi.tasks import build_tasks, task_totals
 
     results = build_tasks(workspace, dataset, config, executor=executor, ray_address=ray_address)
-    return {t: {"parts": len(r.parts), "skipped": r.skipped} for t, r in results.items()}
+    return {
+        t: {"parts": len(r.parts), "skipped": r.skipped, **task_totals(r)}
+        for t, r in results.items()
+    }
 
 
 @flow(
@@ -173,6 +176,10 @@ def vimi_dataset_flow(
     monitor.table(f"vimi-{dataset}-sample", sample, "the first prompts of the dataset")
     seconds = round(time.perf_counter() - started, 2)
     problems = "".join(f"> **Problem:** {p}\n\n" for p in summary.problems)
+    for name, stats in built.items():
+        dropped = {k.removeprefix("dropped_"): v for k, v in stats.items() if "dropped_" in k}
+        if any(dropped.values()):
+            problems += f"Task `{name}` left out: {dropped}\n\n"
     text = (
         f"# vimi-dataset `{dataset}`\n\nCorpus `{corpus}` · memory `{memory}` "
         f"({engine_info.get('rows', '?')} pairs, {len(engine_info.get('shards') or [])} BM25 "

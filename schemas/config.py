@@ -450,6 +450,15 @@ class TrainConfig(_Config):
     max_grad_norm: float = Field(1.0, gt=0)
     shuffle: bool = True
     seed: int = 0
+    # FCA's recipe (seed 004 Tab. 5) needs these; the defaults are RAGME's (AdamW's own betas,
+    # a constant rate after the warmup)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["constant", "cosine_with_restarts"] = Field(
+        "constant",
+        description="after the linear warmup: constant, or cosine with hard restarts over "
+        "max_steps (lr_cycles cycles; Tab. 5: 1)",
+    )
+    lr_cycles: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _accumulation_divides(self) -> TrainConfig:
@@ -482,6 +491,8 @@ class VimiConfig(_Config):
     memory_shards: int = Field(4, ge=1)
     engine_heap_mb: int = Field(128, ge=16)  # tantivy writer heap per shard (bounds build memory)
     overfetch: int = Field(8, ge=0)  # extra candidates per query so exclusions still leave K
+    # at most one keyframe of any one video per prompt (its frames are near-copies; ours)
+    one_per_video: bool = True
     query_batch: int = Field(1024, ge=1)  # captions searched per batch inside a retrieval task
     # keyframes of ragvid's own corpora as memory items (RAGME's corpus doubles as M)
     keyframes: tuple[Literal["first", "middle"], ...] = ("first", "middle")
@@ -578,6 +589,9 @@ class FCAConfig(_Config):
         0.2, gt=0, lt=1, description="BridgeData protocol: a seeded 80/20 trajectory split"
     )
     bridge_split_seed: int = 0
+    # the LoRA baseline (§4.3, App. B.4: CogVideoX's released LoRA recipe, unchanged)
+    lora_rank: int = Field(128, ge=1, description="LoRA rank on the DiT's attention projections")
+    lora_alpha: int = Field(64, ge=1, description="LoRA α (scale α / rank)")
 
 
 class MotionTransferConfig(_Config):

@@ -59,7 +59,12 @@ def memory_synth(
     from ragvid.pipelines.vimi.synth_memory import synth_memory
 
     info = synth_memory(out, n=n, seed=seed)
-    console.print(f"wrote {escape(out)}: {escape(str(info))}")
+    console.print(
+        f"wrote {escape(out)}: {info.get('rows')} rows in {len(info.get('shards') or [])} "
+        f"shards ({info.get('successes')} images, {info.get('failed')} failed downloads, "
+        f"{1 if info.get('corrupt_key') else 0} corrupt image)\n"
+        f"next: ragvid vimi memory ingest {escape(out)} --memory <name>"
+    )
 
 
 @memory_app.command("ingest")
@@ -192,7 +197,7 @@ def build_dataset(
     from ragvid.pipelines.vimi.report import summarise_dataset
     from ragvid.pipelines.vimi.retrieve import build_prompts
     from ragvid.pipelines.vimi.sample_page import write_samples_page
-    from ragvid.pipelines.vimi.tasks import build_tasks
+    from ragvid.pipelines.vimi.tasks import build_tasks, task_totals
 
     ws = Workspace.at(workspace).ensure_writable()
     config = vimi_config(k=k, tasks=tasks, detector=detector, segmenter=segmenter)
@@ -216,13 +221,22 @@ def build_dataset(
             ray_address=ray_address,
             progress=lambda n, total, _s: bar.update(job, completed=n, total=total),
         )
-    build_tasks(ws, dataset, config, executor=executor, ray_address=ray_address)
+    built = build_tasks(ws, dataset, config, executor=executor, ray_address=ray_address)
     summary = summarise_dataset(ws, dataset, config)
     page = write_samples_page(ws, dataset)
     table = titled_table("table", "rows", "images", "mean images", title=f"VIMI dataset {dataset}")
     for row in summary.rows():
         table.add_row(row["table"], str(row["rows"]), str(row["images"]), str(row["mean_images"]))
     console.print(table)
+    for task, result in built.items():
+        dropped = {
+            k.removeprefix("dropped_"): v
+            for k, v in task_totals(result).items()
+            if k.startswith("dropped_") and v
+        }
+        if dropped:
+            why = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items())
+            console.print(f"task {task}: rows left out — {escape(why)}")
     for p in summary.problems:
         console.print(f"[bold yellow]problem:[/] {escape(p)}")
     console.print(f"dataset: {ws.vimi_dataset(dataset)}\nsamples: {page}")

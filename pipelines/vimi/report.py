@@ -78,6 +78,11 @@ def _keyframe_of(item_id: str | None, video_id: str) -> bool:
     return bool(item_id) and str(item_id).startswith(f"{video_id}#")
 
 
+def _clip_of(item_id: str | None) -> str | None:
+    """The video a keyframe item came from (``<video_id>#<which>``), else None."""
+    return str(item_id).rsplit("#", 1)[0] if item_id and "#" in str(item_id) else None
+
+
 def summarise_dataset(
     workspace: str | Workspace,
     dataset: str,
@@ -107,6 +112,10 @@ def summarise_dataset(
             if marks != list(range(1, len(got) + 1)):
                 out.problem(f"{where}: placeholders {marks} for {len(got)} images")
             own = normalise_caption(row["caption"])
+            clips = [_clip_of(ref.get("item_id")) for ref in got]
+            clips = [c for c in clips if c is not None]
+            if config.one_per_video and len(clips) != len(set(clips)):
+                out.problem(f"{where}: two keyframes of one video among {clips}")
             for ref in got:
                 if normalise_caption(ref.get("caption") or "") == own:
                     out.problem(f"{where}: retrieved its own caption ({ref.get('item_id')})")

@@ -44,7 +44,7 @@ from ragvid.schemas.workspace import Workspace
 
 STAGE = "vimi-retrieve"
 FAULT = "vimi-retrieve:after-part-write"
-RULES = "caption-normalised+video_id/v1"  # the exclusion rules (a change recomputes parts)
+RULES = "caption-normalised+video_id/v2"  # the exclusion rules (a change recomputes parts)
 MAX_DEPTH = 1 << 16  # deepest a query goes when exclusions eat its candidates
 READ = ["video_id", "uri", "caption"]
 
@@ -76,30 +76,45 @@ def top_k_excluding(
     video_ids: Sequence[str],
     k: int,
     overfetch: int,
+    one_per_video: bool = True,
 ) -> tuple[list[list[dict[str, Any]]], dict[str, int]]:
     """Per query the top ``k`` hits that are neither its caption (normalised) nor its video's
-    keyframes; deeper rounds only for queries short of ``k`` while more candidates exist."""
+    keyframes — and, with ``one_per_video``, at most one keyframe of any other video (its
+    first and middle frames are near-copies that would fill K with one clip); deeper rounds
+    only for queries short of ``k`` while more candidates exist."""
     n = len(captions)
     norm = [normalise_caption(c) for c in captions]
     out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    counts = {"excluded_caption": 0, "excluded_video": 0, "refetched": 0, "depth_capped": 0}
+    counts = {
+        "excluded_caption": 0,
+        "excluded_video": 0,
+        "excluded_same_source": 0,
+        "refetched": 0,
+        "depth_capped": 0,
+    }
     todo, depth = list(range(n)), k + overfetch
     while todo:
         hits = engine.search([captions[q] for q in todo], depth)
         short = []
         for q, got in zip(todo, hits, strict=True):
-            kept, same_caption, own_video = [], 0, 0
+            kept, same_caption, own_video, same_source = [], 0, 0, 0
+            sources: set[str] = set()
             for h in got:
                 if h["video_id"] is not None and h["video_id"] == video_ids[q]:
                     own_video += 1
                 elif normalise_caption(h["caption"]) == norm[q]:
                     same_caption += 1
+                elif one_per_video and h["video_id"] is not None and h["video_id"] in sources:
+                    same_source += 1
                 else:
                     kept.append(h)
+                    if h["video_id"] is not None:
+                        sources.add(h["video_id"])
             out[q] = kept[:k]
             if len(kept) >= k or len(got) < depth:  # enough, or the engine has no more
                 counts["excluded_caption"] += same_caption
                 counts["excluded_video"] += own_video
+                counts["excluded_same_source"] += same_source
             elif depth >= MAX_DEPTH:
                 counts["depth_capped"] += 1
             else:
@@ -169,6 +184,7 @@ class VimiRetrieveStage:
                 "k": self.k,
                 "placeholder": self.config.placeholder,
                 "rules": RULES,
+                "one_per_video": self.config.one_per_video,
             }
             done = state.done(out, expect_input=identity)
             parts.append(Part(i, out, done, source=uri, input=identity))
@@ -201,7 +217,12 @@ class VimiRetrieveStage:
         for a in range(0, len(ids), step):
             ts = time.perf_counter()
             hits, counts = top_k_excluding(
-                engine, captions[a : a + step], ids[a : a + step], self.k, self.config.overfetch
+                engine,
+                captions[a : a + step],
+                ids[a : a + step],
+                self.k,
+                self.config.overfetch,
+                self.config.one_per_video,
             )
             search_s += time.perf_counter() - ts
             retrieved.extend([image_ref(h) for h in row] for row in hits)
