@@ -87,3 +87,34 @@ def test_rerun_redoes_nothing(vimi_run):
         assert stats["skipped"] == stats["parts"], task
     assert second["counts"] == first["counts"]
     assert second["engine"].get("version") == first["engine"].get("version")
+
+
+def test_cli_trains_on_the_built_dataset_reloads_and_generates(vimi_run, tiny_base):
+    """`ragvid vimi train` (2 steps of the tiny recipe, tiny CLIP) on the flow's retrieval task
+    table, then `ragvid vimi generate` from one of its rows: the adapter reloads and a video is
+    written; a second train run resumes at the end and trains nothing more."""
+    from typer.testing import CliRunner
+
+    from ragvid.flows.cli import app
+
+    ws, out, _ = vimi_run
+    common = ["--workspace", ws.root, "--base", tiny_base]
+    train = [
+        "vimi", "train", "--run", "vimi-cli", "--dataset", out["dataset"], "--encoder", "tiny",
+        "--preset", "tiny", "--max-steps", "2", *common,
+    ]  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(app, train)
+    assert res.exit_code == 0, res.output
+    assert "finished at step 2" in res.output
+    again = runner.invoke(app, train)
+    assert again.exit_code == 0 and "resumed from step 2" in again.output, again.output
+    res = runner.invoke(
+        app,
+        ["vimi", "generate", "--run", "vimi-cli", "--dataset", out["dataset"], "--task",
+         "retrieval", "--steps", "2", *common],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    video = Path(res.output.split("wrote ")[-1].split(" (")[0].strip())
+    assert video.suffix == ".mp4" and video.stat().st_size > 0
+    assert "<image_1>" in res.output

@@ -372,4 +372,4 @@ def vimi_generate(
         seed=seed,
     )
     console.print(f"prompt: {escape(out.prompt)}")
-    console.print(f"wrote {out.path} ({out.frames.shape[0]} frames)")
+    console.print(f"wrote {escape(out.path)} ({out.frames.shape[0]} frames)", soft_wrap=True)
