@@ -63,10 +63,11 @@ def test_flow_builds_all_three_task_tables_with_the_contract_kept(vimi_run):
     assert max(summary.retrieved) <= VimiConfig().k
     assert summary.retrieved[VimiConfig().k] >= 0.9 * videos  # the memory fills K
     assert set(summary.tasks) == set(VIMI_TASKS)
-    assert summary.tasks["retrieval"] == videos
-    # the bad files (zero-byte, truncated, not a video) have no frame: counted, not fatal
-    assert videos - 4 <= summary.tasks["first_frame"] <= videos
+    # the bad files (zero-byte, truncated, not a video) are left out of every task, counted
+    assert videos - 4 <= summary.tasks["retrieval"] == summary.tasks["first_frame"] < videos
     assert summary.tasks["interleaved"] >= videos - 4
+    dropped = out["tasks"]["retrieval"]
+    assert dropped["dropped_unreadable_video"] == videos - summary.tasks["retrieval"]
     assert len(summary.scores) and (summary.scores > 0).all()
     assert Path(out["histogram"]).stat().st_size > 1000
     page = Path(out["samples_page"]).read_text()

@@ -293,8 +293,8 @@ class MemoryEngine:
         man = load_manifest(ws, memory)
         if man is None:
             raise FileNotFoundError(
-                f"memory '{memory}' has no BM25 engine at {root} — build it first "
-                "(build_engine / `ragvid vimi build-dataset`)"
+                f"memory '{memory}' has no BM25 engine at {root} — build it first: "
+                f"ragvid vimi memory index -m {memory} (build-dataset builds it too)"
             )
         check_files(root, man, deep=verify)
         return cls(root, man, threads)

@@ -53,12 +53,16 @@ class VimiTaskError(RuntimeError):
     """Most rows of a task failed for a reason that is not their content (unreadable videos)."""
 
 
+ROW_RULES = "v2"  # v2: retrieval rows need a readable target video (a change redoes parts)
+
+
 def task_signature(task: str, config: VimiConfig) -> dict[str, Any]:
     """What a task part depends on besides its source part: outputs made otherwise are redone."""
     sig: dict[str, Any] = {
         "task": task,
         "instruction": config.templates[task],
         "placeholder": config.placeholder,
+        "rules": ROW_RULES,
     }
     if task == "interleaved":
         sig.update(

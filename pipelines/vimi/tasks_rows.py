@@ -6,7 +6,9 @@ Every task prompt is ``<instruction> <text>``, the instruction verbatim from
 ``retrieval`` (text-to-video with retrieved examples)
     the prompt dataset's interleaved prompt and its retrieved images, as they are (K was
     chosen when the dataset was built). A row that retrieved nothing is dropped
-    (``no_retrieved``): it would be plain text-to-video.
+    (``no_retrieved``): it would be plain text-to-video. Its target video gets the decoder's
+    cheap structural checks (missing, empty, not a video, truncated) without decoding, so
+    training never meets a video it cannot read.
 ``interleaved`` (subject-driven)
     the caption's entity words (:mod:`.entities`) grounded in one frame of the video
     (``VimiConfig.entity_frame``) by the detector and segmenter (:mod:`.grounding`). Each
@@ -113,6 +115,11 @@ def retrieval_row(row: Mapping[str, Any], config: VimiConfig) -> dict[str, Any] 
     images = [image_ref(**r) for r in row.get("retrieved") or []]
     if not images:
         return Dropped("no_retrieved", "the memory had no match for the caption")
+    from ragvid.pipelines.vimi.memory_keyframes import video_problem
+
+    problem = video_problem(row["video_uri"])
+    if problem is not None:
+        return Dropped("unreadable_video", problem[1])
     instruction = config.templates["retrieval"]
     return _task_row(row, "retrieval", instruction, f"{instruction} {row['prompt']}", images, [])
 
