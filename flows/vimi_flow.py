@@ -115,7 +115,7 @@ def task_tables_task(
 
 @flow(
     name="vimi-dataset",
-    flow_run_name="vimi-{dataset}",
+    flow_run_name="vimi-{corpus}-{memory}",
     description="VIMI: BM25 over an image-text memory → multimodal prompt dataset → 3 task tables.",
     log_prints=True,
 )

@@ -372,7 +372,55 @@ def run_vimi_dataset(
         memory_keyframes=keyframes,
         k=k,
     )
+    counts = ", ".join(f"{r['table']} {r['rows']}" for r in out["counts"])
     console.print(
-        f"vimi {out['dataset']}: {out['counts']}\nsamples: {out['samples_page']}\n"
+        f"vimi {out['dataset']}: {counts} rows\nsamples: {out['samples_page']}\n"
         f"report: {out['report']}"
     )
+
+
+@run_app.command("tvp")
+@user_errors
+def run_tvp(
+    corpus: Annotated[str, typer.Option("--corpus", "-c", help="TVP corpus name.")],
+    workspace: WsOpt = DEFAULT_WORKSPACE,
+    dataset: Annotated[
+        str | None, typer.Option(help="ssv2 | bridge | epic100 (with --input: ingest first).")
+    ] = None,
+    input_path: Annotated[
+        str | None, typer.Option("--input", help="The dataset's folder to ingest first.")
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help="fca | lora (repeat; default both).")
+    ] = None,
+    base: Annotated[str, typer.Option(help="CogVideoX folder, or 'tiny'.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Training recipe: fca-paper | fca-tiny.")] = (
+        "fca-paper"
+    ),
+    max_steps: Annotated[int | None, typer.Option(help="Override the recipe's steps.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most N val rows.")] = None,
+    steps: Annotated[int | None, typer.Option(help="DDIM steps (default 50).")] = None,
+    features: Annotated[
+        str, typer.Option(help="Video features: i3d:<TorchScript path> | random3d.")
+    ] = "random3d",
+) -> None:
+    """FCA text-video prediction end to end: ingest → train → predict → FVD/KVD (the `tvp` flow)."""
+    from ragvid.flows.preflight import check_workspace
+    from ragvid.flows.tvp_flow import tvp_flow
+
+    check_workspace(workspace)
+    out = _run(
+        tvp_flow,
+        workspace=workspace,
+        corpus=corpus,
+        dataset=dataset,
+        input_path=input_path,
+        methods=method,
+        base=base,
+        preset=preset,
+        max_steps=max_steps,
+        limit=limit,
+        steps=steps,
+        video_features=features,
+    )
+    console.print(f"tvp {corpus}: runs {out['runs']}\nhtml: {out['html']}\nreport: {out['report']}")
