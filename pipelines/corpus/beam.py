@@ -32,7 +32,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -255,20 +255,60 @@ def ingest(
     after writing everything — FailureRatioError when more than ``max_failure_ratio`` of the
     rows were rejected (``check_ratio=False``: report only; see :func:`check_rejects`).
     """
-    beam = _import_beam()
-
     config = config or ManifestConfig()
     started = time.perf_counter()
     input_path = str(input_path)
-    manifest_dir, rejects_dir = str(manifest_dir).rstrip("/"), str(rejects_dir).rstrip("/")
-    parent = manifest_dir.rsplit("/", 1)[0] if "/" in manifest_dir else "."
     if not exists(input_path):
         raise FileNotFoundError(f"input {input_path} does not exist: pass a corpus file/folder")
     plan = plan_inputs(input_path, config, videos_dir)
     source = source or plan.input_path.rstrip("/").rsplit("/", 1)[-1]
+    meta = {"manifest": config.model_dump(), "input": input_path, "source": source}
+    return run_ingest(
+        plan,
+        list(plan.files),
+        (_read, (plan,)),
+        (_validate, (plan, config, source)),
+        config,
+        source,
+        meta,
+        manifest_dir,
+        rejects_dir,
+        pipeline_args=pipeline_args,
+        started=started,
+        check_ratio=check_ratio,
+    )
+
+
+def run_ingest(
+    plan: InputPlan,
+    units: list,
+    read: tuple[Callable, tuple],
+    validate: tuple[Callable, tuple],
+    config: ManifestConfig,
+    source: str,
+    meta: dict,
+    manifest_dir: str,
+    rejects_dir: str,
+    *,
+    pipeline_args: list[str] | None = None,
+    started: float | None = None,
+    check_ratio: bool = True,
+) -> IngestReport:
+    """The Beam graph every manifest ingest runs (corpora here, TVP datasets in
+    :mod:`ragvid.pipelines.tvp.ingest`): ``units`` → ``read`` (a FlatMap function and its extra
+    arguments: raw records) → ``validate`` (rows, or rejects tagged ``"rejects"``) → dedup by
+    ``video_id`` → ``num_shards`` parts, into staging folders swapped in under the corpus lock;
+    the input count checked against rows + rejects, the report written, the reject ratio
+    checked. ``plan`` supplies the extra columns and the bookkeeping :func:`_finish` reads."""
+    beam = _import_beam()
+
+    started = time.perf_counter() if started is None else started
+    manifest_dir, rejects_dir = str(manifest_dir).rstrip("/"), str(rejects_dir).rstrip("/")
+    parent = manifest_dir.rsplit("/", 1)[0] if "/" in manifest_dir else "."
+    read_fn, read_args = read
+    validate_fn, validate_args = validate
     tag = uuid.uuid4().hex[:8]
     stage_m, stage_r = f"{manifest_dir}.staging-{tag}", f"{rejects_dir}.staging-{tag}"
-    meta = {"manifest": config.model_dump(), "input": input_path, "source": source}
     with output_lock(parent):  # <corpus>/.lock: one ingest per corpus at a time
         makedirs(stage_m)
         makedirs(stage_r)
@@ -277,9 +317,7 @@ def ingest(
             logging.getLogger("apache_beam").setLevel(logging.WARNING)
             with pipeline as p:
                 raw = (
-                    p
-                    | "Files" >> beam.Create(list(plan.files))
-                    | "Read" >> beam.FlatMap(_read, plan)
+                    p | "Inputs" >> beam.Create(units) | "Read" >> beam.FlatMap(read_fn, *read_args)
                 )
                 _ = (
                     raw
@@ -287,7 +325,7 @@ def ingest(
                     | "WriteCount" >> beam.Map(_write_count, stage_r)
                 )
                 checked = raw | "Validate" >> beam.FlatMap(
-                    _validate, plan, config, source
+                    validate_fn, *validate_args
                 ).with_outputs("rejects", main="rows")
                 deduped = (
                     checked.rows
