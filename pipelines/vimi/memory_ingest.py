@@ -39,7 +39,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from ragvid.pipelines.corpus.beam import _import_beam, _pipeline, _rm, _step_error, _swap, _writing
+from ragvid.pipelines.corpus.beam import (
+    _import_beam,
+    _pipeline,
+    _rm,
+    _step_error,
+    _swap,
+    _write_count,
+    _write_rejects,
+    _writing,
+)
 from ragvid.pipelines.corpus.validate import rejects_table, shard_of
 from ragvid.pipelines.vimi.memory_sources import SourceUnit, plan_sources, read_unit
 from ragvid.schemas.config import ManifestConfig, VimiConfig
@@ -198,20 +207,6 @@ def _write_part(kv: tuple[int, Any], folder: str, meta: dict) -> int:
     with _writing(stats):
         write_json_atomic(stats, {"part": part, "rows": len(rows)})
     return len(rows)
-
-
-def _write_rejects(kv: tuple[int, Any], folder: str, meta: dict) -> int:
-    rows = list(kv[1])
-    uri = join(folder, part_name(0))
-    with _writing(uri):
-        write_table(uri, rejects_table(rows), REJECTS, config=meta)
-    return len(rows)
-
-
-def _write_count(n: int, folder: str) -> None:
-    uri = join(folder, "_input_rows.json")
-    with _writing(uri):
-        write_json_atomic(uri, {"input_rows": int(n)})
 
 
 # --- fingerprint and bookkeeping ------------------------------------------------------------
