@@ -33,7 +33,7 @@ from ragvid.schemas import (
     RetrievalConfig,
     SplitConfig,
 )
-from ragvid.schemas.config import defaults
+from ragvid.schemas.config import DedupConfig, defaults
 from ragvid.schemas.guards import FailureRatioError
 from ragvid.schemas.io import exists, list_parts
 from ragvid.schemas.workspace import IndexLayout, Workspace
@@ -146,12 +146,21 @@ def embed_task(
 
 @task(name="dedup", task_run_name="dedup-{index}", retries=1, cache_policy=NO_CACHE)
 def dedup_task(
-    embeddings: str, index_dir: str, index: str, delta_dedup: float, delta_frame: float | None
+    embeddings: str,
+    index_dir: str,
+    index: str,
+    delta_dedup: float,
+    delta_frame: float | None,
+    config: DedupConfig | None = None,
 ) -> dict:
     from ragvid.pipelines.index.dedup import find_duplicates
 
     report = find_duplicates(
-        embeddings, IndexLayout(index_dir).duplicates, delta_dedup, delta_frame=delta_frame
+        embeddings,
+        IndexLayout(index_dir).duplicates,
+        delta_dedup,
+        delta_frame=delta_frame,
+        config=config,
     )
     return asdict(report)
 
@@ -324,8 +333,12 @@ def build_index_flow(
     val_fraction: float | None = None,
     split_seed: int = _SPLIT["seed"],
     all_splits: bool = False,
+    dedup_config: DedupConfig | None = None,
 ) -> dict[str, Any]:
     """Build (or resume building) the retrieval index ``index`` (default: the corpus name).
+
+    ``dedup_config``: how near-duplicate pairs are found (default :class:`DedupConfig`: exact
+    up to 20k videos, clustered above; the same options as ``ragvid index dedup``).
 
     ``val_fraction`` (re)writes the corpus's train / val split after dedup (near-duplicate
     groups kept on one side); a corpus with a split is indexed on train only unless
@@ -359,7 +372,7 @@ def build_index_flow(
         )
 
         index_dir = ws.index(index)
-        dedup = dedup_task(report.output, index_dir, index, delta_dedup, delta_frame)
+        dedup = dedup_task(report.output, index_dir, index, delta_dedup, delta_frame, dedup_config)
         dedup_warnings = list(dedup.get("warnings", []))
         for w in dedup_warnings:
             print(f"warning: dedup: {w}")

@@ -9,11 +9,12 @@ another moving right on one background, whose frame means agree) fail the aligne
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 
 from ragvid.pipelines.index.dedup import find_duplicates
-from ragvid.schemas import DUPLICATES, read_table
+from ragvid.schemas import DUPLICATES, Workspace, read_table
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +44,38 @@ def test_dedup_joins_no_distinct_videos(demo_groups):
         members.setdefault(gid, set()).add(planted.get(vid, vid))
     false_groups = {gid: m for gid, m in members.items() if len(m) > 1}
     assert not false_groups, f"{len(false_groups)} groups join distinct videos"
+
+
+def test_cli_clustered_dedup_groups_the_demo_corpus_as_the_exact_search(
+    demo_embeddings, demo_groups, tmp_path
+):
+    """`ragvid index dedup --method clustered --cluster-size 64` (8 clusters on the demo
+    corpus, each video in its 2 nearest) finds the same groups as the exact range search; a
+    bad --method is one error line, exit status 2."""
+    from typer.testing import CliRunner
+
+    from ragvid.flows.cli import app
+
+    d = demo_embeddings
+    _, exact, _ = demo_groups
+    ws = Workspace.at(tmp_path / "ws")  # a copy: the session's workspace is shared read-only
+    shutil.copytree(d.root, ws.root)
+    runner = CliRunner()
+    base = ["index", "dedup", "--corpus", d.corpus, "--encoder", d.encoder, "-w", ws.root]
+    res = runner.invoke(app, [*base, "--name", "clustered", "--method", "clustered",
+                              "--cluster-size", "64", "--vectors-dtype", "float16"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "clustered" in res.output
+    table = ws.index_layout("clustered").duplicates
+    got = read_table(table, DUPLICATES).to_pydict()
+    clustered = dict(zip(got["video_id"], got["group_id"], strict=True))
+
+    def partition(groups: dict[str, int]) -> set[frozenset[str]]:
+        members: dict[int, set[str]] = {}
+        for vid, g in groups.items():
+            members.setdefault(g, set()).add(vid)
+        return {frozenset(m) for m in members.values()}
+
+    assert partition(clustered) == partition(exact) and len(partition(exact)) >= 20
+    bad = runner.invoke(app, [*base, "--name", "bad", "--method", "nope"])
+    assert bad.exit_code == 2 and "method" in bad.output and "Traceback" not in bad.output

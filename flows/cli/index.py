@@ -23,10 +23,11 @@ from ragvid.flows.cli.common import (
 )
 from ragvid.flows.resolve import Resolver
 from ragvid.schemas import IndexConfig, RetrievalConfig, Workspace, list_parts
-from ragvid.schemas.config import defaults
+from ragvid.schemas.config import DedupConfig, defaults
 from ragvid.schemas.workspace import IndexLayout
 
 _INDEX, _RET = defaults(IndexConfig), defaults(RetrievalConfig)
+_DEDUP = defaults(DedupConfig)
 
 RayAddressOpt = Annotated[
     str | None,
@@ -165,6 +166,36 @@ def dedup(
         typer.Option(help="Aligned-frame agreement a pair must also reach (-1: skip the check)."),
     ] = _INDEX["delta_frame"],
     name: Annotated[str | None, typer.Option(help="Index name (default: the corpus).")] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="auto (exact up to --exact-max-n videos, clustered above) | exact | clustered "
+            "(SemDeDup-shaped, linear in N) | ivf."
+        ),
+    ] = _DEDUP["method"],
+    exact_max_n: Annotated[
+        int, typer.Option(help="auto: the largest corpus searched exactly.")
+    ] = _DEDUP["exact_max_n"],
+    cluster_size: Annotated[
+        int, typer.Option(help="clustered: target videos per cluster.")
+    ] = _DEDUP["cluster_size"],
+    assign: Annotated[
+        int, typer.Option(help="clustered: nearest clusters a video may join.")
+    ] = _DEDUP["assign"],
+    workers: Annotated[
+        int, typer.Option(help="clustered: threads over clusters without Ray.")
+    ] = _DEDUP["workers"],
+    vectors_dtype: Annotated[
+        str, typer.Option(help="float32 | float16 (the driver's copy of the vectors: half).")
+    ] = _DEDUP["vectors_dtype"],
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="clustered: run the cluster blocks as tasks on this Ray cluster "
+            "(ray://HOST:10001 or auto).",
+        ),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram
@@ -174,12 +205,24 @@ def dedup(
 
     from ragvid.pipelines.index.dedup import find_duplicates
 
+    config = DedupConfig(
+        method=method,
+        exact_max_n=exact_max_n,
+        cluster_size=cluster_size,
+        assign=assign,
+        workers=workers,
+        vectors_dtype=vectors_dtype,
+    )
     ws = Workspace.at(workspace).ensure_writable()
     emb = Resolver(ws).embeddings(corpus, encoder)
     out = ws.index_layout(name or corpus).duplicates
-    with console.status(f"range search at cosine ≥ {threshold} over {emb}"):
+    if ray_address:
+        from ragvid.pipelines.executor.ray_tasks import init_ray
+
+        init_ray(ray_address)
+    with console.status(f"near-duplicate pairs at cosine ≥ {threshold} over {emb}"):
         delta_frame = None if frame_threshold <= -1 else frame_threshold
-        rep = find_duplicates(emb, out, threshold, delta_frame=delta_frame)
+        rep = find_duplicates(emb, out, threshold, delta_frame=delta_frame, config=config)
     console.print(
         f"[green]duplicates[/] {rep.table_path}: {rep.n_groups} group(s), {rep.n_in_groups} "
         f"videos in groups, {rep.n_non_canonical} non-canonical, of {rep.n_videos}; "
