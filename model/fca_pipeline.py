@@ -301,6 +301,7 @@ def fca_loss(
     target_frames: torch.Tensor,
     generator: torch.Generator | None = None,
     timesteps: torch.Tensor | None = None,
+    model: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Eq. 4 for one batch: ``initial_frames`` (b, k, 3, H, W) and ``target_frames`` (their
     ground-truth continuation, b, F − k, 3, H, W), floats in [0, 1], F divisible by 8.
@@ -309,7 +310,9 @@ def fca_loss(
     frames alone (mode) noised one step; x_t = the scheduler's forward process at a uniform t;
     the target is ε or v per the scheduler's ``prediction_type``; MSE. Only the adapter gets
     gradients (the VAE, T5 and DiT are frozen and run without them); no dropout of the text or
-    the initial frames (§3.4)."""
+    the initial frames (§3.4). ``model``: what predicts (default ``pipe.model``) — the trainer's
+    prepared module (autocast, DDP), or another model with its call signature (the LoRA
+    baseline, :class:`ragvid.model.tvp_train.LoRAModel`)."""
     device = pipe.transformer.device
     init = initial_frames.to(device).float()
     clip = torch.cat([init, target_frames.to(device).float()], dim=1)
@@ -335,5 +338,5 @@ def fca_loss(
     else:
         target = noise
     rotary = pipe._rotary(clip.shape[-2], clip.shape[-1], x0.shape[1], device)
-    pred = pipe.model(x_t, text, t, x_init, t_init, rotary, vision)
+    pred = (model or pipe.model)(x_t, text, t, x_init, t_init, rotary, vision)
     return F.mse_loss(pred.float(), target.float())

@@ -99,13 +99,60 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         checkpoint_every=5,
         sample_every=0,
     ),
+    # FCA (seed 004 Tab. 5): 720×480, 16 frames, AdamW β = (0.9, 0.95), lr 1e-3, cosine with
+    # restarts (1 cycle), warmup 200, clip 1.0, bf16, effective batch 1 × 4 GPUs × 2 = 8; no
+    # text or initial-frame dropout (§3.4). Steps per dataset: FCA_STEPS (SSv2's here).
+    "fca-paper": TrainConfig(
+        height=480,
+        width=720,
+        num_frames=16,
+        effective_batch_size=8,
+        micro_batch_size=1,
+        max_steps=100_000,
+        learning_rate=1e-3,
+        warmup_steps=200,
+        caption_dropout=0.0,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+        max_grad_norm=1.0,
+        adam_betas=(0.9, 0.95),
+        lr_schedule="cosine_with_restarts",
+        lr_cycles=1,
+        sample_every=0,
+    ),
+    "fca-tiny": TrainConfig(
+        height=32,
+        width=32,
+        num_frames=8,
+        effective_batch_size=2,
+        micro_batch_size=1,
+        max_steps=4,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        caption_dropout=0.0,
+        mixed_precision="no",
+        gradient_checkpointing=False,
+        checkpoint_every=2,
+        sample_every=0,
+        adam_betas=(0.9, 0.95),
+        lr_schedule="cosine_with_restarts",
+        lr_cycles=1,
+    ),
 }
+#: Tab. 5's training steps per TVP dataset (the ``fca-paper`` preset's max_steps)
+FCA_STEPS = {"ssv2": 100_000, "bridge": 25_000, "epic100": 50_000}
 
 
-def train_preset(name: str) -> TrainConfig:
+def train_preset(name: str, dataset: str | None = None) -> TrainConfig:
+    """The recipe ``name``; ``dataset`` (ssv2 | bridge | epic100) sets ``fca-paper``'s steps."""
     if name not in TRAIN_PRESETS:
         raise ValueError(f"unknown training preset {name!r}. Available: {sorted(TRAIN_PRESETS)}")
-    return TRAIN_PRESETS[name]
+    config = TRAIN_PRESETS[name]
+    if name == "fca-paper" and dataset is not None:
+        if dataset not in FCA_STEPS:
+            raise ValueError(f"unknown TVP dataset {dataset!r}. Available: {sorted(FCA_STEPS)}")
+        config = config.model_copy(update={"max_steps": FCA_STEPS[dataset]})
+    return config
 
 
 logger = logging.getLogger(__name__)
@@ -218,15 +265,39 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _lr_lambda(warmup: int) -> Callable[[int], float]:
-    return lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+def _lr_lambda(
+    warmup: int, schedule: str = "constant", total: int = 0, cycles: int = 1
+) -> Callable[[int], float]:
+    """Linear warmup, then constant or cosine with hard restarts (diffusers' / transformers'
+    ``cosine_with_hard_restarts_schedule_with_warmup``, the CogVideoX recipe's)."""
+    import math
+
+    def rate(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (s - warmup) / max(1, total - warmup)
+        if progress >= 1.0:
+            return 0.0
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0))))
+
+    return rate
+
+
+#: TrainConfig fields added after runs existed: left out of the resume identity at their
+#: defaults, so a checkpoint written before them still resumes
+_LATER_KEYS = {"adam_betas": [0.9, 0.999], "lr_schedule": "constant", "lr_cycles": 1}
 
 
 def _resume_keys(config: TrainConfig) -> dict:
     """Settings that must not change across a resume (max_steps may grow)."""
-    d = config.model_dump()
+    d = json.loads(config.model_dump_json())  # as state.json gives it back (tuples as lists)
     for k in ("max_steps", "checkpoint_every", "sample_every", "sample_steps", "keep_checkpoints"):
         d.pop(k)
+    for k, default in _LATER_KEYS.items():
+        if d[k] == default:
+            d.pop(k)
     return d
 
 
@@ -289,6 +360,26 @@ class Conditioning(Protocol):
     def tokens(self, model: RagmeUNet, batch: dict, device: torch.device) -> RetrievalTokens: ...
 
 
+class LossProvider(Protocol):
+    """Another model family for the trainer (FCA and its LoRA baseline on CogVideoX's DiT,
+    :mod:`ragvid.model.tvp_train`): the same loop, checkpoints, exact resume and signals, with
+    the provider owning what differs from RAGME's UNet.
+
+    ``build(base, device)`` wraps the frozen base (whatever the provider loads: a pipeline)
+    with a fresh adapter and returns the module to train — ``adapter`` (what checkpoints hold:
+    ``state_dict`` / ``load_state_dict`` / ``config_dict``, see
+    :func:`~ragvid.model.adapter.save_adapter`) and ``trainable_parameters()`` (the adapter's:
+    every other parameter of the module must be frozen, checked). ``loss(model, items,
+    generator)`` is one micro-batch's loss from the dataset's items, every random draw from
+    ``generator`` (exact resume); the trainer runs it under accelerate's autocast."""
+
+    def build(self, base: Any, device: torch.device) -> torch.nn.Module: ...
+
+    def loss(
+        self, model: torch.nn.Module, items: list[dict], generator: torch.Generator
+    ) -> torch.Tensor: ...
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints (state.json present), oldest first."""
     folder = Path(run_dir) / "checkpoints"
@@ -314,20 +405,25 @@ class Trainer:
         encoder: str | None = None,
         adapter: RagmeAdapter | None = None,
         conditioning: Conditioning | None = None,
+        loss: LossProvider | None = None,
     ):
         """``encoder``: spec id of the encoder of ``dataset``'s embeddings, recorded in the
         adapter (default: ``adapter``'s record, else the embeddings table's). ``adapter``: start
         from this (trained) adapter — its sizes and weights; ``enhancer`` / ``ragca`` are then
         ignored — instead of a fresh one. ``conditioning``: train another conditioning path
         (see :class:`Conditioning`; ``dataset`` yields what its ``tokens`` reads) from a fresh
-        adapter; ``enhancer`` / ``ragca`` are then ignored."""
+        adapter; ``enhancer`` / ``ragca`` are then ignored. ``loss``: train another model
+        family (see :class:`LossProvider`; ``base`` is what its ``build`` takes, with a
+        ``path``); RAGME's options are then ignored."""
         from accelerate import Accelerator
 
         self.run_dir = Path(run_dir)
         self.config, self.base, self.dataset, self.sample_fn = config, base, dataset, sample_fn
-        self.conditioning = conditioning
+        self.conditioning, self.loss_provider = conditioning, loss
         if conditioning is not None and adapter is not None:
             raise ValueError("pass adapter= (a RAGME start) or conditioning=, not both")
+        if loss is not None and (conditioning is not None or adapter is not None):
+            raise ValueError("pass loss= (another model family) alone: no adapter=/conditioning=")
         _fresh_accelerator_state(config.mixed_precision)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
         acc = self.accelerator
@@ -339,11 +435,15 @@ class Trainer:
                 f"micro_batch_size × processes = {config.micro_batch_size} × {world}"
             )
         self.accum = config.effective_batch_size // per_step
-        for m in (base.vae, base.text_encoder, base.unet):
-            m.to(acc.device)
-        encoder = _training_encoder(dataset, encoder, adapter)
         self._init: str | None = None  # sha256 of the starting weights (None: fresh)
-        if conditioning is not None:
+        if loss is None:
+            for m in (base.vae, base.text_encoder, base.unet):
+                m.to(acc.device)
+            encoder = _training_encoder(dataset, encoder, adapter)
+        if loss is not None:
+            torch.manual_seed(config.seed)  # adapter init: same weights in every run of a config
+            self.model = loss.build(base, acc.device)
+        elif conditioning is not None:
             torch.manual_seed(config.seed)  # adapter init: same weights in every run of a config
             self.model = conditioning.build(base.unet)
             self.model.adapter.encoder = encoder
@@ -364,14 +464,24 @@ class Trainer:
         if config.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         params = self.model.trainable_parameters()
-        frozen = [n for n, p in base.unet.named_parameters() if p.requires_grad]
+        if loss is not None:
+            mine = {id(p) for p in params}
+            frozen = [
+                n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in mine
+            ]
+        else:
+            frozen = [n for n, p in base.unet.named_parameters() if p.requires_grad]
         if frozen:
-            raise RuntimeError(f"base UNet parameters still trainable: {frozen[:3]}")
+            raise RuntimeError(f"base model parameters still trainable: {frozen[:3]}")
         self.optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
+            params,
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+            betas=tuple(config.adam_betas),
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(config.warmup_steps)
+            self.optimizer,
+            _lr_lambda(config.warmup_steps, config.lr_schedule, config.max_steps, config.lr_cycles),
         )
         # The LR scheduler is stepped by us once per optimiser step (accelerate's wrapper
         # would step it once per process).
@@ -564,6 +674,10 @@ class Trainer:
 
     def _micro_loss(self, indices: list[int], gen: torch.Generator) -> torch.Tensor:
         cfg, dev = self.config, self.accelerator.device
+        if self.loss_provider is not None:
+            with self.accelerator.autocast():
+                loss = self.loss_provider.loss(self.model, [self.dataset[i] for i in indices], gen)
+            return loss.float()
         batch = collate([self.dataset[i] for i in indices])
         batch = apply_dropout(batch, cfg.caption_dropout, cfg.retrieval_dropout, gen)
         latents = self._latents(batch, gen)
@@ -669,7 +783,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run_config = {
             "train": cfg.model_dump(),
-            "base": self.base.path,
+            "base": str(getattr(self.base, "path", "")),
             "adapter": self.adapter.config_dict(),
             "retrieved_k": getattr(self.dataset, "k", None),  # neighbours per sample trained on
         }

@@ -25,6 +25,7 @@ def _register() -> None:
         jobs,
         serve,
         service,
+        tvp,
         vimi,
     )
     from .help_text import tidy_help

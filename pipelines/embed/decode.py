@@ -335,6 +335,8 @@ def decode_inprocess(
     backend: str = "auto",
     keyframes: bool = False,
     threads: int = 1,
+    start_s: float | None = None,
+    end_s: float | None = None,
 ) -> DecodedVideo:
     """``decode_video`` without the time limit (runs in the calling process)."""
     from ragvid.pipelines.embed.decoders import ORDER, load_backend, nearest_keyframes
@@ -358,16 +360,26 @@ def decode_inprocess(
     notes = [] if target is None else [f"decoded at {target[0]}x{target[1]}"]
     short: list[int] = []
 
+    window = start_s is not None or end_s is not None
+    if window and keyframes:
+        raise ValueError("keyframes=True with start_s/end_s: snap within a clip is not supported")
+
     def choose(reader) -> np.ndarray:
         total = reader.total
+        ts = reader.timestamps() if sampling == "fps" or keyframes or window else None
+        inside = None
+        if window:  # a clip of the video (Epic-Kitchens narrations): its frames only
+            lo = -np.inf if start_s is None else start_s
+            hi = np.inf if end_s is None else end_s
+            inside = np.flatnonzero((ts >= lo) & (ts <= hi))
+            total, ts = len(inside), ts[inside]
         if total < min_frames:  # the same verdict whichever backend counted
             short.append(total)
             return np.zeros(0, np.int64)
-        ts = reader.timestamps() if sampling == "fps" or keyframes else None
         idx = sample_indices(total, num_frames, sampling, every_n=every_n, fps=fps, timestamps=ts)
         if keyframes:
             idx = nearest_keyframes(ts, reader.keyframes(), idx)
-        return idx
+        return idx if inside is None else inside[idx]
 
     order = ORDER[backend]
     for n, name in enumerate(order):
@@ -382,7 +394,10 @@ def decode_inprocess(
             raise DecodeError("undecodable", f"{uri}: {name} could not decode it ({exc})") from None
     if short:
         raise DecodeError(
-            "too_short", f"{uri}: {short[0]} decodable frame(s), need at least {min_frames}"
+            "too_short",
+            f"{uri}: {short[0]} decodable frame(s)"
+            + (f" in [{start_s}, {end_s}] s" if window else "")
+            + f", need at least {min_frames}",
         )
     return DecodedVideo(
         frames=np.ascontiguousarray(frames),
@@ -534,6 +549,8 @@ def decode_video(
     backend: str = "auto",
     keyframes: bool = False,
     threads: int = 1,
+    start_s: float | None = None,
+    end_s: float | None = None,
     _test_delay_s: float = 0.0,
 ) -> DecodedVideo:
     """Decode ``num_frames`` frames of the video at ``uri`` (a path, an fsspec URI or a
@@ -544,7 +561,8 @@ def decode_video(
     frames is ``too_short``. ``timeout_s`` bounds the wall time per video (helper process);
     ``None`` decodes in-process with no limit. ``backend`` is ``auto``, ``decord``, ``pyav``
     or ``torchcodec``; ``keyframes`` snaps samples to the nearest keyframes; ``threads`` is
-    the decoder's thread count.
+    the decoder's thread count. ``start_s`` / ``end_s`` (seconds, inclusive) restrict the
+    sampling to the frames of that clip (an annotated segment of a long video).
     """
     kwargs = dict(
         uri=str(uri),
@@ -559,6 +577,8 @@ def decode_video(
         keyframes=keyframes,
         threads=threads,
     )
+    if start_s is not None or end_s is not None:  # only when given: old helpers keep working
+        kwargs.update(start_s=start_s, end_s=end_s)
     if timeout_s is None:
         return decode_inprocess(**kwargs)
     if _test_delay_s:
