@@ -39,6 +39,8 @@ from .metrics import (
     polynomial_mmd,
     video_descriptor,
 )
+from .truth_metrics import KINDS as TRUTH_KINDS
+from .truth_metrics import truth_rows
 from .video_io import read_video
 
 PAPER_METHODS = ("base", "freeinit", "raginit", "ragme")
@@ -52,7 +54,14 @@ LABELS = {
     "ragme": "RAGME (full)",
 }
 LOWER_IS_BETTER = {"fvd": True, "kvd": True, "copy_sim": True, "latency_s": True}
-TABLE_ORDER = ("fvd", "kvd", "copy_sim", "dynamic_degree", "latency_s")
+TABLE_ORDER = (
+    "fvd",
+    "kvd",
+    "copy_sim",
+    "dynamic_degree",
+    *TRUTH_KINDS,  # ground truth of the synth world, only for its captions
+    "latency_s",
+)
 
 
 def metric_name(kind: str, features: str) -> str:
@@ -102,8 +111,10 @@ def method_metrics(
     frame_features: FrameFeatures,
     flow: FlowEstimator | None,
     size: tuple[int, int, int],
+    prompts: Sequence[str] | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """METRICS rows for one method's videos (all uint8 (F, H, W, 3))."""
+    """METRICS rows for one method's videos (all uint8 (F, H, W, 3)); with ``prompts`` (one
+    per video) that all are synth captions, the ground-truth accuracies too."""
     rows, notes = [], []
     frames, height, width = size
     setup_v = f"{video_features.setup}; videos at {frames}x{height}x{width}"
@@ -160,6 +171,8 @@ def method_metrics(
             len(dyn),
             f"VBench rule (top-5% flow > 6·min_side/256), flow: {est}",
         )
+    if prompts is not None:
+        rows += truth_rows(run, method, prompts, generated)
     phases = sorted({k for t in timings for k in t})
     for phase in phases:
         vals = [t[phase] for t in timings if phase in t]
@@ -339,19 +352,21 @@ def generation_settings(config: GenerationConfig) -> str:
 
 def _retrieved_reference(
     prompts: Sequence[str], retrieval, config: GenerationConfig, video_lookup
-) -> tuple[list[np.ndarray], list[dict[str, float]], list[str]]:
-    """Tab. 1's first row: the top retrieved video of every prompt, as if it were generated."""
+) -> tuple[list[np.ndarray], list[str], list[dict[str, float]], list[str]]:
+    """Tab. 1's first row: the top retrieved video of every prompt, as if it were generated
+    (and the prompts that retrieved one)."""
     started = time.perf_counter()
     batch = retrieval.retrieve(list(prompts), config.k)
     per = (time.perf_counter() - started) / max(1, len(prompts))
-    videos, notes = [], []
+    videos, kept, notes = [], [], []
     for p, ids, mask in zip(prompts, batch.ids, batch.mask, strict=True):
         top = next((i for i, m in zip(ids, mask, strict=True) if m and i), None)
         if top is None:
             notes.append(f"{RETRIEVED}: nothing retrieved for {p!r} — left out")
             continue
         videos.append(_load(video_lookup(top)))
-    return videos, [{"total": per, "retrieval": per}] * len(videos), notes
+        kept.append(p)
+    return videos, kept, [{"total": per, "retrieval": per}] * len(videos), notes
 
 
 def import_vbench(out: Path, run: str, methods: Sequence[str]) -> list[dict]:
@@ -433,10 +448,17 @@ def evaluate_methods(
         video_features=video_features, frame_features=frame_features, flow=flow, size=size
     )
     if reference_row:
-        videos, timings, n = _retrieved_reference(prompts, retrieval, config, video_lookup)
+        videos, kept, timings, n = _retrieved_reference(prompts, retrieval, config, video_lookup)
         notes += n
         rows, n = method_metrics(
-            run, RETRIEVED, videos, ref_videos, [[]] * len(videos), timings, **measure
+            run,
+            RETRIEVED,
+            videos,
+            ref_videos,
+            [[]] * len(videos),
+            timings,
+            prompts=kept,
+            **measure,
         )
         all_rows += rows
         notes += n
@@ -474,6 +496,7 @@ def evaluate_methods(
             ref_videos,
             retrieved,
             [timings_of(r["timings"]) for r in ok],
+            prompts=[r["prompt"] for r in ok],
             **measure,
         )
         all_rows += rows
