@@ -114,9 +114,11 @@ def embed_task(
 ):
     """The embedding stage through the same ``embed_corpus`` the CLI runs (Ray Data by
     default): one task run for the whole corpus, parts resumed by their markers, progress and
-    throughput in a progress artifact updated as parts land. A retry only redoes parts
+    throughput in a progress artifact updated as parts land (on Ray Data: the rate and the
+    bound, ``throughput.progress_line`` as the CLI bar shows it). A retry only redoes parts
     without a marker."""
     from ragvid.pipelines.embed.run import embed_corpus
+    from ragvid.pipelines.embed.throughput import progress_line
 
     started = time.perf_counter()
     bar = monitor.Progress(f"embed-{corpus}-progress", 1, f"embedding {corpus}")
@@ -126,7 +128,8 @@ def embed_task(
         if not stats.get("skipped"):
             state["videos"] += int(stats.get("rows", 0))
         rate = state["videos"] / max(time.perf_counter() - started, 1e-9)
-        bar.set(done, total, f"embedding {corpus}: parts done, {rate:.1f} videos/s")
+        line = progress_line(stats.get("throughput")) or f"{rate:.1f} videos/s"
+        bar.set(done, total, f"embedding {corpus}: parts done, {line}")
 
     report = embed_corpus(
         workspace,
@@ -281,6 +284,18 @@ def _warning_lines(warnings: list[str]) -> list[str]:
     return [line for w in warnings for line in (f"> **Warning:** {w}", "")]
 
 
+def _throughput_cells(snapshot: dict | None) -> dict:
+    """The Ray pipeline's pools, capacities and bound (empty cells for other engines)."""
+    snap, pools = snapshot or {}, (snapshot or {}).get("pools") or {}
+    return {
+        "bound": snap.get("bound", ""),
+        "decoders": pools.get("decoders"),
+        "encoders": pools.get("encoders"),
+        "decode_per_s": snap.get("decode_per_s"),
+        "encode_per_s": snap.get("encode_per_s"),
+    }
+
+
 def embed_tables(report) -> tuple[list[dict], list[dict]]:
     """(summary rows, failures-by-class rows) for the artifacts and the report."""
     summary = [
@@ -298,6 +313,7 @@ def embed_tables(report) -> tuple[list[dict], list[dict]]:
             "videos_per_s": round(report.videos_per_s, 2),
             "frames_per_s": round(report.frames_per_s, 2),
             "mean_pair_cosine": report.mean_pair_cosine,
+            **_throughput_cells(report.throughput),
         }
     ]
     by_class = [{"error_class": k, "videos": v} for k, v in sorted(report.by_class.items())]

@@ -125,9 +125,11 @@ class EmbedConfig(_Config):
     part_size: int = Field(64, ge=1, description="manifest rows per output part")
     batch_size: int = Field(64, ge=1, description="frames per encoder batch")
     storage_dtype: Literal["float16", "float32"] = "float16"
-    num_decoders: int | None = Field(None, description="Ray decode tasks in flight (None: CPUs)")
+    num_decoders: int | None = Field(
+        None, ge=1, description="Ray decode tasks in flight (None: sized from measured rates)"
+    )
     num_encoders: int | None = Field(
-        None, ge=1, description="Ray encoder actors (None: one per GPU, else one per CPU)"
+        None, ge=1, description="Ray encoder actors (None: one per GPU, else from measured rates)"
     )
     max_failure_ratio: float = Field(
         0.2,
@@ -157,6 +159,12 @@ class EmbedConfig(_Config):
         False, description="move each sampled frame to the nearest keyframe (cheaper decode)"
     )
     decode_threads: int = Field(1, ge=1, description="threads per decoder")
+    rate_probe_videos: int = Field(
+        4,
+        ge=0,
+        description="videos the driver decodes and encodes before a Ray run to size the decode "
+        "and encoder pools by each stage's cost (0: split evenly)",
+    )
 
     def output_settings(self) -> dict:
         """The settings that change what a part holds (which frames, how decoded, stored how):

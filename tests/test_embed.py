@@ -23,6 +23,7 @@ from ragvid.pipelines.embed.stage import (
     plan_parts,
     video_embedding,
 )
+from ragvid.pipelines.embed.throughput import progress_line
 from ragvid.schemas import (
     EMBEDDINGS,
     FAILURES,
@@ -147,8 +148,15 @@ def test_kill_midway_then_resume_on_ray_then_retry_failures(tmp_path, ray_local)
                    for p in plans if os.path.exists(done_marker(p.uri))}  # fmt: skip
     assert 1 <= len(done_before) < len(plans), "the kill must land mid-run"
 
-    report = embed_corpus(ws, "k", config)
+    lines: list[str] = []
+    report = embed_corpus(
+        ws, "k", config, progress=lambda _n, _t, s: lines.append(progress_line(s.get("throughput")))
+    )
     assert report.parts_skipped == len(done_before)
+    # pools sized from the rates measured on the first videos; every landed part names a bound
+    assert report.throughput["pools"]["basis"] == "measured"
+    landed = len(plans) - len(done_before)
+    assert sum("-bound" in line for line in lines) >= landed, lines
     for uri, (mtime, stats) in done_before.items():
         assert os.stat(done_marker(uri)).st_mtime_ns == mtime and read_done(uri) == stats
     assert all(p.done for p in plan_parts(ws, "k", config))

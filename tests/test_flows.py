@@ -106,6 +106,8 @@ def test_demo_artifacts_readable_through_client(demo_run):
     assert set(keys) <= set(by_key), sorted(by_key)
     assert by_key["embed-demo-small-progress"].type == "progress"
     assert float(by_key["embed-demo-small-progress"].data) == 100.0
+    assert "-bound" in by_key["embed-demo-small-progress"].description  # the measured bottleneck
+    assert "bound" in by_key["embed-demo-small"].data
     assert (
         by_key["embed-demo-small"].type == "table"
         and "quarantined" in by_key["embed-demo-small"].data

@@ -51,9 +51,12 @@ def embed(
         "batch_size"
     ],
     num_encoders: Annotated[
-        int | None, typer.Option(help="Encoder actors (default: one per GPU, else per CPU).")
+        int | None,
+        typer.Option(help="Encoder actors (default: one per GPU, else sized from measured rates)."),
     ] = None,
-    num_decoders: Annotated[int | None, typer.Option(help="Decode tasks (default: CPUs).")] = None,
+    num_decoders: Annotated[
+        int | None, typer.Option(help="Decode tasks (default: sized from measured rates).")
+    ] = None,
     decode_timeout: Annotated[float, typer.Option(help="Seconds per video before quarantine.")] = (
         _EMBED["decode_timeout_s"]
     ),
@@ -104,6 +107,7 @@ def embed(
     vectors, written as resumable parts; undecodable videos are quarantined with a reason."""
     from ragvid.pipelines.embed.run import ENGINES, embed_corpus
     from ragvid.pipelines.embed.spec import parse_encoder
+    from ragvid.pipelines.embed.throughput import progress_line
     from ragvid.schemas import EmbedConfig, Workspace
 
     if engine not in ENGINES:
@@ -129,6 +133,12 @@ def embed(
     )
     with progress() as bar:
         task = bar.add_task(f"embed {corpus}", total=None)
+
+        def on_part(done: int, total: int, stats: dict) -> None:
+            line = progress_line(stats.get("throughput"))  # rate and bound as parts land
+            text = f"embed {corpus}: {line}" if line else None
+            bar.update(task, completed=done, total=total, description=text)
+
         report = embed_corpus(
             ws,
             corpus,
@@ -138,12 +148,24 @@ def embed(
             retry_failures=retry_failures,
             verify=verify,
             check_ratio=False,  # print the report first, then apply the guard
-            progress=lambda done, total, _s: bar.update(task, completed=done, total=total),
+            progress=on_part,
             on_retry=lambda done, total: bar.update(
                 task, description=f"retry quarantined rows of {corpus}", completed=done, total=total
             ),
         )
-    table = titled_table(title=f"embed {corpus} with {report.encoder}")
+    console.print(embed_summary(report))
+    console.print(f"embeddings: {report.output}")
+    for w in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}")
+    if report.quarantined:
+        console.print(f"quarantined rows: {report.failures} (retry with --retry-failures)")
+    report.check_failure_ratio(config.max_failure_ratio)
+
+
+def embed_summary(report) -> Table:
+    """The table `ragvid embed` prints: counts, quarantine by class, throughput and — on the
+    Ray pipeline — its pools and what bound the run."""
+    table = titled_table(title=f"embed {report.corpus} with {report.encoder}")
     table.add_column("")
     table.add_column("value", justify="right")
     table.add_row("manifest rows", str(report.rows))
@@ -156,6 +178,12 @@ def embed(
     table.add_row("videos/s (this run)", f"{report.videos_per_s:.1f}")
     table.add_row("frames/s (this run)", f"{report.frames_per_s:.1f}")
     table.add_row("seconds", f"{report.seconds:.1f}")
+    if report.throughput:
+        from ragvid.pipelines.embed.throughput import Pools, progress_line
+
+        pools = Pools(**report.throughput["pools"])
+        table.add_row("pools", pools.describe())
+        table.add_row("bound", progress_line(report.throughput))
     if report.mean_pair_cosine is not None:
         style = "[yellow]" if report.warnings else ""
         table.add_row(
@@ -164,13 +192,7 @@ def embed(
         )
     if report.random_weights:
         table.add_row("[yellow]encoder weights[/]", "[yellow]RANDOM (tests only)[/]")
-    console.print(table)
-    console.print(f"embeddings: {report.output}")
-    for w in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {escape(w)}")
-    if report.quarantined:
-        console.print(f"quarantined rows: {report.failures} (retry with --retry-failures)")
-    report.check_failure_ratio(config.max_failure_ratio)
+    return table
 
 
 @encoder_app.command("list")

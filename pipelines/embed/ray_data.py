@@ -8,6 +8,13 @@ then the executor's ``finish_part`` marker) as soon as all its rows are back, so
 at most the parts in flight. Decode and encode overlap — that, plus batching the encoder
 across videos, is where the speed-up over a plain loop comes from.
 
+The pools are sized from measured rates (:mod:`.throughput`): before the stream starts the
+driver decodes (and, without GPUs, encodes) the first ``rate_probe_videos`` videos, then gives
+one encoder actor per GPU and every other core to decoding, or on CPUs splits the cores by each
+stage's cost per video; ``num_decoders`` / ``num_encoders`` win. The stream makes its own
+:class:`~.throughput.ThroughputMeter`, and each part's yielded stats carry its snapshot
+(``throughput``: rate, each pool's capacity, the bound) — the marker does not.
+
 Frames and vectors cross the object store as bytes + shape, which keeps every column a plain
 Arrow type whatever the videos' sizes. GPUs are requested for the encoder actors where the
 cluster has them. ``ray_address`` (``ray://head:10001``) joins a cluster, whose workers need
@@ -16,6 +23,7 @@ ragvid installed.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections import defaultdict
@@ -28,6 +36,12 @@ from ragvid.pipelines.embed.encoder import load_encoder
 from ragvid.pipelines.embed.ray_decode import decode_batch, pack, read_slices_batch, unpack
 from ragvid.pipelines.embed.spec import EncoderSpec
 from ragvid.pipelines.embed.stage import EmbedStage, PartPlan, encode_rows, write_part
+from ragvid.pipelines.embed.throughput import (
+    READER_CPUS,
+    ThroughputMeter,
+    measure_rates,
+    plan_pools,
+)
 from ragvid.pipelines.executor.base import (
     ProgressFn,
     StageResult,
@@ -36,6 +50,8 @@ from ragvid.pipelines.executor.base import (
 )
 from ragvid.pipelines.executor.ray_tasks import init_ray, quiet_ray_logs
 from ragvid.schemas.io import output_lock
+
+log = logging.getLogger(__name__)
 
 
 class _EncodeActor:
@@ -146,10 +162,6 @@ class RayDataExecutor:
         quiet_ray_logs()  # after ray.data's own logging set-up
         config = stage.config
 
-        probe = load_encoder(stage.spec, device="cpu")
-        dim, short, enc_id = probe.dim, probe.decode_short_side(), probe.id
-        del probe
-
         items = [
             {"part": p.index, "file": p.slice.file, "start": p.slice.start, "stop": p.slice.stop}
             for p in todo
@@ -157,21 +169,26 @@ class RayDataExecutor:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) or (1 if torch.cuda.is_available() else 0)
         cpus = max(1, int(resources.get("CPU", 1)))
+        probe = load_encoder(stage.spec, device="cpu")
+        dim, short, enc_id = probe.dim, probe.decode_short_side(), probe.id
+        # with GPUs the CPU probe encoder's rate says nothing of a GPU encoder's: decode only
+        rates = measure_rates(_first_rows(stage, todo), config, probe, decode_only=gpus > 0)
+        del probe
+        pools = plan_pools(cpus, gpus, rates, config.num_decoders, config.num_encoders)
+        log.info("embed %s: %s; probe %s", stage.corpus, pools.describe(), rates)
+        meter = ThroughputMeter(pools)
+
         rows_per_task = max(4, min(32, config.part_size))  # amortise per-task overhead
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), 256 * cpus))
         # reading a part's manifest slice is light: a quarter CPU keeps it out of the fused
         # decode→encode actors (fused, every part's rows came back only at the very end)
-        ds = ds.map_batches(read_slices_batch, batch_size=1, num_cpus=0.25)
-        # on CPUs, decode and encode share the cores: half a logical CPU each lets one decode
-        # task and one encoder actor per core interleave (encode costs ~2× decode, tiny preset)
-        num_decoders = config.num_decoders or cpus
-        num_encoders = config.num_encoders or (gpus if gpus else cpus)
+        ds = ds.map_batches(read_slices_batch, batch_size=1, num_cpus=READER_CPUS)
         ds = ds.map_batches(
             decode_batch,
             batch_size=rows_per_task,
             fn_kwargs={"config": config.model_dump(), "short_side": short},
-            compute=ray.data.TaskPoolStrategy(size=num_decoders),
-            num_cpus=0.5,
+            compute=ray.data.TaskPoolStrategy(size=pools.decoders),
+            num_cpus=pools.decoder_cpus,
         )
         with warnings.catch_warnings():  # Ray's own advice for max_restarts=0 is this kwarg,
             # which it also marks deprecated (no named parameter replaces it yet, Ray 2.5x)
@@ -180,9 +197,9 @@ class RayDataExecutor:
                 _EncodeActor,
                 batch_size=max(1, config.batch_size // config.num_frames),
                 fn_constructor_kwargs={"spec": stage.spec, "batch_size": config.batch_size},
-                compute=ray.data.ActorPoolStrategy(size=num_encoders),
-                num_cpus=0 if gpus else 0.5,
-                num_gpus=1 if gpus else 0,
+                compute=ray.data.ActorPoolStrategy(size=pools.encoders),
+                num_cpus=pools.encoder_cpus,
+                num_gpus=pools.encoder_gpus,
                 # on one machine a crashed encoder actor is the machine's problem, and a rerun
                 # resumes from the finished parts; Ray Data's default restarts (-1) made its core
                 # worker print an `E core_worker.cc` line on every embed (ray#53727). A cluster
@@ -210,12 +227,20 @@ class RayDataExecutor:
                         seconds=time.perf_counter() - t0[part],
                         random_weights=stage.spec.random,
                     )
-                    yield finish_part(plan, asdict(written))
+                    stats = finish_part(plan, asdict(written))
+                    yield {**stats, "throughput": meter.add(stats)}
         if pending:
             raise RuntimeError(
                 f"parts {sorted(pending)} did not get all their rows back from Ray — nothing was "
                 "marked done for them; rerun to finish"
             )
+
+
+def _first_rows(stage: EmbedStage, todo: list[PartPlan]) -> Iterator[dict]:
+    """The manifest rows of the parts to do, in order (the rate probe reads only what it
+    takes: a part's slice at a time)."""
+    for plan in todo:
+        yield from stage.rows(plan)
 
 
 def _in_manifest_order(rows: list[dict], plan: PartPlan) -> list[dict]:

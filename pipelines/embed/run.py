@@ -22,6 +22,7 @@ from ragvid.pipelines.embed.stage import (
     retry_part,
     summarize,
 )
+from ragvid.pipelines.embed.throughput import latest
 from ragvid.pipelines.executor.base import LocalExecutor, ProgressFn
 from ragvid.pipelines.executor.ray_tasks import RayTaskExecutor
 from ragvid.schemas import EmbedConfig
@@ -87,6 +88,7 @@ def embed_corpus(
                         on_retry(n, len(retry))
     ordered = [stats[p.index] for p in plans if p.index in stats]
     report = summarize(stage, plans, ordered, time.perf_counter() - started)
+    report.throughput = latest(result.stats)
     if check_ratio:
         report.check_failure_ratio(config.max_failure_ratio)
     return report

@@ -530,6 +530,9 @@ class EmbedReport:
     mean_pair_cosine: float | None = None  # over the measured video pairs (see summarize)
     cosine_pairs: int = 0
     warnings: list[str] = field(default_factory=list)  # degenerate output (EmbedConfig.warn_*)
+    # the Ray pipeline's last ThroughputMeter snapshot: pools, capacities, bound (None: another
+    # engine, or every part was already done)
+    throughput: dict | None = None
 
     @property
     def videos_per_s(self) -> float:
