@@ -142,7 +142,24 @@ def pipeline_tables(demo_manifest, clustered_embeddings, built_index, tmp_path_f
     )
     write_part(plan, [row], "preset:tiny", 8, EmbedConfig(storage_dtype="float32"), seconds=0)
     _other_tables(root / "other")
+    _vimi_tables(ws, root)
     return _collect(index_dir, str(root))
+
+
+def _vimi_tables(ws: Workspace, root: Path) -> None:
+    """VIMI's memory, prompt and task tables, by the real stages (in-process, first frames
+    only) over the demo manifest and a small generated img2dataset memory."""
+    from ragvid.pipelines.vimi.memory_ingest import ingest_memory
+    from ragvid.pipelines.vimi.retrieve import build_prompts
+    from ragvid.pipelines.vimi.synth_memory import synth_memory
+    from ragvid.pipelines.vimi.tasks import build_tasks
+    from ragvid.schemas.config import VimiConfig
+
+    config = VimiConfig(memory_shards=1, tasks=("retrieval", "first_frame"))
+    synth_memory(str(root / "img2dataset"), n=30, shards=1)
+    ingest_memory(ws, "mem", [str(root / "img2dataset")], config=config)
+    build_prompts(ws, "demo", "mem", "vimi", config)
+    build_tasks(ws, "vimi", config)
 
 
 def test_the_small_pipeline_writes_every_table(pipeline_tables):
