@@ -75,16 +75,12 @@ def check_ray_address(address: str | None, timeout_s: float = DEFAULT_TIMEOUT_S)
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to Ray once per process: the given cluster, or a local one."""
-    import ray
+    from ragvid.pipelines.executor.ray_tasks import init_ray
 
-    if ray.is_initialized():
-        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     check_ray_address(address)
-    if address in (None, "", "local"):
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    # the executors' one way in: Ray's start-up notices kept to errors, a clear connect error
+    init_ray(None if address in (None, "", "local") else address)
 
 
 def check_workspace(root: str, must_exist: bool = True) -> Workspace:

@@ -42,7 +42,7 @@ def init_ray(ray_address: str | None = None) -> None:
         return
     if ray_address:
         try:
-            ray.init(address=ray_address, log_to_driver=False)
+            ray.init(address=ray_address, log_to_driver=False, configure_logging=False)
         except ConnectionError as exc:
             raise ConnectionError(
                 f"cannot reach the Ray cluster at {ray_address} ({exc}) — check the address "
