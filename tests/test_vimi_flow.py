@@ -75,7 +75,12 @@ def test_flow_builds_all_three_task_tables_with_the_contract_kept(vimi_run):
     assert Path(out["report"]).exists()
 
 
+@pytest.mark.skipif(
+    not SEED.is_file(), reason="the paper seeds (../shared/seeds) are not beside this checkout"
+)
 def test_instructions_are_the_papers_verbatim():
+    """Against the seed's own text, where the checkout has it beside (tests/test_vimi_tasks.py
+    checks the same strings copied from §3.3 everywhere)."""
     text = _paper_text()
     for task, instruction in VimiConfig().templates.items():
         assert f'"{instruction}"' in text, task
