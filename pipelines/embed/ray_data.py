@@ -197,7 +197,11 @@ class RayDataExecutor:
                 _EncodeActor,
                 batch_size=max(1, config.batch_size // config.num_frames),
                 fn_constructor_kwargs={"spec": stage.spec, "batch_size": config.batch_size},
-                compute=ray.data.ActorPoolStrategy(size=pools.encoders),
+                # all the planned actors from the start; a minimum of 1, because a small run
+                # that feeds fewer blocks than actors otherwise ends in a Ray Data UserWarning
+                compute=ray.data.ActorPoolStrategy(
+                    min_size=1, max_size=pools.encoders, initial_size=pools.encoders
+                ),
                 num_cpus=pools.encoder_cpus,
                 num_gpus=pools.encoder_gpus,
                 # on one machine a crashed encoder actor is the machine's problem, and a rerun
