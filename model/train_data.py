@@ -359,3 +359,28 @@ def encode_latents(
     stats = {"rows": len(rows), "failed": failed, "num_frames": num_frames, "size": [width, height]}
     mark_done(out_uri, stats)  # records the part's size + sha256
     return stats
+
+
+class PartCache:
+    """The last ``size`` parts of a table read (projected to ``columns``, each checked against
+    its marker when it has one): datasets that index rows across parts (VIMI task tables, TVP
+    manifests) keep a few parts in memory, never the table."""
+
+    def __init__(self, parts: Sequence, spec, columns: Sequence[str], size: int = 2) -> None:
+        from collections import OrderedDict
+
+        self.parts, self.spec, self.columns = parts, spec, list(columns)
+        self.size = max(1, size)
+        self._tables: OrderedDict[int, pa.Table] = OrderedDict()
+
+    def __getitem__(self, p: int) -> pa.Table:
+        if p in self._tables:
+            self._tables.move_to_end(p)
+            return self._tables[p]
+        path, marker = self.parts[p]
+        expect = marker.record("main") if marker is not None else None
+        table = read_table(path, self.spec, columns=self.columns, expect=expect)
+        self._tables[p] = table
+        while len(self._tables) > self.size:
+            self._tables.popitem(last=False)
+        return table

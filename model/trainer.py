@@ -1029,3 +1029,19 @@ def format_duration(seconds: float) -> str:
     if seconds < 730 * 86400:
         return f"{seconds / 86400:.1f} days"
     return f"{seconds / (365.25 * 86400):.1f} years"
+
+
+def check_run_record(path: Path, record: dict, resume: bool, what: str) -> None:
+    """Refuse to resume a run recorded (``path``: its JSON beside the checkpoints) with other
+    ``what`` settings than ``record`` — the base folder may move — then (re)write the record."""
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v and k != "base"}
+        if diff:
+            raise ValueError(
+                f"run {path.parent} was trained with other {what} settings {diff} (saved, now) "
+                "— use another run name, or pass resume=False (--no-resume) to start it over"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or json.loads(path.read_text()) != record:
+        write_json_atomic(str(path), record)

@@ -22,7 +22,7 @@ small cache of parts, columns projected); only the ids of the chosen split stay 
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +31,7 @@ import pyarrow as pa
 import torch
 
 from ragvid.model.fca import TVP_INIT_FRAMES
+from ragvid.model.train_data import PartCache
 from ragvid.schemas.io import read_table
 from ragvid.schemas.markers import complete_parts
 from ragvid.schemas.tables import MANIFEST
@@ -182,23 +183,13 @@ class TVPDataset(torch.utils.data.Dataset):
             )
         self.report = TVPDataReport(rows=len(self.ids))
         self._bad: set[int] = set()
-        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
-        self._cached_parts = max(1, cached_parts)
+        self._cache = PartCache(self._parts, MANIFEST, ROW_COLUMNS, cached_parts)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _part(self, p: int) -> pa.Table:
-        if p in self._cache:
-            self._cache.move_to_end(p)
-            return self._cache[p]
-        path, marker = self._parts[p]
-        expect = marker.record("main") if marker is not None else None
-        table = read_table(path, MANIFEST, columns=ROW_COLUMNS, expect=expect)
-        self._cache[p] = table
-        while len(self._cache) > self._cached_parts:
-            self._cache.popitem(last=False)
-        return table
+        return self._cache[p]
 
     def row(self, idx: int) -> dict:
         p, r = self._where[idx]

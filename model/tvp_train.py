@@ -31,10 +31,9 @@ from torch import nn
 
 from ragvid.schemas import TrainConfig, Workspace
 from ragvid.schemas.config import FCAConfig
-from ragvid.schemas.io import write_json_atomic
 
 from .fca import _STATE, FCAAdapter, _fca_state, latent_frames
-from .trainer import Trainer, TrainResult
+from .trainer import Trainer, TrainResult, check_run_record
 from .tvp_data import TVPDataset, collate_tvp
 
 RUN_RECORD = "tvp.json"
@@ -259,21 +258,6 @@ def fca_for(train: TrainConfig, fca: FCAConfig | None = None, init_frames: int |
     return (fca or FCAConfig()).model_copy(update=update)
 
 
-def _check_run_record(run_dir: Path, record: dict, resume: bool) -> None:
-    path = run_dir / RUN_RECORD
-    if resume and path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v and k != "base"}
-        if diff:
-            raise ValueError(
-                f"run {run_dir} was trained with other TVP settings {diff} (saved, now) — use "
-                "another run name, or pass resume=False (--no-resume) to start it over"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not path.is_file() or json.loads(path.read_text()) != record:
-        write_json_atomic(str(path), record)
-
-
 def read_run_record(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
@@ -320,7 +304,7 @@ def build_tvp_trainer(
         "base": str(base_dir),
         "rows": len(data),
     }
-    _check_run_record(run_dir, record, resume)
+    check_run_record(run_dir / RUN_RECORD, record, resume, "TVP")
     base_model = base_model or load_tvp_base(base_dir, fca)
     return Trainer(run_dir, base_model, data, train_config, loss=provider(method, fca))
 

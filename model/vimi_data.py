@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ from ragvid.schemas.io import read_table
 from ragvid.schemas.markers import complete_parts
 from ragvid.schemas.tables import VIMI_TASKS
 
-from .train_data import collate
+from .train_data import PartCache, collate
 
 ROW_COLUMNS = ["video_id", "task", "instruction", "prompt", "caption", "images", "target_uri"]
 DEFAULT_PLACEHOLDER = VimiConfig().placeholder
@@ -254,23 +253,13 @@ class VimiTaskSet(torch.utils.data.Dataset):
         if not self.ids:
             raise ValueError(f"{self.folder}: the VIMI task table has no rows — {hint}")
         self.report.rows = len(self.ids)
-        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
-        self._cached_parts = max(1, cached_parts)
+        self._cache = PartCache(self._parts, VIMI_TASKS, ROW_COLUMNS, cached_parts)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _part(self, p: int) -> pa.Table:
-        if p in self._cache:
-            self._cache.move_to_end(p)
-            return self._cache[p]
-        path, marker = self._parts[p]
-        expect = marker.record("main") if marker is not None else None
-        table = read_table(path, VIMI_TASKS, columns=ROW_COLUMNS, expect=expect)
-        self._cache[p] = table
-        while len(self._cache) > self._cached_parts:
-            self._cache.popitem(last=False)
-        return table
+        return self._cache[p]
 
     def _position(self, idx: int) -> tuple[int, int]:
         if not 0 <= idx < len(self.ids):

@@ -36,7 +36,7 @@ from ragvid.schemas.io import write_json_atomic
 from ragvid.schemas.workspace import slug
 
 from .adapter import adapter_encoder
-from .trainer import BaseModel, Trainer, TrainResult, load_base
+from .trainer import BaseModel, Trainer, TrainResult, check_run_record, load_base
 from .vimi_cond import (
     PromptFeaturizer,
     VimiAdapter,
@@ -62,22 +62,6 @@ def load_clip(encoder: str, workspace: str | Workspace, device: str | None = Non
 
     ws = Workspace.at(workspace)
     return load_encoder(parse_encoder(encoder, ws), device=device, workspace=ws.root)
-
-
-def _check_run_record(run_dir: Path, record: dict, resume: bool) -> None:
-    """Refuse resuming a run that was trained on another table, encoder or condition config."""
-    path = run_dir / RUN_RECORD
-    if resume and path.is_file():
-        old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in record.items() if old.get(k) != v and k != "base"}
-        if diff:
-            raise ValueError(
-                f"run {run_dir} was trained with other VIMI settings {diff} (saved, now) — use "
-                "another run name, or pass resume=False (--no-resume) to start it over"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not path.is_file() or json.loads(path.read_text()) != record:
-        write_json_atomic(str(path), record)
 
 
 def build_vimi_trainer(
@@ -123,7 +107,7 @@ def build_vimi_trainer(
         "base": str(base_dir),
         "rows": len(data),
     }
-    _check_run_record(run_dir, record, resume)
+    check_run_record(run_dir / RUN_RECORD, record, resume, "VIMI")
     base_model = base_model or load_base(base_dir)
     sample_fn = None
     if train_config.sample_every:
