@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from ragvid.flows import monitor
 from ragvid.flows.eval_inputs import EvalInputs, plan_evaluation
 from ragvid.flows.finetune_flow import resolve_base
-from ragvid.flows.generate_flow import TINY_GENERATION
+from ragvid.flows.generate_flow import generation_for
 from ragvid.flows.preflight import check_workspace
 from ragvid.flows.resolve import Resolver
 from ragvid.schemas import GenerationConfig
@@ -134,7 +134,7 @@ def evaluate_flow(
     from ragvid.model.evaluate import generation_settings
 
     base_dir = resolve_base(ws.root, base)
-    config = TINY_GENERATION if tiny else GenerationConfig()
+    config = generation_for(base_dir, tiny)
     if freeinit_iterations is not None:
         config = config.model_copy(
             update={

@@ -29,6 +29,23 @@ TINY_GENERATION = GenerationConfig(
 )
 
 
+def generation_for(base_dir: str, tiny: bool = True) -> GenerationConfig:
+    """The flows' settings for a base: the paper's (``tiny=False``), else CPU-sized ones —
+    TINY_GENERATION, or for a base trained by ragvid (``ragvid model train-base``) its model
+    preset's own clip size and sampler steps (``ModelPreset.generation``: synth32 makes
+    32×32 × 8 frames in 25 DDIM steps) with the paper's K."""
+    if not tiny:
+        return GenerationConfig()
+    from ragvid.model.base_train import read_base_record
+    from ragvid.model.presets import get_preset, list_presets
+
+    record = read_base_record(base_dir)
+    name = record.get("preset")
+    if record.get("random_weights", True) or name not in list_presets():
+        return TINY_GENERATION
+    return GenerationConfig(**get_preset(name).generation)
+
+
 def _job_name() -> str:
     from prefect.runtime import flow_run
 
@@ -144,7 +161,7 @@ def batch_generate_flow(
         res.check_adapter(adapter, index)  # ... or its encoder is not the adapter's
     base_dir = resolve_base(ws.root, base)
     prompt_src = prompts if prompts is not None else demo_prompts(ws.root, corpus, num_prompts)
-    config = TINY_GENERATION if tiny else GenerationConfig()
+    config = generation_for(base_dir, tiny)
     out = generate_task(ws.root, job, prompt_src, base_dir, adapter, index, method, config)
     counts = {k: out[k] for k in ("generated", "skipped", "failed")}
     monitor.table(f"generate-{job}", out["rows"], "one row per prompt")

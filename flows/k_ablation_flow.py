@@ -20,10 +20,9 @@ from ragvid.flows import monitor
 from ragvid.flows.eval_inputs import plan_evaluation
 from ragvid.flows.evaluate_flow import evaluate_task
 from ragvid.flows.finetune_flow import resolve_base, train_task
-from ragvid.flows.generate_flow import TINY_GENERATION
+from ragvid.flows.generate_flow import generation_for
 from ragvid.flows.preflight import check_workspace
 from ragvid.flows.resolve import Resolver
-from ragvid.schemas import GenerationConfig
 
 
 def run_name(name: str, k: int) -> str:
@@ -105,7 +104,7 @@ def k_ablation_flow(
     )
     print(f"protocol: {plan.protocol}")
     base_dir = resolve_base(ws.root, base)
-    config = TINY_GENERATION if tiny else GenerationConfig()
+    config = generation_for(base_dir, tiny)
     rows, trained, sources = [], [], []
     for k in ks:
         run = run_name(name, k)

@@ -162,8 +162,13 @@ class Resolver:
         return path
 
     def base(self, base: str | None) -> str:
-        """The base model folder; None or ``tiny`` means the tiny preset (random weights, for
-        offline runs and tests), written once into the workspace."""
+        """The base model folder: None or ``tiny`` is the tiny preset (random weights, for
+        offline runs and tests), written once into the workspace; a shipped trained preset
+        (``synth32``: :data:`~ragvid.model.presets.SHIPPED_BASES`) is its folder in the
+        package; a base trained here (``ragvid model train-base --name N``) is
+        ``<ws>/models/N``; anything else must be a diffusers folder."""
+        from ragvid.model.presets import SHIPPED_BASES, shipped_base
+
         if base is None or base == TINY_BASE:
             from ragvid.model.presets import save_tiny_base
 
@@ -171,12 +176,32 @@ class Resolver:
             if not exists(os.path.join(folder, "model_index.json")):
                 save_tiny_base(folder)
             return folder
-        if not Path(base, "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"--base {base}: not a diffusers model folder (no model_index.json) — pass a local "
-                f"ZeroScope/ModelScope-T2V folder, or '{TINY_BASE}' for the tiny offline preset"
-            )
-        return base
+        if Path(base, "model_index.json").is_file():
+            return base
+        trained = self.ws.base_models(base)
+        if os.sep not in base and exists(os.path.join(trained, "model_index.json")):
+            return trained
+        if base in SHIPPED_BASES:
+            return str(shipped_base(base))
+        names = ", ".join(n for n, _, _ in self.base_names())
+        raise FileNotFoundError(
+            f"--base {base}: not a diffusers model folder (no model_index.json) nor a base name "
+            f"({names}) — pass a local ZeroScope/ModelScope-T2V folder, or one of those names"
+        )
+
+    def base_names(self) -> list[tuple[str, str, str]]:
+        """(name, folder, what it is) for every name :meth:`base` takes besides folders."""
+        from ragvid.model.presets import SHIPPED_BASES
+
+        out = [(TINY_BASE, self.ws.base_models("tiny-base"), "tiny preset, random weights")]
+        out += [(n, str(p), d) for n, (p, d) in SHIPPED_BASES.items()]
+        fs, root = fs_and_path(os.path.dirname(self.ws.base_models("tiny-base")))
+        if fs.exists(root):
+            for p in sorted(fs.ls(root, detail=False)):
+                name = p.rstrip("/").rsplit("/", 1)[-1]
+                if name != "tiny-base" and fs.exists(f"{p}/model_index.json"):
+                    out.append((name, self.ws.base_models(name), "trained in this workspace"))
+        return out
 
     def cogvideox_base(self, base: str | None) -> str:
         """A CogVideoX base folder for FCA / text-video prediction; None or ``tiny`` means the

@@ -41,10 +41,12 @@ from .metrics import (
 )
 from .truth_metrics import KINDS as TRUTH_KINDS
 from .truth_metrics import truth_rows
+from .truth_plots import plot_prompt_grid, plot_truth_bars, truth_figures
 from .video_io import read_video
 
 PAPER_METHODS = ("base", "freeinit", "raginit", "ragme")
 RETRIEVED = "retrieved"  # Tab. 1's reference row: the retrieved (training-set) videos
+PROMPT_GRID = 6  # prompts shown side by side per method in prompt_grid.png
 LABELS = {
     RETRIEVED: "retrieved videos (reference)",
     "base": "base model",
@@ -442,7 +444,7 @@ def evaluate_methods(
     out.mkdir(parents=True, exist_ok=True)
     size = (eval_frames or config.num_frames, config.height, config.width)
     ref_videos = [_load(r) for r in reference]
-    all_rows, notes, grid, thumbs = [], list(notes), {}, {}
+    all_rows, notes, grid, thumbs, by_prompt = [], list(notes), {}, {}, {}
     table_methods = list(methods)
     measure = dict(
         video_features=video_features, frame_features=frame_features, flow=flow, size=size
@@ -503,6 +505,7 @@ def evaluate_methods(
         notes += n
         if gen:
             grid[method] = gen[0]
+            by_prompt[method] = gen[:PROMPT_GRID]
         thumbs[method] = _thumbs(gen)
         if vbench_export and ok:
             export_for_vbench(rep.job_dir + "/generations.parquet", out / "vbench" / method)
@@ -539,6 +542,16 @@ def evaluate_methods(
     if grid:
         plots["frames (first prompt)"] = plot_frame_grid(
             grid, str(out / "frame_grid.png"), config=config
+        )
+    labels = {m: label(m, config) for m in table_methods}
+    if len(by_prompt) > 1 and min(len(v) for v in by_prompt.values()) > 1:
+        plots["middle frames, one prompt per column"] = plot_prompt_grid(
+            by_prompt, list(prompts), labels, str(out / "prompt_grid.png")
+        )
+    truth = truth_figures(metrics)
+    if truth:
+        plots["ground-truth accuracy (95% CI, chance ticks)"] = plot_truth_bars(
+            truth, labels, str(out / "truth_accuracy.png")
         )
     report = write_html_report(
         str(out),

@@ -42,6 +42,9 @@ class ModelPreset:
     description: str = ""
     tokenizer_max_length: int = 77
     extra: dict[str, Any] = field(default_factory=dict)
+    # GenerationConfig fields for CPU-sized runs of a base trained at this preset (the flows'
+    # ``tiny=True``): its clip size, sampler steps, K
+    generation: dict[str, Any] = field(default_factory=dict)
 
 
 _PRESETS: dict[str, ModelPreset] = {
@@ -84,6 +87,53 @@ _PRESETS: dict[str, ModelPreset] = {
         enhancer=EnhancerConfig(dim=32, num_layers=2, num_heads=4, max_frames=32),
         ragca=RagCAConfig(num_heads=2, token_dim=32),
         tokenizer_max_length=32,
+    ),
+    "synth32": ModelPreset(
+        name="synth32",
+        description="trained by `ragvid model train-base` on the synth corpus: 32×32, 8 frames; "
+        "3-level UNet3D (32/64/64 ch, text attention at 8×8 and 4×4), 2-level VAE (×2 down), "
+        "2-layer CLIP text on bytes",
+        unet=dict(
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            sample_size=16,
+            # text cross-attention at 8×8 and 4×4 latents (at 16×16 it doubled a CPU step)
+            down_block_types=("DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
+            up_block_types=("CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"),
+            cross_attention_dim=64,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        ),
+        vae=dict(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+        ),
+        text_encoder=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=80,
+            vocab_size=514,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        scheduler=ZEROSCOPE_SCHEDULER,
+        enhancer=EnhancerConfig(dim=64, num_layers=2, num_heads=4, max_frames=32),
+        ragca=RagCAConfig(num_heads=4, token_dim=64),
+        tokenizer_max_length=77,  # a byte per token: the synth captions' 60-odd characters fit
+        extra={"height": 32, "width": 32, "num_frames": 8},
+        generation=dict(
+            num_inference_steps=25, guidance_scale=7.5, height=32, width=32, num_frames=8, k=5
+        ),
     ),
     "zeroscope": ModelPreset(
         name="zeroscope",
@@ -221,6 +271,27 @@ def save_tiny_base(folder: str | Path, seed: int = 0) -> Path:
 
 
 PRESET_MARKER = "ragvid_preset.json"  # written next to model_index.json by save_tiny_base
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: bases trained by ragvid and shipped with the package: name → (folder, description); the
+#: folder's ragvid_preset.json records the command that rebuilds it
+SHIPPED_BASES: dict[str, tuple[Path, str]] = {
+    "synth32": (
+        WEIGHTS_DIR / "synth32",
+        "trained on the demo corpus (32×32, 8 frames; `ragvid model train-base`)",
+    ),
+}
+
+
+def shipped_base(name: str) -> Path:
+    """The folder of shipped base ``name``; a clear error when the package lacks its files."""
+    folder, _ = SHIPPED_BASES[name]
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"base '{name}': its weights are not in this installation ({folder}) — rebuild "
+            "them with `ragvid model train-base` (see BENCHMARKS.md) or reinstall ragvid"
+        )
+    return folder
 
 
 def random_weights_note(folder: str | Path) -> str | None:

@@ -22,7 +22,7 @@ small cache of parts, columns projected); only the ids of the chosen split stay 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -135,7 +135,9 @@ def load_clip(
 class TVPDataset(torch.utils.data.Dataset):
     """The rows of one split of a TVP manifest as examples: ``initial`` (k, 3, H, W) and
     ``target`` (F − k, 3, H, W) floats in [0, 1], ``caption``, ``video_id``, ``dataset``,
-    ``key`` (manifest part + row). ``split=None`` takes every row."""
+    ``key`` (manifest part + row). ``split=None`` takes every row; ``exclude_ids`` leaves
+    those videos out (a corpus split's held-out side); ``cached_clips`` keeps that many decoded
+    examples (LRU) for many epochs over short clips."""
 
     def __init__(
         self,
@@ -151,8 +153,11 @@ class TVPDataset(torch.utils.data.Dataset):
         backend: str = "auto",
         timeout_s: float | None = 60.0,
         cached_parts: int = 2,
+        exclude_ids: set[str] | None = None,
+        cached_clips: int = 0,
     ):
         self.manifest, self.split = str(manifest), split
+        self.exclude_ids = set(exclude_ids or ())
         self.num_frames, self.height, self.width = num_frames, height, width
         self.init_frames, self.max_bad_share, self.min_checked = (
             init_frames,
@@ -170,10 +175,11 @@ class TVPDataset(torch.utils.data.Dataset):
         self._where: list[tuple[int, int]] = []
         self.ids: list[str] = []
         for p, (path, _) in enumerate(self._parts):
-            t = read_table(path, MANIFEST, columns=["video_id", "split"])
-            splits = t.column("split").to_pylist()
+            cols = ["video_id"] if split is None else ["video_id", "split"]  # a corpus has none
+            t = read_table(path, MANIFEST, columns=cols)
+            splits = t.column("split").to_pylist() if split is not None else None
             for r, vid in enumerate(t.column("video_id").to_pylist()):
-                if split is None or splits[r] == split:
+                if (splits is None or splits[r] == split) and vid not in self.exclude_ids:
                     self._where.append((p, r))
                     self.ids.append(vid)
         if not self.ids:
@@ -184,6 +190,8 @@ class TVPDataset(torch.utils.data.Dataset):
         self.report = TVPDataReport(rows=len(self.ids))
         self._bad: set[int] = set()
         self._cache = PartCache(self._parts, MANIFEST, ROW_COLUMNS, cached_parts)
+        self.cached_clips = cached_clips  # decoded examples kept (LRU): epochs over small clips
+        self._clips: OrderedDict[int, dict] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -204,6 +212,17 @@ class TVPDataset(torch.utils.data.Dataset):
 
     def example(self, idx: int) -> dict:
         """Example ``idx`` as it is (:class:`TVPRowError` when its row cannot be read)."""
+        if idx in self._clips:
+            self._clips.move_to_end(idx)
+            return self._clips[idx]
+        item = self._example(idx)
+        if self.cached_clips:
+            self._clips[idx] = item
+            if len(self._clips) > self.cached_clips:
+                self._clips.popitem(last=False)
+        return item
+
+    def _example(self, idx: int) -> dict:
         row = self.row(idx)
         frames = load_clip(
             row,

@@ -190,12 +190,13 @@ class EncoderFitConfig(_Config):
     distinct videos. A consistency hinge keeps two frames at most ``view_gap`` apart at
     cosine ≥ ``consistency_margin``, so a re-encoded or trimmed copy stays a near-duplicate.
     The second view is also resized and back, as a resized copy would decode. Measured on the
-    480-clip demo corpus: held-out top-5 shape+colour 0.94–0.96, and planted copies ≥ 0.984
+    480-clip demo corpus, 500 steps: held-out top-5 shape+colour 0.92–0.97 over fit seeds
+    (300 steps: 0.87–0.93 — the misses are shapes, never colours), planted copies ≥ 0.965
     (BENCHMARKS.md).
     """
 
     preset: str = Field("tiny", description="architecture preset (random init) to fit")
-    steps: int = Field(300, ge=1, description="optimiser steps")
+    steps: int = Field(500, ge=1, description="optimiser steps")
     batch_videos: int = Field(64, ge=2, description="videos per step")
     lr: float = Field(2e-3, gt=0, description="peak learning rate (one-cycle schedule)")
     holdout_fraction: float = Field(

@@ -23,6 +23,7 @@ def _register() -> None:
         export,
         index,
         jobs,
+        model,
         serve,
         service,
         tvp,
