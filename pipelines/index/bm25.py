@@ -9,6 +9,7 @@ different ranking.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import bm25s
@@ -18,6 +19,9 @@ from ragvid.schemas.checksum import FileRecord, file_record, verify_file
 from ragvid.schemas.io import exists, fs_and_path, join, read_json, write_json_atomic
 
 IDS_JSON = "ids.json"
+# bm25s sets its own logger to DEBUG on import: its "Building index from IDs objects" lines
+# reached the CLI's console through Prefect's handlers
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 class Bm25Index:

@@ -38,7 +38,7 @@ class Bm25sShardWriter:
         self.rows += len(captions)
 
     def close(self) -> None:
-        import bm25s
+        from ragvid.pipelines.index.bm25 import bm25s  # imported with its logger quietened
 
         if not self.docs:
             write_json_atomic(join(self.folder, EMPTY), {"rows": 0})
@@ -51,7 +51,7 @@ class Bm25sShardWriter:
 
 class Bm25sShard:
     def __init__(self, folder: str) -> None:
-        import bm25s
+        from ragvid.pipelines.index.bm25 import bm25s  # imported with its logger quietened
 
         self.model = None
         self.num_docs = 0
