@@ -124,3 +124,39 @@ def test_method_metrics_adds_the_rows_only_for_synth_prompts(encoded):
     got, _ = method_metrics("r", "base", gen, [], [[]] * 3, timings, prompts=mixed, **kw)
     assert not {r["metric"] for r in got} & set(KINDS)
     assert truth_rows("r", "base", [], []) == []
+
+
+def test_truth_figures_read_back_and_plots_render(encoded, tmp_path):
+    """The intervals and chance levels the bars draw are the ones truth_scores computed, read
+    back from the METRICS rows; both pictures are real PNGs."""
+    from PIL import Image
+
+    from ragvid.model.truth_plots import plot_prompt_grid, plot_truth_bars, truth_figures
+
+    rows, videos, _ = encoded
+    prompts = [r["name"] for r in rows[:12]]
+    wrong = [r["name"] for r in rows[12:24]]  # other clips' captions: near chance
+    table = pa.Table.from_pylist(
+        truth_rows("r", "own", prompts, videos[:12]) + truth_rows("r", "other", wrong, videos[:12]),
+        schema=METRICS.schema(),
+    )
+    figs = truth_figures(table)
+    assert set(figs) == {"own", "other"} and set(figs["own"]) == {k.split("[")[0] for k in KINDS}
+    for method, p in (("own", prompts), ("other", wrong)):
+        for score in truth_scores(p, videos[:12]):
+            v, lo, hi, chance = figs[method][score.metric.split("[")[0]]
+            assert v == pytest.approx(score.value)
+            assert (lo, hi, chance) == pytest.approx(
+                (score.low, score.high, score.chance), abs=0.005
+            )
+    assert figs["own"]["colour_acc"][0] > figs["other"]["colour_acc"][0]
+    bars = plot_truth_bars(figs, {"own": "own captions"}, str(tmp_path / "bars.png"))
+    grid = plot_prompt_grid(
+        {"own": videos[:6], "other": videos[6:12]}, prompts, {}, str(tmp_path / "grid.png")
+    )
+    for path in (bars, grid):
+        with Image.open(path) as im:
+            assert im.size[0] > 200 and im.size[1] > 150
+    bad = table.set_column(table.schema.get_field_index("setup"), "setup", pa.array(["x"] * 6))
+    with pytest.raises(ValueError, match="carries no interval"):
+        truth_figures(bad)
