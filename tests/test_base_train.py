@@ -35,7 +35,7 @@ def split_corpus(demo_corpus_raw, tmp_path_factory):
 
 
 def test_two_stages_resume_and_the_folder_generates(split_corpus, torch_one_thread):
-    from ragvid.model.base_train import training_clips, base_train_config
+    from ragvid.model.base_train import base_train_config, training_clips
     from ragvid.model.pipeline_ragme import RagmePipeline
 
     ws, val = split_corpus
@@ -48,7 +48,8 @@ def test_two_stages_resume_and_the_folder_generates(split_corpus, torch_one_thre
     assert [p.name for p in list_checkpoints(dirs["vae"])] == ["step-00000001"]
     assert not list_checkpoints(dirs["unet"])
     folder = train_base(ws, "demo", "mini", vae_steps=2, unet_steps=2)
-    assert folder is not None and (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert folder is not None
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     vae_log = json.loads((dirs["vae"] / "checkpoints" / "step-00000002" / "state.json").read_text())
     assert [r["step"] for r in vae_log["log"]] == [1, 2]  # resumed at step 1, not retrained
     rec = read_base_record(folder)
