@@ -11,7 +11,9 @@ signals as the RAGME adapter:
    latent scale (1 / std of the latents, as Stable Diffusion's 0.18215 was found) is then
    measured on training clips and written into the VAE's config;
 2. ``unet``: the UNet3D and the text encoder on ε-prediction over the frozen VAE's latents
-   with the base's own noise schedule, captions dropped at ``caption_dropout`` for CFG.
+   with the base's own noise schedule (min-SNR-γ weighted), captions dropped at
+   ``caption_dropout`` for CFG. The byte-level tokenizer gets BPE merges for the words of the
+   training captions, so the text encoder learns a token per word.
 
 The result is a plain diffusers ``TextToVideoSDPipeline`` folder (safetensors) that every
 ``--base`` takes, with ``ragvid_preset.json`` recording the command's config, the seed, the
@@ -22,6 +24,7 @@ trained on, so the evaluation's held-out prompts stay held out.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -41,10 +44,12 @@ from .tvp_data import TVPDataset
 from .tvp_train import TrainedAdapter
 
 BASE_FORMAT = "ragvid-base/1"
+_WORD = re.compile(r"[a-z]+")
 STAGES = ("vae", "unet")
 RUN_RECORD = "base_run.json"
 KL_WEIGHT = 1e-6  # Stable Diffusion's autoencoder weight on the KL term
 SCALE_SAMPLE_CLIPS = 64  # clips whose latents set the VAE's scaling factor
+MIN_SNR_GAMMA = 5.0  # Hang et al. 2023's γ
 CACHED_CLIPS = 4096  # decoded training clips kept in memory (32×32 × 8 frames: 100 KB each)
 
 
@@ -97,12 +102,14 @@ class VaeLoss:
 
 
 class DenoiseLoss:
-    """Stage 2: UNet3D + text encoder on ε- (or v-) prediction over the frozen VAE's latents."""
+    """Stage 2: UNet3D + text encoder on ε- (or v-) prediction over the frozen VAE's latents,
+    each sample weighted by min(SNR, γ) / SNR (min-SNR-γ, Hang et al. 2023: the easy, low-noise
+    timesteps stop dominating the gradient; ~3× faster convergence reported)."""
 
     stage = "unet"
 
-    def __init__(self, caption_dropout: float):
-        self.caption_dropout, self.base = caption_dropout, None
+    def __init__(self, caption_dropout: float, min_snr_gamma: float = MIN_SNR_GAMMA):
+        self.caption_dropout, self.min_snr_gamma, self.base = caption_dropout, min_snr_gamma, None
 
     def build(self, base, device: torch.device) -> BaseStageModule:
         self.base = base
@@ -124,12 +131,13 @@ class DenoiseLoss:
         t = t.to(dev)
         noisy = sched.add_noise(latents, noise, t)
         pred = mods["unet"](noisy, t, encoder_hidden_states=text).sample
-        target = (
-            sched.get_velocity(latents, noise, t)
-            if sched.config.prediction_type == "v_prediction"
-            else noise
-        )
-        return F.mse_loss(pred.float(), target.float())
+        v_pred = sched.config.prediction_type == "v_prediction"
+        target = sched.get_velocity(latents, noise, t) if v_pred else noise
+        per = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        alpha = sched.alphas_cumprod.to(dev)[t]
+        snr = alpha / (1 - alpha)
+        weight = snr.clamp(max=self.min_snr_gamma) / (snr + 1 if v_pred else snr)
+        return (weight * per).mean()
 
 
 def encode_clips(vae, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -178,6 +186,35 @@ def training_clips(workspace: Workspace, corpus: str, cfg: TrainConfig) -> TVPDa
         exclude_ids=exclude,
         cached_clips=CACHED_CLIPS,
     )
+
+
+def caption_words(data: TVPDataset) -> list[str]:
+    """The lower-case words of the training captions (the tokenizer's fitted vocabulary)."""
+    words: set[str] = set()
+    for idx in range(len(data)):
+        words.update(_WORD.findall(data.row(idx)["caption"].lower()))
+    return sorted(words)
+
+
+def write_start(folder: Path, preset: str, seed: int, words: list[str]) -> None:
+    """The seeded random init both stages start from, its tokenizer fitted to ``words``."""
+    import tempfile
+
+    from diffusers import TextToVideoSDPipeline
+
+    from .presets import write_tokenizer
+
+    parts = build_components(preset, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = write_tokenizer(tmp, get_preset(preset).tokenizer_max_length, words)
+    limit = parts["text_encoder"].config.vocab_size
+    if len(tok) > limit:
+        raise ValueError(
+            f"the corpus's captions need {len(tok)} tokens, the {preset} text encoder has "
+            f"{limit}: fewer distinct words, or a preset with a larger vocab_size"
+        )
+    parts["tokenizer"] = tok
+    TextToVideoSDPipeline(**parts).save_pretrained(str(folder))
 
 
 def stage_dirs(workspace: Workspace, name: str) -> dict[str, Path]:
@@ -262,6 +299,8 @@ def train_base(
         "seed": seed,
         "train_clips": len(data),
         "val_held_out": bool(data.exclude_ids),
+        "min_snr_gamma": MIN_SNR_GAMMA,
+        "tokenizer": "bytes + the train captions' words",
         "vae": cfgs["vae"].model_dump(),
         "unet": cfgs["unet"].model_dump(),
     }
@@ -271,9 +310,7 @@ def train_base(
     torch.manual_seed(seed)
     start = dirs["vae"].parent / "start"
     if not resume or not (start / "model_index.json").is_file():  # the seeded random init
-        from diffusers import TextToVideoSDPipeline
-
-        TextToVideoSDPipeline(**build_components(preset, seed=seed)).save_pretrained(str(start))
+        write_start(start, preset, seed, caption_words(data))
     base = load_base(str(start))
     base.path = str(start)
     results = {}

@@ -10,6 +10,7 @@ It loads through the real `from_pretrained` path, exactly like a downloaded Zero
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ _PRESETS: dict[str, ModelPreset] = {
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=80,
-            vocab_size=514,
+            vocab_size=1024,  # bytes + the corpus's words (base_train fits the merges)
             bos_token_id=0,
             eos_token_id=1,
             pad_token_id=1,
@@ -241,9 +242,14 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def write_tokenizer(folder: str | Path, max_length: int = 77):
-    """A byte-level CLIP tokenizer (514 tokens: 2 specials + 256 bytes × {mid, end-of-word})
-    written as vocab.json + merges.txt, then loaded with `CLIPTokenizer.from_pretrained`."""
+def write_tokenizer(folder: str | Path, max_length: int = 77, words: Sequence[str] = ()):
+    """A byte-level CLIP tokenizer (2 specials + 256 bytes × {mid, end-of-word}) written as
+    vocab.json + merges.txt, then loaded with `CLIPTokenizer.from_pretrained`.
+
+    ``words`` adds BPE merges that spell each of them (lower-case letters) as one end-of-word
+    token — a vocabulary fitted on a corpus's captions, so a text encoder trained from scratch
+    learns one embedding per word instead of composing it from bytes. Other text still falls
+    back to bytes."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
@@ -253,8 +259,19 @@ def write_tokenizer(folder: str | Path, max_length: int = 77):
     for suffix in ("", "</w>"):
         for c in chars:
             vocab[c + suffix] = len(vocab)
+    merges: dict[str, None] = {}
+    for word in sorted(set(words)):
+        if len(word) < 2 or not word.isascii() or not word.isalpha() or word != word.lower():
+            continue
+        piece = word[0]
+        for i, c in enumerate(word[1:], 1):
+            last = i == len(word) - 1
+            right = c + ("</w>" if last else "")
+            merges.setdefault(f"{piece} {right}")
+            piece += right
+            vocab.setdefault(piece, len(vocab))
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
     return CLIPTokenizer.from_pretrained(str(folder), model_max_length=max_length)
 
 

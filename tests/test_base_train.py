@@ -70,6 +70,14 @@ def test_two_stages_resume_and_the_folder_generates(split_corpus, torch_one_thre
         generator=torch.Generator().manual_seed(0),
     )
     assert np.asarray(out.frames).shape[-4:] == (8, 32, 32, 3)
+    # `ragvid model list` names it beside the presets
+    from typer.testing import CliRunner
+
+    from ragvid.flows.cli import app
+
+    listed = CliRunner().invoke(app, ["model", "list", "-w", str(ws.root)])
+    assert listed.exit_code == 0, listed.output
+    assert "mini" in listed.output and "synth32" in listed.output and "tiny" in listed.output
     # other settings on the same name are refused, not silently mixed into the old run
     with pytest.raises(ValueError, match="other base settings"):
         train_base(ws, "demo", "mini", vae_steps=3, unet_steps=2)
