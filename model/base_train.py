@@ -13,7 +13,8 @@ signals as the RAGME adapter:
 2. ``unet``: the UNet3D and the text encoder on ε-prediction over the frozen VAE's latents
    with the base's own noise schedule (min-SNR-γ weighted), captions dropped at
    ``caption_dropout`` for CFG. The byte-level tokenizer gets BPE merges for the words of the
-   training captions, so the text encoder learns a token per word.
+   training captions (most become one token; see
+   :func:`~ragvid.model.presets.write_tokenizer`), so the text encoder composes few pieces.
 
 The result is a plain diffusers ``TextToVideoSDPipeline`` folder (safetensors) that every
 ``--base`` takes, with ``ragvid_preset.json`` recording the command's config, the seed, the

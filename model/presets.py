@@ -246,10 +246,12 @@ def write_tokenizer(folder: str | Path, max_length: int = 77, words: Sequence[st
     """A byte-level CLIP tokenizer (2 specials + 256 bytes × {mid, end-of-word}) written as
     vocab.json + merges.txt, then loaded with `CLIPTokenizer.from_pretrained`.
 
-    ``words`` adds BPE merges that spell each of them (lower-case letters) as one end-of-word
-    token — a vocabulary fitted on a corpus's captions, so a text encoder trained from scratch
-    learns one embedding per word instead of composing it from bytes. Other text still falls
-    back to bytes."""
+    ``words`` adds, word by word in sorted order, the chain of BPE merges that spells each
+    (lower-case letters) left to right as one end-of-word token: a vocabulary fitted on a
+    corpus's captions, so a text encoder trained from scratch composes few pieces instead of
+    bytes. BPE applies merges by rank, so a word whose chain meets an earlier word's merge
+    stays in a few pieces (on the synth captions: "red", "circle", "moving" one token each;
+    "orange" or+an+g+e, "triangle" six). Other text falls back to bytes."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
