@@ -347,7 +347,7 @@ def train_base(
     record.update(
         random_weights=False,
         final_loss=final,
-        runs={s: str(d) for s, d in dirs.items()},
+        runs={s: f"runs/{d.parent.name}/{s}" for s, d in dirs.items()},  # workspace-relative
         command=f"ragvid model train-base --corpus {corpus} --name {name} --preset {preset} "
         f"--seed {seed} --vae-steps {cfgs['vae'].max_steps} --unet-steps "
         f"{cfgs['unet'].max_steps}",
