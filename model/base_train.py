@@ -344,9 +344,13 @@ def train_base(
         for s, r in results.items()
         if r.log.num_rows
     }
+    seconds = {
+        s: round(float(sum(r.log.column("seconds").to_pylist())), 1) for s, r in results.items()
+    }
     record.update(
         random_weights=False,
         final_loss=final,
+        train_seconds=seconds,  # summed step times (this machine), excluding start-up
         runs={s: f"runs/{d.parent.name}/{s}" for s, d in dirs.items()},  # workspace-relative
         command=f"ragvid model train-base --corpus {corpus} --name {name} --preset {preset} "
         f"--seed {seed} --vae-steps {cfgs['vae'].max_steps} --unet-steps "
