@@ -26,4 +26,4 @@ $R train --workspace "$WS" --run synth-ragme --base synth32 --neighbours demo --
   --encoder $ENC --preset synth32 --model-preset synth32
 $R evaluate --workspace "$WS" --run synth-experiment --index demo --reference-corpus demo \
   --base synth32 --adapter synth-ragme --methods base,raginit@k=1,raginit,ragme@k=1,ragme \
-  --num-prompts 48 --steps 25 --height 32 --width 32 --frames 8 --k 5
+  --num-prompts 40 --steps 25 --height 32 --width 32 --frames 8 --k 5
