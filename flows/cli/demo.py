@@ -73,8 +73,8 @@ def demo(
     ]
     for label, where in rows:
         console.print(f"  {label:28s} {where}", soft_wrap=True)
-    for line in out["model_steps"]:
-        console.print(f"  {line}", soft_wrap=True)
+    for line in out["model_steps"]:  # metric names carry [features]: not Rich markup
+        console.print(f"  {line}", soft_wrap=True, markup=False)
     console.print("\nWhat the showcase queries found (against the generated corpus's truth):")
     for line in out["showcase"]:
         console.print(f"  - {line}", soft_wrap=True)
