@@ -183,10 +183,11 @@ class Resolver:
             return trained
         if base in SHIPPED_BASES:
             return str(shipped_base(base))
-        names = ", ".join(n for n, _, _ in self.base_names())
+        names = ", ".join(f"'{n}'" for n, _, _ in self.base_names() if n != TINY_BASE)
         raise FileNotFoundError(
             f"--base {base}: not a diffusers model folder (no model_index.json) nor a base name "
-            f"({names}) — pass a local ZeroScope/ModelScope-T2V folder, or one of those names"
+            f"— pass a local ZeroScope/ModelScope-T2V folder, '{TINY_BASE}' for the tiny offline "
+            f"preset, or a trained base ({names}; `ragvid model list`)"
         )
 
     def base_names(self) -> list[tuple[str, str, str]]:
