@@ -70,8 +70,8 @@ def gen(pipe, prompts, **kw):
 
 
 def test_presets_are_named():
-    assert list_presets() == ["tiny", "zeroscope"]
-    with pytest.raises(ValueError, match="Available: tiny, zeroscope"):
+    assert list_presets() == ["synth32", "tiny", "zeroscope"]
+    with pytest.raises(ValueError, match="Available: synth32, tiny, zeroscope"):
         get_preset("zeroscop")
 
 
