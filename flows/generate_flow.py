@@ -30,20 +30,16 @@ TINY_GENERATION = GenerationConfig(
 
 
 def generation_for(base_dir: str, tiny: bool = True) -> GenerationConfig:
-    """The flows' settings for a base: the paper's (``tiny=False``), else CPU-sized ones —
-    TINY_GENERATION, or for a base trained by ragvid (``ragvid model train-base``) its model
-    preset's own clip size and sampler steps (``ModelPreset.generation``: synth32 makes
-    32×32 × 8 frames in 25 DDIM steps) with the paper's K."""
+    """The flows' settings for a base: the paper's (``tiny=False``), else CPU-sized ones — a
+    base trained by ragvid (``ragvid model train-base``) gets its model preset's own clip size
+    and sampler steps (:func:`~ragvid.model.presets.trained_generation`), any other
+    TINY_GENERATION."""
     if not tiny:
         return GenerationConfig()
-    from ragvid.model.base_train import read_base_record
-    from ragvid.model.presets import get_preset, list_presets
+    from ragvid.model.presets import trained_generation
 
-    record = read_base_record(base_dir)
-    name = record.get("preset")
-    if record.get("random_weights", True) or name not in list_presets():
-        return TINY_GENERATION
-    return GenerationConfig(**get_preset(name).generation)
+    own = trained_generation(base_dir)
+    return GenerationConfig(**own) if own else TINY_GENERATION
 
 
 def _job_name() -> str:

@@ -313,6 +313,20 @@ def shipped_base(name: str) -> Path:
     return folder
 
 
+def trained_generation(folder: str | Path) -> dict[str, Any]:
+    """The generation settings a base trained by ragvid was made for (its model preset's
+    ``generation``: synth32 makes 32×32 × 8 frames in 25 DDIM steps); {} for any other base
+    (a downloaded ZeroScope, a random-weight preset): the paper's settings apply."""
+    marker = Path(folder) / PRESET_MARKER
+    if not marker.is_file():
+        return {}
+    info = json.loads(marker.read_text())
+    name = info.get("preset")
+    if info.get("random_weights", True) or name not in _PRESETS:
+        return {}
+    return dict(_PRESETS[name].generation)
+
+
 def random_weights_note(folder: str | Path) -> str | None:
     """A report note when the base at ``folder`` is a random-weight preset (its frames are
     noise, so generation metrics compare noise generators); None for a real model."""

@@ -133,3 +133,28 @@ def test_shipped_synth32_loads_offline_and_generates_videos(tmp_path, torch_one_
     assert trained.shape == (6, 8, 32, 32, 3)
     flicker = np.abs(np.diff(trained, axis=1)).mean()
     assert flicker < 0.5 * np.abs(np.diff(noise, axis=1)).mean(), flicker
+
+
+def test_generation_flags_left_out_take_the_bases_own_settings(tmp_path):
+    """`ragvid generate` / `evaluate` without size flags make the clips a trained base was made
+    for (synth32: 32×32 × 8 frames, 25 steps), the paper's for any other base; a flag given
+    always wins."""
+    from ragvid.flows.cli.jobs import _generation_config
+    from ragvid.model.presets import get_preset, shipped_base, trained_generation
+    from ragvid.schemas import GenerationConfig
+
+    synth32 = str(shipped_base("synth32"))
+    assert trained_generation(synth32) == get_preset("synth32").generation
+    cfg = _generation_config(synth32, None, 7.5, None, None, None, None, 0)
+    assert (cfg.height, cfg.width, cfg.num_frames, cfg.num_inference_steps) == (32, 32, 8, 25)
+    cfg = _generation_config(synth32, 3, 7.5, 64, None, 4, 2, 0)
+    assert (cfg.num_inference_steps, cfg.height, cfg.width, cfg.num_frames, cfg.k) == (
+        3, 64, 32, 4, 2
+    )  # fmt: skip
+    tiny = Resolver.at(tmp_path / "ws").base("tiny")  # random weights: no settings of its own
+    assert trained_generation(tiny) == {}
+    paper = GenerationConfig()
+    cfg = _generation_config(tiny, None, 7.5, None, None, None, None, 0)
+    assert (cfg.height, cfg.width, cfg.num_frames, cfg.k) == (
+        paper.height, paper.width, paper.num_frames, paper.k
+    )  # fmt: skip

@@ -32,12 +32,19 @@ BaseOpt = Annotated[
     ),
 ]
 _GEN = GenerationConfig()  # the flags' defaults are the paper's, documented once there
-StepsOpt = Annotated[int, typer.Option(help="DDIM steps.")]
+_OWN = "default: the base's own when ragvid trained it (synth32: {}), else the paper's ({})"
+StepsOpt = Annotated[
+    int | None, typer.Option(help="DDIM steps; " + _OWN.format(25, _GEN.num_inference_steps))
+]
 GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
-HeightOpt = Annotated[int, typer.Option(help="Frame height.")]
-WidthOpt = Annotated[int, typer.Option(help="Frame width.")]
-FramesOpt = Annotated[int, typer.Option(help="Frames per video.")]
-KOpt = Annotated[int, typer.Option(help="Retrieved videos per prompt.")]
+HeightOpt = Annotated[
+    int | None, typer.Option(help="Frame height; " + _OWN.format(32, _GEN.height))
+]
+WidthOpt = Annotated[int | None, typer.Option(help="Frame width; " + _OWN.format(32, _GEN.width))]
+FramesOpt = Annotated[
+    int | None, typer.Option(help="Frames per video; " + _OWN.format(8, _GEN.num_frames))
+]
+KOpt = Annotated[int | None, typer.Option(help="Retrieved videos per prompt (default 5).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every prompt.")]
 SchedulerOpt = Annotated[
     str,
@@ -54,25 +61,34 @@ _FREEINIT = _GEN.freeinit
 
 
 def _generation_config(
-    steps: int,
+    base_dir: str,
+    steps: int | None,
     guidance: float,
-    height: int,
-    width: int,
-    frames: int,
-    k: int,
+    height: int | None,
+    width: int | None,
+    frames: int | None,
+    k: int | None,
     seed: int,
     scheduler: str = _GEN.scheduler,
     freeinit_iterations: int = _FREEINIT.iterations,
     freeinit_filter: str = _FREEINIT.method,
 ) -> GenerationConfig:
-    """The generation flags shared by `generate` and `evaluate` as one config."""
+    """The generation flags shared by `generate` and `evaluate` as one config; a flag left out
+    takes the base's own setting (a base ragvid trained was made for one clip size), else the
+    paper's."""
+    from ragvid.model.presets import trained_generation
+
+    own = {**GenerationConfig().model_dump(), **trained_generation(base_dir)}
+    flags = {
+        "num_inference_steps": steps,
+        "height": height,
+        "width": width,
+        "num_frames": frames,
+        "k": k,
+    }
     return GenerationConfig(
-        num_inference_steps=steps,
+        **{name: own[name] if value is None else value for name, value in flags.items()},
         guidance_scale=guidance,
-        height=height,
-        width=width,
-        num_frames=frames,
-        k=k,
         seed=seed,
         scheduler=scheduler,
         freeinit=FreeInitConfig.model_validate(  # validated: a bad filter name is a clear error
@@ -314,12 +330,12 @@ def generate(
     method: Annotated[
         str, typer.Option(help="ragme | ragca | raginit | base | freeinit")
     ] = "ragme",
-    steps: StepsOpt = _GEN.num_inference_steps,
+    steps: StepsOpt = None,
     guidance: GuidanceOpt = _GEN.guidance_scale,
-    height: HeightOpt = _GEN.height,
-    width: WidthOpt = _GEN.width,
-    frames: FramesOpt = _GEN.num_frames,
-    k: KOpt = _GEN.k,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    k: KOpt = None,
     seed: SeedOpt = _GEN.seed,
     scheduler: SchedulerOpt = _GEN.scheduler,
     freeinit_iterations: FreeInitItersOpt = _FREEINIT.iterations,
@@ -334,7 +350,10 @@ def generate(
     if method in ("ragme", "ragca", "raginit") and index is None:
         raise ValueError(f"--method {method} needs --index <retrieval index name>")
     plist = read_prompts(prompts)
+    res = Resolver(ws)
+    base = res.base(base)
     cfg = _generation_config(
+        base,
         steps,
         guidance,
         height,
@@ -346,11 +365,9 @@ def generate(
         freeinit_iterations,
         freeinit_filter,
     )
-    res = Resolver(ws)
     adapter_dir = res.adapter(adapter)
-    retrieval = res.retrieval(index, k, encoder)
+    retrieval = res.retrieval(index, cfg.k, encoder)
     res.check_adapter(adapter_dir, retrieval)
-    base = res.base(base)
     pipe = res.pipeline(base, adapter_dir)
     with progress() as bar:
         task = bar.add_task(f"generate ({method})", total=len(plist.prompts))
@@ -449,12 +466,12 @@ def evaluate(
     raft_weights: Annotated[
         str | None, typer.Option(help="torchvision RAFT state dict; default: OpenCV Farneback.")
     ] = None,
-    steps: StepsOpt = _GEN.num_inference_steps,
+    steps: StepsOpt = None,
     guidance: GuidanceOpt = _GEN.guidance_scale,
-    height: HeightOpt = _GEN.height,
-    width: WidthOpt = _GEN.width,
-    frames: FramesOpt = _GEN.num_frames,
-    k: KOpt = _GEN.k,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    frames: FramesOpt = None,
+    k: KOpt = None,
     seed: SeedOpt = _GEN.seed,
     scheduler: SchedulerOpt = _GEN.scheduler,
     freeinit_iterations: FreeInitItersOpt = _FREEINIT.iterations,
@@ -473,7 +490,10 @@ def evaluate(
     method_list = _methods(methods)
     if any(m.split("@")[0] in ("ragme", "ragca") for m in method_list) and adapter is None:
         raise ValueError("methods ragme/ragca need --adapter <trained run>")
+    res = Resolver(ws)
+    base_dir = res.base(base)
     cfg = _generation_config(
+        base_dir,
         steps,
         guidance,
         height,
@@ -485,7 +505,6 @@ def evaluate(
         freeinit_iterations,
         freeinit_filter,
     )
-    res = Resolver(ws)
     plan = plan_evaluation(
         res,
         index=index,
@@ -498,10 +517,9 @@ def evaluate(
     )
     video_net, frame_net = load_video_features(fvd_features), load_frame_features(sim_features)
     flow = RaftFlow(raft_weights) if raft_weights else FarnebackFlow()
-    retrieval = res.retrieval(index, k, encoder)
+    retrieval = res.retrieval(index, cfg.k, encoder)
     adapter_dir = res.adapter(adapter)
     res.check_adapter(adapter_dir, retrieval)
-    base_dir = res.base(base)
     pipe = res.pipeline(base_dir, adapter_dir)
     notes = [*plan.notes, *filter(None, [random_weights_note(base_dir)])]
     console.print(f"protocol: {plan.protocol}")
