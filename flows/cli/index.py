@@ -196,11 +196,21 @@ def dedup(
             "(ray://HOST:10001 or auto).",
         ),
     ] = None,
+    grow: Annotated[
+        bool,
+        typer.Option(
+            "--grow/--recompute",
+            help="A corpus that only gained parts since the last table: search just the new "
+            "videos and grow the groups (an unchanged corpus keeps its table); --recompute "
+            "searches every pair again.",
+        ),
+    ] = True,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
     """Find near-duplicate groups; writes indexes/<name>/duplicates.parquet + a histogram
     (the next `ragvid index build` copies it into the new version; the current one keeps
-    the table it was built with)."""
+    the table it was built with). A grown corpus grows the table: only new videos are
+    searched."""
     from rich.markup import escape as markup_escape
 
     from ragvid.pipelines.index.dedup import find_duplicates
@@ -222,7 +232,9 @@ def dedup(
         init_ray(ray_address)
     with console.status(f"near-duplicate pairs at cosine ≥ {threshold} over {emb}"):
         delta_frame = None if frame_threshold <= -1 else frame_threshold
-        rep = find_duplicates(emb, out, threshold, delta_frame=delta_frame, config=config)
+        rep = find_duplicates(
+            emb, out, threshold, delta_frame=delta_frame, config=config, grow=grow
+        )
     console.print(
         f"[green]duplicates[/] {rep.table_path}: {rep.n_groups} group(s), {rep.n_in_groups} "
         f"videos in groups, {rep.n_non_canonical} non-canonical, of {rep.n_videos}; "

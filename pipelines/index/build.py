@@ -35,7 +35,7 @@ from ragvid.pipelines.index import versions
 from ragvid.pipelines.index.bm25 import Bm25Index
 from ragvid.pipelines.index.dedup import read_duplicates
 from ragvid.pipelines.index.fill import fill_shard, plan_shards, sample_part
-from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest
+from ragvid.pipelines.index.layout import CorruptShardError, IndexManifest, read_ids
 from ragvid.pipelines.index.parts import (
     embedding_parts,
     embedding_paths,
@@ -52,7 +52,7 @@ from ragvid.pipelines.index.vectors import (
     batch_dot,
     source_snapshot,
 )
-from ragvid.schemas import EMBEDDINGS, INDEX_IDS, IndexConfig, write_table
+from ragvid.schemas import DUPLICATES, EMBEDDINGS, INDEX_IDS, IndexConfig, read_table, write_table
 from ragvid.schemas.checksum import FileRecord, bytes_record, file_record
 from ragvid.schemas.faults import fault_point
 from ragvid.schemas.files import is_local
@@ -266,10 +266,11 @@ def _addable(
     and trained for the old corpus)."""
     if reason != "the embeddings changed" or "pieces" not in old.vectors:
         return None  # (a changed split is its own reason, checked first by _stale)
-    if old.config != config.model_dump() or old.duplicates_record != (
-        file_record(dups) if dups is not None else None
-    ):
+    if old.config != config.model_dump():
         return None
+    if old.duplicates_record != (file_record(dups) if dups is not None else None):
+        if not _duplicates_grew_compatibly(old, dups, config):
+            return None
     before = old.source.get("parts") or []
     now = source_snapshot(embeddings)["parts"]
     if len(now) <= len(before) or now[: len(before)] != before:
@@ -285,6 +286,22 @@ def _addable(
     except CorruptShardError:
         return None
     return old
+
+
+def _duplicates_grew_compatibly(old: IndexManifest, dups: str | None, config: IndexConfig) -> bool:
+    """A grown corpus's new duplicates table (``ragvid index dedup`` grows it with the new
+    parts) still lets the new parts be added, unless it drops rows ``old`` indexed: with
+    ``canonical_only``, an indexed video that is no longer its group's canonical member (a
+    new copy with a smaller video_id) must leave the index — a rebuild. (A non-canonical video
+    stays non-canonical as a corpus grows: its group keeps the smaller id.)"""
+    if dups is None or old.duplicates is None:
+        return False
+    if not config.canonical_only:
+        return True
+    table = read_table(dups, DUPLICATES, columns=["video_id", "is_canonical"])
+    demoted = table.filter(pc.invert(table.column("is_canonical"))).column("video_id")
+    indexed = read_ids(old).column("video_id")
+    return not pc.any(pc.is_in(indexed, value_set=demoted.combine_chunks())).as_py()
 
 
 def _split_source(split: str | None) -> dict[str, Any] | None:

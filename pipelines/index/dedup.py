@@ -40,12 +40,16 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ragvid.pipelines.index.dedup_blocks import clustered_pairs, read_frame_rows, read_video_vectors
+from ragvid.pipelines.index.dedup_grow import grow_groups, prior_groups
 from ragvid.pipelines.index.degenerate import dedup_warnings, pair_cosine_sum
 from ragvid.pipelines.index.layout import IndexManifest, damaged
+from ragvid.pipelines.index.parts import embedding_parts
+from ragvid.pipelines.index.vectors import source_snapshot
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
 from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record
 from ragvid.schemas.config import DedupConfig, IndexConfig, defaults
-from ragvid.schemas.io import write_bytes_atomic
+from ragvid.schemas.contract import file_config
+from ragvid.schemas.io import exists, read_metadata, write_bytes_atomic
 
 _INDEX = defaults(IndexConfig)
 log = logging.getLogger(__name__)
@@ -71,6 +75,8 @@ class DuplicateReport:
     largest_group: int = 0
     mean_pair_cosine: float | None = None  # over every pair of videos (from the vectors read)
     warnings: list[str] = field(default_factory=list)  # degenerate output (DedupConfig.warn_*)
+    grown_from: int | None = None  # rows of the earlier table this one grew from
+    reused: bool = False  # the table on disk was already this corpus's: kept as is
 
 
 def similar_pairs(
@@ -81,10 +87,12 @@ def similar_pairs(
     nprobe: int = 16,
     batch: int = 4096,
     hist_sample: int = 20_000,
+    first_query: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """All pairs (i < j) with x_i·x_j ≥ delta, plus the top-1 similarity to another row for
     up to ``hist_sample`` rows (-1 for rows outside the sample). Returns (i, j, sim, top1,
-    method)."""
+    method). ``first_query`` > 0 searches only rows from there on (a grown corpus's new rows,
+    against every row): the pairs with at least one new member."""
     n, dim = x.shape
     if n <= exact_max_n:
         index: faiss.Index = faiss.IndexFlatIP(dim)
@@ -99,23 +107,24 @@ def similar_pairs(
     index.add(x)
     ii, jj, ss = [], [], []
     top1 = np.full(n, -1.0, dtype=np.float32)
-    for a in range(0, n, batch):
+    for a in range(first_query, n, batch):
         q = x[a : a + batch]
         lims, d, j = index.range_search(q, float(delta))
         i = np.repeat(np.arange(a, a + len(q)), np.diff(lims.astype(np.int64)))
-        keep = i < j
-        ii.append(i[keep])
-        jj.append(j[keep])
+        keep = (i < j) | (j < first_query)  # a new row's pairs with old rows, once each
+        ii.append(np.minimum(i[keep], j[keep]))
+        jj.append(np.maximum(i[keep], j[keep]))
         ss.append(d[keep])
-    sample = np.arange(n)
-    if n > hist_sample:
-        sample = np.sort(np.random.default_rng(1).choice(n, hist_sample, replace=False))
+    sample = np.arange(first_query, n)
+    if len(sample) > hist_sample:
+        sample = np.sort(np.random.default_rng(1).choice(sample, hist_sample, replace=False))
     for a in range(0, len(sample), batch):
         rows = sample[a : a + batch]
         dk, jk = index.search(x[rows], 2)
         top1[rows] = np.where(jk != rows[:, None], dk, -1.0).max(axis=1)
     cat = np.concatenate
-    return cat(ii), cat(jj), cat(ss).astype(np.float32), top1, method
+    empty = [np.empty(0, np.int64)]
+    return cat(ii or empty), cat(jj or empty), cat(ss or empty).astype(np.float32), top1, method
 
 
 def aligned_frame_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -262,6 +271,7 @@ def find_duplicates(
     exact_max_n: int | None = None,
     nprobe: int = 16,
     config: DedupConfig | None = None,
+    grow: bool = True,
 ) -> DuplicateReport:
     """Find near-duplicate groups, write the DUPLICATES table and its histogram PNG.
 
@@ -270,6 +280,11 @@ def find_duplicates(
     search up to ``exact_max_n`` videos, clustered above; ``exact_max_n`` overrides the
     config's); ``nprobe`` is for ``method="ivf"`` only. Reads ``video_id`` + ``video_emb``
     part by part, and ``frame_emb`` only for the rows in candidate pairs.
+
+    Reruns: when ``out_path`` holds this corpus's table from the same parts and thresholds it
+    is kept (``reused``); when the corpus only gained parts since, the table is grown — only
+    the new rows are searched, against every row (:mod:`.dedup_grow`, ``grown_from``) —
+    unless ``grow=False`` (a full recompute).
 
     The report's ``warnings`` (also logged) say when the groups are too big to be copies
     (``DedupConfig.warn_*``: a random or collapsed encoder), with the vectors' mean pairwise
@@ -286,10 +301,48 @@ def find_duplicates(
     n = len(vec.ids)
     pair_sum, _ = pair_cosine_sum(vec.x)
     mean_cos = pair_sum / (n * (n - 1) / 2) if n > 1 else None
+    snapshot = None if isinstance(embeddings, pa.Table) else source_snapshot(str(embeddings))
+    prior = None
+    if grow and snapshot is not None:
+        prior = prior_groups(
+            out_path,
+            snapshot["parts"],
+            [info.rows for info in embedding_parts(str(embeddings))],
+            encoder=vec.encoder,
+            delta_dedup=delta_dedup,
+            delta_frame=delta_frame,
+        )
+    hist = histogram_path(out_path)
+    if prior is not None and prior.n_rows == n and exists(hist):  # nothing new: kept as is
+        recorded = file_config(read_metadata(out_path))
+        return _report(
+            prior.table,
+            n,
+            0,
+            delta_dedup,
+            delta_frame,
+            recorded.get("n_rejected_by_frames", 0),
+            f"kept: {recorded.get('method', '')}",
+            out_path,
+            cfg,
+            mean_cos,
+            vec.encoder,
+            t0,
+            reused=True,
+        )
     how = cfg.method
     if how == "auto":
         how = "exact" if n <= cfg.exact_max_n else "clustered"
-    if how == "clustered":
+    if prior is not None:
+        i, j, s, top1, method = similar_pairs(
+            np.asarray(vec.x, dtype=np.float32),
+            delta_dedup,
+            exact_max_n=cfg.exact_max_n,
+            nprobe=nprobe,
+            first_query=prior.n_rows,
+        )
+        method = f"grown from {prior.n_rows} videos by {n - prior.n_rows} new, {method}"
+    elif how == "clustered":
         i, j, s, top1, method = clustered_pairs(vec.x, delta_dedup, cfg)
     else:
         i, j, s, top1, method = similar_pairs(
@@ -306,7 +359,10 @@ def find_duplicates(
             rejected = int((~keep).sum())
             i, j, s = i[keep], j[keep], s[keep]
             method += f" + aligned frames ≥ {delta_frame:g}"
-    table = group_pairs(vec.ids, i, j, s)
+    if prior is not None:
+        table = grow_groups(vec.ids, prior, i, j, s)
+    else:
+        table = group_pairs(vec.ids, i, j, s)
     write_table(
         out_path,
         table,
@@ -319,10 +375,47 @@ def find_duplicates(
             "n_videos": n,
             "n_rejected_by_frames": rejected,
             "dedup": cfg.model_dump(),
+            "source_parts": snapshot["parts"] if snapshot is not None else None,
+            "grown_from": prior.n_rows if prior is not None else None,
         },
     )
-    hist = histogram_path(out_path)
-    write_histogram(top1, delta_dedup, hist)
+    title = ""
+    if prior is not None:
+        title = f"top-1 similarity of the {n - prior.n_rows} new videos (to any video)"
+    write_histogram(top1, delta_dedup, hist, title)
+    return _report(
+        table,
+        n,
+        len(i),
+        delta_dedup,
+        delta_frame,
+        rejected,
+        method,
+        out_path,
+        cfg,
+        mean_cos,
+        vec.encoder,
+        t0,
+        grown_from=prior.n_rows if prior is not None else None,
+    )
+
+
+def _report(
+    table: pa.Table,
+    n: int,
+    n_pairs: int,
+    delta_dedup: float,
+    delta_frame: float | None,
+    rejected: int,
+    method: str,
+    out_path: str,
+    cfg: DedupConfig,
+    mean_cos: float | None,
+    encoder: str,
+    t0: float,
+    **extra: Any,
+) -> DuplicateReport:
+    """The report of a written (or kept) table, with its degenerate-output warnings."""
     canon = table.column("is_canonical").to_numpy(zero_copy_only=False)
     sizes = table.column("group_size").to_numpy(zero_copy_only=False)
     largest = int(sizes.max()) if len(sizes) else 0
@@ -334,13 +427,13 @@ def find_duplicates(
         group_share=cfg.warn_group_share,
         in_groups_share=cfg.warn_in_groups_share,
         mean_cosine=mean_cos,
-        encoder=vec.encoder,
+        encoder=encoder,
     )
     for w in warnings:
-        log.warning("dedup of %s: %s", _where(embeddings), w)
+        log.warning("dedup of %s: %s", out_path, w)
     return DuplicateReport(
         n_videos=n,
-        n_pairs=len(i),
+        n_pairs=n_pairs,
         n_groups=len(set(table.column("group_id").to_pylist())),
         n_in_groups=len(table),
         n_non_canonical=int((~canon).sum()),
@@ -349,17 +442,14 @@ def find_duplicates(
         n_rejected_by_frames=rejected,
         method=method,
         table_path=str(out_path),
-        histogram_path=hist,
+        histogram_path=histogram_path(out_path),
         seconds=round(time.perf_counter() - t0, 3),
         record=file_record(out_path).to_json(),
         largest_group=largest,
         mean_pair_cosine=None if mean_cos is None else round(mean_cos, 6),
         warnings=warnings,
+        **extra,
     )
-
-
-def _where(embeddings: str | pa.Table) -> str:
-    return "an embeddings table" if isinstance(embeddings, pa.Table) else str(embeddings)
 
 
 def read_duplicates(path: str, expect: FileRecord | None = None) -> dict[str, list]:
