@@ -195,3 +195,28 @@ def test_ivf_with_an_hnsw_quantizer_tunes_nprobe(clustered_embeddings, tmp_path)
     assert "nprobe" in man.search_params and "efSearch" not in man.search_params
     assert man.search_params["quantizer_efSearch"] >= man.search_params["nprobe"]
     assert man.tuned_recall >= 0.95
+
+
+def test_ivf_shards_share_one_quantizer_search(clustered_embeddings, tmp_path):
+    """IVF shards filled from one trained index search their common quantizer once per batch
+    (search_preassigned), with the same results as each shard searching its own copy."""
+    from ragvid.pipelines.index.shards import ShardSet
+
+    folder, table, _ = clustered_embeddings
+    cfg = IndexConfig(factory="IVF8,Flat", train_sample=430, num_shards=3)
+    man = build_index(folder, str(tmp_path / "ivf"), cfg, ray=False)
+    shards = ShardSet.open(man, gpu=False)
+    assert shards._shared is not None and len(shards._shared[1]) == 3
+    q = table_vectors(table)[::11]
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    for nprobe in (1, 3):
+        shards.set_params({"nprobe": nprobe})
+        shared = shards.search(q, 7)
+        shards_whole = ShardSet(man, shards.indexes)
+        shards_whole._shared = None
+        shards_whole.set_params({"nprobe": nprobe})
+        whole = shards_whole.search(q, 7)
+        np.testing.assert_array_equal(shared[1], whole[1])
+        np.testing.assert_allclose(shared[0], whole[0], rtol=1e-6)
+    flat = build_index(folder, str(tmp_path / "flat"), IndexConfig(num_shards=2), ray=False)
+    assert ShardSet.open(flat, gpu=False)._shared is None  # Flat shards: nothing to share
