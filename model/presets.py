@@ -127,7 +127,9 @@ _PRESETS: dict[str, ModelPreset] = {
             eos_token_id=1,
             pad_token_id=1,
         ),
-        scheduler=ZEROSCOPE_SCHEDULER,
+        # v-prediction: the loss then weighs the high-noise steps, where the caption alone says
+        # what the object is (see base_train.DenoiseLoss); ZeroScope's noise schedule otherwise
+        scheduler={**ZEROSCOPE_SCHEDULER, "prediction_type": "v_prediction"},
         enhancer=EnhancerConfig(dim=64, num_layers=2, num_heads=4, max_frames=32),
         ragca=RagCAConfig(num_heads=4, token_dim=64),
         tokenizer_max_length=77,  # a byte per token: the synth captions' 60-odd characters fit
