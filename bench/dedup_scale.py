@@ -9,6 +9,11 @@ own:
   multi-assignment, blocked products; streamed reads);
 * ``old`` — ``find_duplicates`` from git ``HEAD`` (before issue 13): all columns but frames
   read at once, IVF range search, nprobe 16. Only at sizes given to ``--old-max-n``.
+* ``grow`` (with ``--grow-new F``: the corpus is written in parts of F·N rows and the last
+  part is "new") — ``find_duplicates`` (method ``ivf``) on the corpus without its last part,
+  then again with it: the second run grows the first table (only the new rows searched, by an
+  IVF range search). Its seconds are the second run's; the first's are ``before_s``. Compare
+  with ``clustered``, a full recompute.
 
 Scored in the parent: planted-group recall (every member of a planted group in one found
 group) and pair recall vs exact range search — all pairs ≥ δ_dedup touching a random sample
@@ -17,6 +22,7 @@ when both ends share a group.
 
     .venv/bin/python bench/dedup_scale.py --n 100000                      # ~2 min, 2 cores
     .venv/bin/python bench/dedup_scale.py --n 100000 1000000 --old-max-n 100000
+    .venv/bin/python bench/dedup_scale.py --n 1000000 --old-max-n 0 --grow-new 0.1
 """
 
 from __future__ import annotations
@@ -82,9 +88,19 @@ def child(method: str, emb: str, out: str, work: str) -> None:
         find = _old_module(work).find_duplicates
     else:
         from ragvid.pipelines.index.dedup import find_duplicates as find
+    extra, kw = {}, {}
+    if method == "grow":  # the table of the corpus before its last part, then grown
+        from ragvid.schemas.config import DedupConfig
+
+        kw = {"config": DedupConfig(method="ivf")}  # the clustered method recomputes
+        t = time.perf_counter()
+        find(emb + "-before", out, DELTA, **kw)
+        extra["before_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    rep = find(emb, out, DELTA)
+    rep = find(emb, out, DELTA, **kw)
     wall = time.perf_counter() - t
+    if method == "grow" and rep.grown_from is None:
+        raise SystemExit("the second run did not grow the table")
     peak = _peak_rss_gb()
     print(
         json.dumps(
@@ -94,6 +110,7 @@ def child(method: str, emb: str, out: str, work: str) -> None:
                 "method": rep.method,
                 "pairs": rep.n_pairs,
                 "groups": rep.n_groups,
+                **extra,
             }
         )
     )
@@ -119,7 +136,13 @@ def run_size(n: int, a, work: str) -> list[dict]:
     t = time.perf_counter()
     x, groups = plant_duplicates(clip_like(n, rng), 0.01, rng)
     emb = f"{work}/emb-{n}"
-    ids = write_embeddings(x, emb)
+    part_rows = int(n * a.grow_new) if a.grow_new else 100_000
+    ids = write_embeddings(x, emb, part_rows)
+    if a.grow_new:  # the corpus before its last part: the same files (names, sizes, mtimes)
+        parts = sorted(os.listdir(emb))
+        os.makedirs(emb + "-before", exist_ok=True)
+        for name in parts[:-1]:
+            os.link(f"{emb}/{name}", f"{emb}-before/{name}")
     x = x.astype(np.float16).astype(np.float32)  # what the parts hold
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     gen_s = time.perf_counter() - t
@@ -140,6 +163,7 @@ def run_size(n: int, a, work: str) -> list[dict]:
     truth_s = time.perf_counter() - t
     rows = []
     methods = ["clustered"] + (["old"] if n <= a.old_max_n else [])
+    methods += ["grow"] if a.grow_new else []
     for m in methods:
         out = f"{work}/dup-{m}-{n}.parquet"
         cmd = [sys.executable, __file__, "--child", m, emb, out, work]
@@ -163,6 +187,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--old-max-n", type=int, default=100_000, help="run the old one up to this N")
     p.add_argument("--sample", type=int, default=10_000, help="videos scored against exact")
     p.add_argument("--timeout", type=int, default=1200, help="seconds per method run")
+    p.add_argument(
+        "--grow-new", type=float, default=0.0, help="also grow a table by the last F·N rows"
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--child", nargs=4, metavar=("METHOD", "EMB", "OUT", "WORK"), default=None)

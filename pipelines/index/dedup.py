@@ -282,9 +282,10 @@ def find_duplicates(
     part by part, and ``frame_emb`` only for the rows in candidate pairs.
 
     Reruns: when ``out_path`` holds this corpus's table from the same parts and thresholds it
-    is kept (``reused``); when the corpus only gained parts since, the table is grown — only
-    the new rows are searched, against every row (:mod:`.dedup_grow`, ``grown_from``) —
-    unless ``grow=False`` (a full recompute).
+    is kept (``reused``); when the corpus only gained parts since, the exact and IVF methods
+    grow it — only the new rows are searched, against every row (:mod:`.dedup_grow`,
+    ``grown_from``) — unless ``grow=False``. The clustered method recomputes: its search of
+    every pair was faster than growing (BENCHMARKS.md).
 
     The report's ``warnings`` (also logged) say when the groups are too big to be copies
     (``DedupConfig.warn_*``: a random or collapsed encoder), with the vectors' mean pairwise
@@ -333,11 +334,15 @@ def find_duplicates(
     how = cfg.method
     if how == "auto":
         how = "exact" if n <= cfg.exact_max_n else "clustered"
+    if how == "clustered":
+        # growing searches the new rows against all through a range search, which at 200k
+        # took 2.8× the clustered search of every pair (BENCHMARKS.md): recompute instead
+        prior = None
     if prior is not None:
         i, j, s, top1, method = similar_pairs(
             np.asarray(vec.x, dtype=np.float32),
             delta_dedup,
-            exact_max_n=cfg.exact_max_n,
+            exact_max_n=n if how == "exact" else 0,
             nprobe=nprobe,
             first_query=prior.n_rows,
         )
