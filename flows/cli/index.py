@@ -200,9 +200,10 @@ def dedup(
         bool,
         typer.Option(
             "--grow/--recompute",
-            help="A corpus that only gained parts since the last table: search just the new "
-            "videos and grow the groups (an unchanged corpus keeps its table); --recompute "
-            "searches every pair again.",
+            help="A corpus that only gained parts since the last table: the exact and ivf "
+            "methods search just the new videos and grow the groups (clustered searches "
+            "every pair: faster); an unchanged corpus keeps its table. --recompute: always "
+            "search every pair again.",
         ),
     ] = True,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
