@@ -86,9 +86,10 @@ def _to_gpu(index: faiss.Index) -> faiss.Index:
 def shared_quantizer(indexes: list[faiss.Index]) -> tuple[faiss.Index, list] | None:
     """The flat coarse quantizer every IVF shard holds a copy of (a build fills all shards —
     and an add its new ones — from one trained index), with the shards as IVF indexes; None
-    unless there are several plain IVF shards with identical centroids. Searching it once per
-    query batch instead of once per shard: with 4 shards of IVF4096 at 1M × 512, the
-    quantizer was ~4/5 of the work per query (BENCHMARKS.md)."""
+    unless there are several plain IVF shards with identical centroids. Searched once per
+    query batch instead of once per shard (the quantizer's cost grows with the shard count);
+    at 4 shards of IVF4096 over 1M × 512 the list scans dominate and the gain was within
+    noise (BENCHMARKS.md)."""
     if len(indexes) < 2:
         return None
     ivfs = []
