@@ -12,6 +12,7 @@ from conftest import INDEX_TEST_ENCODER
 from ragvid.pipelines.index.build import build_index
 from ragvid.pipelines.index.dedup import find_duplicates
 from ragvid.schemas import EMBEDDINGS, IndexConfig, write_table
+from ragvid.schemas.config import DedupConfig
 
 # rows 0–399 are distinct videos, 400+ the planted copies (ids "d…" sort before "v…"); the
 # cut at 415 leaves some copies on each side, so a new copy joins an old group
@@ -67,6 +68,8 @@ def test_reruns_keep_an_up_to_date_table_and_recompute_on_change(clustered_embed
     again = find_duplicates(str(folder), out)
     assert again.reused and again.record == first.record  # not rewritten
     assert (again.n_groups, again.n_non_canonical) == (first.n_groups, first.n_non_canonical)
+    by_ivf = find_duplicates(str(folder), out, config=DedupConfig(method="ivf"))
+    assert not by_ivf.reused and by_ivf.method.startswith("IVF")  # another search: run again
     other = find_duplicates(str(folder), out, 0.97)  # another threshold: recomputed
     assert not other.reused and other.grown_from is None
     part = folder / "part-00000.parquet"  # a rewritten old part: recomputed, never grown

@@ -314,8 +314,10 @@ def find_duplicates(
             delta_frame=delta_frame,
         )
     hist = histogram_path(out_path)
+    recorded = file_config(read_metadata(out_path)) if prior is not None else {}
+    if recorded.get("dedup") != cfg.model_dump():  # another search method: run it afresh
+        prior = None
     if prior is not None and prior.n_rows == n and exists(hist):  # nothing new: kept as is
-        recorded = file_config(read_metadata(out_path))
         return _report(
             prior.table,
             n,
