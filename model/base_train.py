@@ -365,9 +365,3 @@ def train_base(
     )
     record["storage"] = "float16 unet/vae" if half else "float32"
     return save_base_folder(base, ws.base_models(name), record, half=half)
-
-
-def read_base_record(folder: str | Path) -> dict:
-    """The ``ragvid_preset.json`` of a base folder ({} when it has none: a downloaded base)."""
-    path = Path(folder) / PRESET_MARKER
-    return json.loads(path.read_text()) if path.is_file() else {}

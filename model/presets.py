@@ -315,14 +315,17 @@ def shipped_base(name: str) -> Path:
     return folder
 
 
+def read_base_record(folder: str | Path) -> dict[str, Any]:
+    """The ``ragvid_preset.json`` of a base folder ({} when it has none: a downloaded base)."""
+    marker = Path(folder) / PRESET_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else {}
+
+
 def trained_generation(folder: str | Path) -> dict[str, Any]:
     """The generation settings a base trained by ragvid was made for (its model preset's
     ``generation``: synth32 makes 32×32 × 8 frames in 25 DDIM steps); {} for any other base
     (a downloaded ZeroScope, a random-weight preset): the paper's settings apply."""
-    marker = Path(folder) / PRESET_MARKER
-    if not marker.is_file():
-        return {}
-    info = json.loads(marker.read_text())
+    info = read_base_record(folder)
     name = info.get("preset")
     if info.get("random_weights", True) or name not in _PRESETS:
         return {}
@@ -332,10 +335,7 @@ def trained_generation(folder: str | Path) -> dict[str, Any]:
 def random_weights_note(folder: str | Path) -> str | None:
     """A report note when the base at ``folder`` is a random-weight preset (its frames are
     noise, so generation metrics compare noise generators); None for a real model."""
-    marker = Path(folder) / PRESET_MARKER
-    if not marker.is_file():
-        return None
-    info = json.loads(marker.read_text())
+    info = read_base_record(folder)
     if not info.get("random_weights"):
         return None
     return (

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ragvid.flows.resolve import Resolver
-from ragvid.model.base_train import read_base_record, stage_dirs, train_base
+from ragvid.model.base_train import stage_dirs, train_base
+from ragvid.model.presets import read_base_record
 from ragvid.model.trainer import list_checkpoints
 from ragvid.schemas import SplitConfig, Workspace
 
