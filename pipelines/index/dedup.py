@@ -43,13 +43,11 @@ from ragvid.pipelines.index.dedup_blocks import clustered_pairs, read_frame_rows
 from ragvid.pipelines.index.dedup_grow import grow_groups, prior_groups
 from ragvid.pipelines.index.degenerate import dedup_warnings, pair_cosine_sum
 from ragvid.pipelines.index.layout import IndexManifest, damaged
-from ragvid.pipelines.index.parts import embedding_parts
 from ragvid.pipelines.index.vectors import source_snapshot
 from ragvid.schemas import DUPLICATES, EMBEDDINGS, list_parts, read_table, write_table
 from ragvid.schemas.checksum import ChecksumMismatchError, FileRecord, file_record
 from ragvid.schemas.config import DedupConfig, IndexConfig, defaults
-from ragvid.schemas.contract import file_config
-from ragvid.schemas.io import exists, read_metadata, write_bytes_atomic
+from ragvid.schemas.io import exists, write_bytes_atomic
 
 _INDEX = defaults(IndexConfig)
 log = logging.getLogger(__name__)
@@ -307,16 +305,14 @@ def find_duplicates(
     if grow and snapshot is not None:
         prior = prior_groups(
             out_path,
+            str(embeddings),
             snapshot["parts"],
-            [info.rows for info in embedding_parts(str(embeddings))],
             encoder=vec.encoder,
             delta_dedup=delta_dedup,
             delta_frame=delta_frame,
+            search=cfg.model_dump(),
         )
     hist = histogram_path(out_path)
-    recorded = file_config(read_metadata(out_path)) if prior is not None else {}
-    if recorded.get("dedup") != cfg.model_dump():  # another search method: run it afresh
-        prior = None
     if prior is not None and prior.n_rows == n and exists(hist):  # nothing new: kept as is
         return _report(
             prior.table,
@@ -324,8 +320,8 @@ def find_duplicates(
             0,
             delta_dedup,
             delta_frame,
-            recorded.get("n_rejected_by_frames", 0),
-            f"kept: {recorded.get('method', '')}",
+            prior.config.get("n_rejected_by_frames", 0),
+            f"kept: {prior.config.get('method', '')}",
             out_path,
             cfg,
             mean_cos,

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ragvid.pipelines.index.parts import embedding_parts
 from ragvid.schemas import DUPLICATES, read_table
 from ragvid.schemas.contract import META_ENCODER, file_config
 from ragvid.schemas.io import exists, read_metadata
@@ -31,26 +32,29 @@ from ragvid.schemas.io import exists, read_metadata
 
 @dataclass
 class PriorGroups:
-    """The groups of the corpus's first ``n_rows`` rows, from the table written last time."""
+    """The groups of the corpus's first ``n_rows`` rows, from the table written last time,
+    with the config recorded in that table."""
 
     table: pa.Table
     n_rows: int
-    parts: list[dict[str, Any]]
+    config: dict[str, Any]
 
 
 def prior_groups(
     out_path: str,
+    embeddings: str,
     parts_now: list[dict[str, Any]],
-    part_rows: list[int],
     *,
     encoder: str,
     delta_dedup: float,
     delta_frame: float | None,
+    search: dict[str, Any],
 ) -> PriorGroups | None:
     """The table at ``out_path`` when the corpus only grew since it was written: its recorded
-    parts are an unchanged prefix of ``parts_now`` (``part_rows`` their row counts), with the
-    same encoder and thresholds. None otherwise (no table, an older table without its parts,
-    a damaged one: the caller recomputes)."""
+    parts are an unchanged prefix of ``parts_now`` (the snapshot of ``embeddings``' parts),
+    with the same encoder, thresholds and search config (``search``: the ``DedupConfig``
+    dump). None otherwise (no table, an older table without its parts, a damaged one, another
+    method: the caller searches afresh)."""
     if not exists(out_path):
         return None
     try:
@@ -64,15 +68,16 @@ def prior_groups(
             or meta.get(META_ENCODER, b"").decode() != encoder
             or cfg.get("delta_dedup") != delta_dedup
             or cfg.get("delta_frame") != delta_frame
+            or cfg.get("dedup") != search
         ):
             return None
-        n_rows = int(sum(part_rows[: len(before)]))
+        n_rows = sum(info.rows for info in embedding_parts(embeddings)[: len(before)])
         if cfg.get("n_videos") != n_rows:
             return None
         table = read_table(out_path, DUPLICATES)
     except (OSError, ValueError, KeyError):
         return None
-    return PriorGroups(table, n_rows, before)
+    return PriorGroups(table, n_rows, cfg)
 
 
 def grow_groups(
