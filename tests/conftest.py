@@ -302,6 +302,22 @@ _SHAPES = ["circle", "square", "triangle", "star", "hexagon"]
 _MOTIONS = ["left", "right", "up", "down"]
 
 
+def write_embedding_parts(table, folder, bounds: list[int], first: int = 0) -> str:
+    """Write ``table``'s rows ``bounds[k]:bounds[k+1]`` as embeddings parts numbered from
+    ``first`` into ``folder`` (a corpus that grows gets parts after its old ones)."""
+    from ragvid.schemas import EMBEDDINGS, write_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        write_table(
+            folder / f"part-{first + k:05d}.parquet",
+            table.slice(a, b - a),
+            EMBEDDINGS,
+            encoder=INDEX_TEST_ENCODER,
+        )
+    return str(folder)
+
+
 def make_clustered_embeddings(
     n_distinct: int = 400,
     n_dup_groups: int = 20,
@@ -381,13 +397,9 @@ def make_clustered_embeddings(
 @pytest.fixture(scope="session")
 def clustered_embeddings(tmp_path_factory):
     """(embeddings folder with two parts, table, truth) — generated clustered vectors."""
-    from ragvid.schemas import EMBEDDINGS, write_table
-
     table, truth = make_clustered_embeddings()
     folder = tmp_path_factory.mktemp("emb") / "embeddings"
-    half = len(table) // 2
-    for i, part in enumerate((table.slice(0, half), table.slice(half))):
-        write_table(folder / f"part-{i:05d}.parquet", part, EMBEDDINGS, encoder=INDEX_TEST_ENCODER)
+    write_embedding_parts(table, folder, [0, len(table) // 2, len(table)])
     return str(folder), table, truth
 
 

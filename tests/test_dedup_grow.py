@@ -7,27 +7,16 @@ from __future__ import annotations
 import os
 
 import pyarrow.parquet as pq
-from conftest import INDEX_TEST_ENCODER
+from conftest import write_embedding_parts
 
 from ragvid.pipelines.index.build import build_index
 from ragvid.pipelines.index.dedup import find_duplicates
-from ragvid.schemas import EMBEDDINGS, IndexConfig, write_table
+from ragvid.schemas import IndexConfig
 from ragvid.schemas.config import DedupConfig
 
 # rows 0–399 are distinct videos, 400+ the planted copies (ids "d…" sort before "v…"); the
-# cut at 415 leaves some copies on each side, so a new copy joins an old group
+# cut at 414 parts group 9 (source + d009-0 old, d009-1 new): a new copy joins an old group
 OLD, CUT = [0, 200, 414], 414
-
-
-def _write_parts(table, folder, bounds, first=0):
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        write_table(
-            folder / f"part-{first + k:05d}.parquet",
-            table.slice(a, b - a),
-            EMBEDDINGS,
-            encoder=INDEX_TEST_ENCODER,
-        )
 
 
 def _rows(path):
@@ -35,13 +24,13 @@ def _rows(path):
 
 
 def _grow(table, folder):
-    _write_parts(table, folder, [CUT, len(table)], first=len(OLD) - 1)
+    write_embedding_parts(table, folder, [CUT, len(table)], first=len(OLD) - 1)
 
 
 def test_grown_groups_equal_a_full_recompute(clustered_embeddings, tmp_path):
     _, table, truth = clustered_embeddings
     folder, out = tmp_path / "emb", str(tmp_path / "dups.parquet")
-    _write_parts(table, folder, OLD)
+    write_embedding_parts(table, folder, OLD)
     first = find_duplicates(str(folder), out)
     assert first.grown_from is None and not first.reused and first.n_groups > 0
     old_sizes = {r["video_id"]: r["group_size"] for r in _rows(out)}
@@ -63,7 +52,7 @@ def test_grown_groups_equal_a_full_recompute(clustered_embeddings, tmp_path):
 def test_reruns_keep_an_up_to_date_table_and_recompute_on_change(clustered_embeddings, tmp_path):
     _, table, _ = clustered_embeddings
     folder, out = tmp_path / "emb", str(tmp_path / "dups.parquet")
-    _write_parts(table, folder, [0, 200, len(table)])
+    write_embedding_parts(table, folder, [0, 200, len(table)])
     first = find_duplicates(str(folder), out)
     again = find_duplicates(str(folder), out)
     assert again.reused and again.record == first.record  # not rewritten
@@ -82,7 +71,7 @@ def test_index_adds_new_parts_with_the_grown_table(clustered_embeddings, tmp_pat
     _, table, _ = clustered_embeddings
     folder, idx = tmp_path / "emb", str(tmp_path / "idx")
     dups = f"{idx}/duplicates.parquet"
-    _write_parts(table, folder, OLD)
+    write_embedding_parts(table, folder, OLD)
     find_duplicates(str(folder), dups)
     cfg = IndexConfig(num_shards=2)
     first = build_index(str(folder), idx, cfg, ray=False)
@@ -95,7 +84,7 @@ def test_index_adds_new_parts_with_the_grown_table(clustered_embeddings, tmp_pat
     # index — so that build starts over instead of adding
     only = IndexConfig(num_shards=2, canonical_only=True)
     idx2 = str(tmp_path / "idx2")
-    _write_parts(table, tmp_path / "emb2", OLD)
+    write_embedding_parts(table, tmp_path / "emb2", OLD)
     find_duplicates(str(tmp_path / "emb2"), f"{idx2}/duplicates.parquet")
     before = build_index(str(tmp_path / "emb2"), idx2, only, ray=False)
     _grow(table, tmp_path / "emb2")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from conftest import INDEX_TEST_ENCODER
+from conftest import write_embedding_parts
 
 from ragvid.pipelines.index.build import build_index
 from ragvid.pipelines.index.fill import plan_shards
@@ -21,19 +21,7 @@ from ragvid.pipelines.index.rowstore import RowStore, exact_topk
 from ragvid.pipelines.index.search import Retriever
 from ragvid.pipelines.index.shards import load_shard
 from ragvid.pipelines.index.vectors import table_vectors
-from ragvid.schemas import EMBEDDINGS, IndexConfig, RetrievalConfig, write_table
-
-
-def _parts(table, folder: Path, bounds: list[int]) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        write_table(
-            folder / f"part-{i:05d}.parquet",
-            table.slice(a, b - a),
-            EMBEDDINGS,
-            encoder=INDEX_TEST_ENCODER,
-        )
-    return str(folder)
+from ragvid.schemas import IndexConfig, RetrievalConfig
 
 
 def _results(index_dir: str, queries: np.ndarray, k: int = 8):
@@ -110,10 +98,10 @@ def test_adding_new_parts_equals_a_rebuild_on_flat(clustered_embeddings, tmp_pat
     _, table, _ = clustered_embeddings
     n = len(table)
     grown = tmp_path / "grown"
-    _parts(table, grown, [0, 150, 300])
+    write_embedding_parts(table, grown, [0, 150, 300])
     idx = str(tmp_path / "idx")
     first = build_index(str(grown), idx, IndexConfig(num_shards=2), ray=False)
-    _parts(table.slice(300), tmp_path / "extra", [0, n - 300])
+    write_embedding_parts(table.slice(300), tmp_path / "extra", [0, n - 300])
     os.replace(tmp_path / "extra" / "part-00000.parquet", grown / "part-00002.parquet")
     with caplog.at_level(logging.WARNING, logger="ragvid.index"):
         added = build_index(str(grown), idx, IndexConfig(num_shards=2), ray=False)
@@ -132,11 +120,11 @@ def test_adding_new_parts_equals_a_rebuild_on_flat(clustered_embeddings, tmp_pat
 def test_add_keeps_the_quantizer_and_big_growth_retrains(clustered_embeddings, tmp_path):
     _, table, _ = clustered_embeddings
     grown = tmp_path / "grown"
-    _parts(table, grown, [0, 200, 400])
+    write_embedding_parts(table, grown, [0, 200, 400])
     idx = str(tmp_path / "idx")
     cfg = IndexConfig(factory="IVF8,Flat", train_sample=400)
     base = build_index(str(grown), idx, cfg, ray=False)
-    _parts(table.slice(400), tmp_path / "extra", [0, len(table) - 400])
+    write_embedding_parts(table.slice(400), tmp_path / "extra", [0, len(table) - 400])
     os.replace(tmp_path / "extra" / "part-00000.parquet", grown / "part-00002.parquet")
     added = build_index(str(grown), idx, cfg, ray=False)
     assert added.grown_from == base.version
@@ -149,10 +137,10 @@ def test_add_keeps_the_quantizer_and_big_growth_retrains(clustered_embeddings, t
     np.testing.assert_array_equal(centroids(base, 0), centroids(added, 1))  # not retrained
     # growth beyond add_max_growth: the quantizer was sized for the old corpus, retrain
     small = tmp_path / "small"
-    _parts(table, small, [0, 100])
+    write_embedding_parts(table, small, [0, 100])
     idx2 = str(tmp_path / "idx2")
     build_index(str(small), idx2, IndexConfig(), ray=False)
-    _parts(table.slice(100), tmp_path / "big", [0, len(table) - 100])
+    write_embedding_parts(table.slice(100), tmp_path / "big", [0, len(table) - 100])
     os.replace(tmp_path / "big" / "part-00000.parquet", small / "part-00001.parquet")
     assert build_index(str(small), idx2, IndexConfig(), ray=False).grown_from is None
 
@@ -168,13 +156,13 @@ ADD = (
 def test_killed_add_leaves_the_previous_version_serving(clustered_embeddings, tmp_path):
     _, table, _ = clustered_embeddings
     grown = tmp_path / "grown"
-    _parts(table, grown, [0, 150, 300])
+    write_embedding_parts(table, grown, [0, 150, 300])
     idx = str(tmp_path / "idx")
     build_index(str(grown), idx, IndexConfig(num_shards=2), ray=False)
     q = table_vectors(table)[:300:29]
     before = _results(idx, q)
     pointer = (Path(idx) / "index.json").read_bytes()
-    _parts(table.slice(300), tmp_path / "extra", [0, len(table) - 300])
+    write_embedding_parts(table.slice(300), tmp_path / "extra", [0, len(table) - 300])
     os.replace(tmp_path / "extra" / "part-00000.parquet", grown / "part-00002.parquet")
     env = dict(os.environ, RAGVID_FAULT="index-build:after-shards:1")
     proc = subprocess.run(
