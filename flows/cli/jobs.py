@@ -20,6 +20,7 @@ from ragvid.flows.cli.common import (
     user_errors,
 )
 from ragvid.flows.resolve import Resolver
+from ragvid.model.presets import get_preset
 from ragvid.schemas import FreeInitConfig, GenerationConfig, Workspace
 
 BaseOpt = Annotated[
@@ -32,19 +33,23 @@ BaseOpt = Annotated[
     ),
 ]
 _GEN = GenerationConfig()  # the flags' defaults are the paper's, documented once there
-_OWN = "default: the base's own when ragvid trained it (synth32: {}), else the paper's ({})"
-StepsOpt = Annotated[
-    int | None, typer.Option(help="DDIM steps; " + _OWN.format(25, _GEN.num_inference_steps))
-]
+_SYNTH32 = get_preset("synth32").generation  # a trained base's own settings, for the help
+
+
+def _own(what: str, key: str) -> str:
+    """Help text of a generation flag whose default comes from the base."""
+    return (
+        f"{what}; default: the base's own when ragvid trained it (synth32: {_SYNTH32[key]}), "
+        f"else the paper's ({getattr(_GEN, key)})"
+    )
+
+
+StepsOpt = Annotated[int | None, typer.Option(help=_own("DDIM steps", "num_inference_steps"))]
 GuidanceOpt = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
-HeightOpt = Annotated[
-    int | None, typer.Option(help="Frame height; " + _OWN.format(32, _GEN.height))
-]
-WidthOpt = Annotated[int | None, typer.Option(help="Frame width; " + _OWN.format(32, _GEN.width))]
-FramesOpt = Annotated[
-    int | None, typer.Option(help="Frames per video; " + _OWN.format(8, _GEN.num_frames))
-]
-KOpt = Annotated[int | None, typer.Option(help="Retrieved videos per prompt (default 5).")]
+HeightOpt = Annotated[int | None, typer.Option(help=_own("Frame height", "height"))]
+WidthOpt = Annotated[int | None, typer.Option(help=_own("Frame width", "width"))]
+FramesOpt = Annotated[int | None, typer.Option(help=_own("Frames per video", "num_frames"))]
+KOpt = Annotated[int | None, typer.Option(help=f"Retrieved videos per prompt (default {_GEN.k}).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of every prompt.")]
 SchedulerOpt = Annotated[
     str,
@@ -587,7 +592,7 @@ def motion_transfer_cmd(
         typer.Option(help="Sizes of a fresh adapter: tiny | zeroscope (default); --from-run: its."),
     ] = None,
     caption: Annotated[str, typer.Option(help="Caption of the driving video.")] = "",
-    steps: StepsOpt = _GEN.num_inference_steps,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = _GEN.num_inference_steps,
     guidance: GuidanceOpt = _GEN.guidance_scale,
     frames: Annotated[int | None, typer.Option(help="Default: the recipe's frames.")] = None,
     seed: SeedOpt = _GEN.seed,
