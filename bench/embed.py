@@ -12,6 +12,13 @@ steady state (Ray: from the first finished part to the last), and their ratios.
     .venv/bin/python bench/embed.py --videos 5000    # the headline: Ray's start-up amortised
     .venv/bin/python bench/embed.py --encoder vit-b-32-random --videos 2000   # on a GPU box
     .venv/bin/python bench/embed.py --plan-rows 10000000 --skip-embed     # planning only
+    .venv/bin/python bench/embed.py --corpus scenes --videos 2000 --plain-videos 100  # 360p
+
+``--corpus scenes`` embeds WebVid-resolution textured scenes (``--size``, ``--seconds``;
+``--unique`` distinct clips, linked to fill ``--videos``) and measures in the same run the
+box's decode ceiling (one decoding process per core, the pipeline's backend and sampling) and
+the encoder's alone; the pipeline's rate is reported against the lower of the two and against
+their shared-cores bound 1 / (1/decode + 1/encode) (on CPUs both stages share the cores).
 
 The flow figure is the `build-index` flow's ``embed_task`` run inside a Prefect flow
 (ephemeral server) on a second copy of the manifest, timed by the task's own report;
@@ -34,30 +41,116 @@ from _common import emit
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def _manifest(raw, ws, corpus: str) -> None:
-    import csv
-
+def _write_manifest(ws, corpus: str, rows: list[dict], source_file: str) -> None:
+    """One manifest part for ``corpus`` from ``rows`` (``video_id``, ``uri``, ``caption``)."""
     import pyarrow as pa
 
     from ragvid.schemas import MANIFEST, part_name, write_table
 
-    with open(raw.csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
     write_table(
         f"{ws.manifest(corpus)}/{part_name(0)}",
         pa.table(
             {
-                "video_id": [r["videoid"] for r in rows],
-                "uri": [f"{raw.out_dir}/{r['contentUrl']}" for r in rows],
-                "caption": [r["name"] for r in rows],
+                "video_id": [r["video_id"] for r in rows],
+                "uri": [r["uri"] for r in rows],
+                "caption": [r["caption"] for r in rows],
                 "duration_s": pa.array([None] * len(rows), pa.float64()),
                 "source": ["bench"] * len(rows),
-                "source_file": [raw.csv_path] * len(rows),
+                "source_file": [source_file] * len(rows),
                 "source_row": list(range(len(rows))),
             }
         ),
         MANIFEST,
     )
+
+
+def _manifest(raw, ws, corpus: str) -> None:
+    import csv
+
+    with open(raw.csv_path, newline="") as fh:
+        rows = [
+            {
+                "video_id": r["videoid"],
+                "uri": f"{raw.out_dir}/{r['contentUrl']}",
+                "caption": r["name"],
+            }
+            for r in csv.DictReader(fh)
+        ]
+    _write_manifest(ws, corpus, rows, raw.csv_path)
+
+
+def scene_rows(clips: list[dict], videos: int, link_dir: str) -> list[dict]:
+    """``videos`` manifest rows over the distinct scene ``clips``: row i is a hard link (a copy
+    across file systems) of clip i mod len(clips) under its own name, so the corpus has
+    ``videos`` files while generating only the distinct ones (≈ 1.8 s per 10-s 360p clip
+    here). A link decodes exactly as its source does; the page cache holds them all either way
+    (a 10-s 360p clip is ≈ 0.7 MB)."""
+    import shutil
+
+    os.makedirs(link_dir, exist_ok=True)
+    rows = []
+    for i in range(videos):
+        clip = clips[i % len(clips)]
+        ext = os.path.splitext(clip["path"])[1]
+        path = f"{link_dir}/{clip['videoid']}_r{i:05d}{ext}"
+        if not os.path.exists(path):
+            try:
+                os.link(clip["path"], path)
+            except OSError:
+                shutil.copyfile(clip["path"], path)
+        rows.append(
+            {"video_id": f"{clip['videoid']}_r{i:05d}", "uri": path, "caption": clip["name"]}
+        )
+    return rows
+
+
+def box_decode_ceiling(clips: list[dict], config, short_side: int, workers: int) -> dict:
+    """The box's decode ceiling: ``workers`` processes (one per core), each decoding its share of
+    ``clips`` in-process with the pipeline's backend, sampling and thread count; the sum of
+    their videos/s (each timed after its own warm-up clip)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from decode import decode_rate
+
+    args = argparse.Namespace(
+        num_frames=config.num_frames, short_side=short_side, threads=config.decode_threads
+    )
+    backend = "decord" if config.decoder == "auto" else config.decoder
+    shares = [clips[w::workers] for w in range(workers)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows = list(
+            pool.map(
+                decode_rate,
+                shares,
+                [backend] * workers,
+                [config.keyframes] * workers,
+                [args] * workers,
+            )
+        )
+    return {
+        "backend": backend,
+        "keyframes": config.keyframes,
+        "workers": workers,
+        "videos_per_s": round(sum(r["videos_per_s"] for r in rows), 2),
+        "per_worker_videos_per_s": [r["videos_per_s"] for r in rows],
+        "frames_per_video": rows[0]["frames_per_video"],
+    }
+
+
+def box_encode_ceiling(clips: list[dict], config, short_side: int) -> dict:
+    """The encoder alone on this box (torch's default threads = every core), fed decoded frames
+    of the same clips, ``config.batch_size`` frames per call."""
+    from decode import encode_rate
+
+    args = argparse.Namespace(
+        num_frames=config.num_frames,
+        short_side=short_side,
+        encode_batch=max(1, config.batch_size // config.num_frames),
+        encode_videos=256,
+    )
+    return encode_rate(clips, config.encoder, None, args)
 
 
 def plain_loop(ws, corpus: str, config, threads: int | None = None, limit: int | None = None):
@@ -124,6 +217,7 @@ def ray_pipeline(ws, corpus: str, config) -> dict:
         "steady": steady,
         "first_part_after_s": round(finished[0][0] - started, 2) if finished else None,
         "quarantined": report.quarantined,
+        "throughput": report.throughput,  # the live meter's last snapshot: pools, bound
     }
 
 
@@ -235,6 +329,27 @@ def main() -> None:
         default=120,
         help="videos for the plain loop with torch's default threads (slow when contended)",
     )
+    parser.add_argument(
+        "--plain-videos", type=int, default=None, help="videos for the 1-thread plain loop (all)"
+    )
+    parser.add_argument(
+        "--corpus",
+        choices=("synth", "scenes"),
+        default="synth",
+        help="synth: the demo's 96×64 shapes; scenes: WebVid-resolution textured scenes "
+        "(pipelines/corpus/scenes.py), measured against the box's decode and encode ceilings",
+    )
+    parser.add_argument("--size", default="360p", help="scenes: 360p or 720p")
+    parser.add_argument("--seconds", type=float, default=10.0, help="scenes: clip length")
+    parser.add_argument(
+        "--unique", type=int, default=200, help="scenes: distinct clips (the rest are links)"
+    )
+    parser.add_argument("--scenes-dir", default="/tmp/ragvid-bench-scenes")
+    parser.add_argument(
+        "--ceiling-videos", type=int, default=60, help="scenes: clips timed for each ceiling"
+    )
+    parser.add_argument("--decoder", default="auto", help="auto, decord, pyav or torchcodec")
+    parser.add_argument("--keyframes", action="store_true", help="keyframe-aware sampling")
     parser.add_argument("--out", default=None, help="write the JSON result here too")
     parser.add_argument("--no-flow", action="store_true", help="skip the build-index flow run")
     parser.add_argument("--plan-rows", type=int, default=0, help="also plan a generated manifest")
@@ -248,17 +363,10 @@ def main() -> None:
     import ray
     import torch
 
-    from ragvid.pipelines.corpus.synth import synth_corpus
-    from ragvid.schemas import EmbedConfig, SynthConfig, Workspace
+    from ragvid.schemas import EmbedConfig, Workspace
 
     tmp = tempfile.mkdtemp(prefix="bench-embed-")
-    raw = synth_corpus(
-        f"{tmp}/raw", SynthConfig(num_videos=args.videos, num_duplicates=0, num_bad=0, seed=1)
-    )
     ws = Workspace.at(f"{tmp}/ws")
-    _manifest(raw, ws, "bench")
-    _manifest(raw, ws, "bench-flow")  # a second copy: the flow starts from nothing too
-    _manifest(raw, ws, "bench-again")  # a third: `ragvid embed` again after the flow
     config = EmbedConfig(
         encoder=args.encoder,
         num_frames=args.num_frames,
@@ -266,10 +374,44 @@ def main() -> None:
         batch_size=args.batch_size,
         num_encoders=args.num_encoders,
         num_decoders=args.num_decoders,
+        decoder=args.decoder,
+        keyframes=args.keyframes,
     )
+    ceilings = None
+    if args.corpus == "scenes":
+        from decode import corpus as scene_clips
+
+        from ragvid.pipelines.embed.encoder import load_encoder
+
+        clips = scene_clips(args.scenes_dir, args.size, args.unique, args.seconds, 0.25)
+        rows = scene_rows(clips, args.videos, f"{tmp}/raw/videos")
+        for name in ("bench", "bench-flow", "bench-again"):
+            _write_manifest(ws, name, rows, f"{args.scenes_dir}/{args.size}/results_0.csv")
+        short = load_encoder(args.encoder).decode_short_side()
+        sample = clips[: args.ceiling_videos]
+        decode_ceiling = box_decode_ceiling(sample, config, short, os.cpu_count() or 1)
+        encode_ceiling = box_encode_ceiling(sample, config, short)
+        d, e = decode_ceiling["videos_per_s"], encode_ceiling["videos_per_s"]
+        ceilings = {
+            "decode": decode_ceiling,
+            "encode": encode_ceiling,
+            "lower_of_the_two": min(d, e),
+            # decode and encode share the same cores here: one video costs 1/d + 1/e of the box
+            "shared_cores_bound": round(1 / (1 / d + 1 / e), 2),
+        }
+    else:
+        from ragvid.pipelines.corpus.synth import synth_corpus
+        from ragvid.schemas import SynthConfig
+
+        raw = synth_corpus(
+            f"{tmp}/raw", SynthConfig(num_videos=args.videos, num_duplicates=0, num_bad=0, seed=1)
+        )
+        _manifest(raw, ws, "bench")
+        _manifest(raw, ws, "bench-flow")  # a second copy: the flow starts from nothing too
+        _manifest(raw, ws, "bench-again")  # a third: `ragvid embed` again after the flow
     # torch's default threading is far slower on a busy box: timed on a subset only
     plain_default = plain_loop(ws, "bench", config, limit=args.default_threads_videos)
-    plain_1 = plain_loop(ws, "bench", config, threads=1)
+    plain_1 = plain_loop(ws, "bench", config, threads=1, limit=args.plain_videos)
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_res = ray_pipeline(ws, "bench", config)
     flow_res = again = None
@@ -290,6 +432,9 @@ def main() -> None:
         "num_frames": args.num_frames,
         "cpus": os.cpu_count(),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "corpus": args.corpus,
+        "decoder": args.decoder,
+        "keyframes": args.keyframes,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "plain_default_threads": {**plain_default, **rate(plain_default)},
         "plain_1_thread": {**plain_1, **rate(plain_1)},
@@ -301,6 +446,19 @@ def main() -> None:
     result["ratio_end_to_end"] = round(result["ray"]["videos_per_s"] / p, 2)
     if ray_res["steady"]:
         result["ratio_steady_state"] = round(ray_res["steady"]["videos_per_s"] / p, 2)
+    if ceilings is not None:
+        result["corpus_detail"] = {
+            "size": args.size,
+            "seconds": args.seconds,
+            "distinct_clips": min(args.unique, args.videos),
+        }
+        result["ceilings"] = ceilings
+        ray_rate = result["ray"]["videos_per_s"]
+        result["ray_vs_lower_ceiling"] = round(ray_rate / ceilings["lower_of_the_two"], 3)
+        result["ray_vs_shared_cores_bound"] = round(ray_rate / ceilings["shared_cores_bound"], 3)
+        if ray_res["steady"]:
+            steady = ray_res["steady"]["videos_per_s"]
+            result["ray_steady_vs_lower_ceiling"] = round(steady / ceilings["lower_of_the_two"], 3)
     if flow_res is not None:
         result["flow"] = {**flow_res, **rate(flow_res)}
         result["ray_after_flow"] = {**again, **rate(again)}

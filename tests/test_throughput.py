@@ -18,6 +18,7 @@ from ragvid.pipelines.embed.throughput import (
     measure_rates,
     plan_pools,
     progress_line,
+    rows_per_task,
 )
 from ragvid.schemas import MANIFEST, EmbedConfig, SynthConfig, Workspace, read_parts
 
@@ -67,6 +68,18 @@ def test_gpu_pools_one_encoder_per_gpu_every_other_core_decodes():
 
 
 # --- the bound and the meter ------------------------------------------------------------------
+
+
+def test_decode_tasks_hold_about_a_second_of_measured_decoding():
+    def rates(decode_s):
+        return ProbeRates(4, 4, decode_s=decode_s, encode_s=0.01)
+
+    assert rows_per_task(rates(0.005), 64) == 32  # demo clips: amortise the task overhead
+    assert rows_per_task(rates(0.11), 64) == 9  # 360p WebVid-like: fill the pipeline sooner
+    assert rows_per_task(rates(0.4), 64) == 4  # 720p: never below 4
+    assert rows_per_task(rates(0.005), 3) == 3  # never above a part
+    assert rows_per_task(ProbeRates(4, 0, None, None), 64) == 32  # nothing measured
+    assert rows_per_task(None, 16) == 16
 
 
 def test_bottleneck_names_the_slower_pool_or_overhead():
@@ -174,6 +187,7 @@ def test_ray_run_sizes_pools_from_the_probe_and_reports_the_bound(tiny_corpus, r
     pools = Pools(**snap["pools"])
     assert pools.basis == "measured" and pools.decoders + pools.encoders == 4  # 2 CPUs × 2
     assert pools.decoders >= 1 and pools.encoders >= 1 and _fits(pools, 2)
+    assert pools.decode_task_rows == 3  # tiny clips decode fast: as many rows as a part holds
     assert snap["parts"] == 4 and snap["videos"] == 12 and snap["decode_per_s"] > 0
     assert snap["bound"] in ("decode", "encode", "overhead")
     row = embed_tables(report)[0][0]  # the flow's embed table carries it

@@ -41,6 +41,7 @@ from ragvid.pipelines.embed.throughput import (
     ThroughputMeter,
     measure_rates,
     plan_pools,
+    rows_per_task,
 )
 from ragvid.pipelines.executor.base import (
     ProgressFn,
@@ -175,17 +176,23 @@ class RayDataExecutor:
         rates = measure_rates(_first_rows(stage, todo), config, probe, decode_only=gpus > 0)
         del probe
         pools = plan_pools(cpus, gpus, rates, config.num_decoders, config.num_encoders)
-        log.info("embed %s: %s; probe %s", stage.corpus, pools.describe(), rates)
+        task_rows = pools.decode_task_rows = rows_per_task(rates, config.part_size)
+        log.info(
+            "embed %s: %s, %d rows per decode task; probe %s",
+            stage.corpus,
+            pools.describe(),
+            task_rows,
+            rates,
+        )
         meter = ThroughputMeter(pools)
 
-        rows_per_task = max(4, min(32, config.part_size))  # amortise per-task overhead
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), 256 * cpus))
         # reading a part's manifest slice is light: a quarter CPU keeps it out of the fused
         # decode→encode actors (fused, every part's rows came back only at the very end)
         ds = ds.map_batches(read_slices_batch, batch_size=1, num_cpus=READER_CPUS)
         ds = ds.map_batches(
             decode_batch,
-            batch_size=rows_per_task,
+            batch_size=task_rows,
             fn_kwargs={"config": config.model_dump(), "short_side": short},
             compute=ray.data.TaskPoolStrategy(size=pools.decoders),
             num_cpus=pools.decoder_cpus,

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 READER_CPUS = 0.25  # Ray num_cpus of a manifest-slice read task (light: a Parquet row group)
 PROCESSES_PER_CORE = 2  # on CPUs, decode + encode processes per core (the OS interleaves them)
 SATURATED = 0.8  # below this share of both pools' capacity, the run is overhead-bound
+TASK_DECODE_S = 1.0  # seconds of decoding a decode task aims at (see rows_per_task)
+TASK_ROWS = (4, 32)  # bounds on the rows of one decode task
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Pools:
     encoder_gpus: float
     basis: str  # "measured" | "gpu" | "default" (no rates) | "given" (both counts from config)
     predicted_videos_per_s: float | None = None  # on CPUs, from the probe's rates
+    decode_task_rows: int | None = None  # rows per decode task (rows_per_task), once set
 
     def describe(self) -> str:
         return (
@@ -133,6 +136,20 @@ def plan_pools(
         predicted = min(decoders * core / d, encoders * core / e)
     basis = "given" if given else "measured" if measured else "default"
     return Pools(decoders, encoders, share, share, 0.0, basis, predicted)
+
+
+def rows_per_task(rates: ProbeRates | None, part_size: int) -> int:
+    """Rows per Ray decode task: about ``TASK_DECODE_S`` of decoding at the probe's measured
+    cost, within ``TASK_ROWS`` and never above a part. Cheap clips (the demo's, ~5 ms) get 32
+    rows, so the per-task overhead is amortised; WebVid-size clips (~0.1 s at 360p, ~0.4 s at
+    720p) get 4–10, so the pipeline fills sooner and the last tasks leave fewer cores idle —
+    with 32 such rows a task held ~3 s of work before its first row moved on."""
+    lo, hi = TASK_ROWS
+    hi = max(1, min(hi, part_size))
+    d = rates.decode_s if rates else None
+    if not d:
+        return hi
+    return max(min(lo, hi), min(hi, round(TASK_DECODE_S / d)))
 
 
 def _share(cpus: float, workers: int) -> float:
