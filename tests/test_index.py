@@ -56,13 +56,13 @@ def test_sharded_flat_equals_unsharded_and_exact(clustered_embeddings, tmp_path,
     assert (ir[distinct] == i4[distinct]).all()
 
 
-@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4"])
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4", "IVF8,SQ8"])
 def test_approximate_index_recall(clustered_embeddings, tmp_path, factory):
     folder, table, _ = clustered_embeddings
     cfg = IndexConfig(factory=factory, num_shards=2, recall_target=0.95, train_sample=430)
     man = build_index(folder, str(tmp_path / "ix"), cfg, ray=False)
     assert man.tuned_recall >= 0.95 and man.search_params
-    assert man.compressed == ("PQ" in factory)
+    assert man.compressed == ("PQ" in factory or "SQ" in factory)
     r = Retriever.open(str(tmp_path / "ix"))
     x = _unit(table)
     q = x[1::7]
@@ -133,8 +133,10 @@ def test_empty_table_and_bad_factory(clustered_embeddings, tmp_path):
 
 def test_choose_factory_by_size_and_budget():
     assert choose_factory(5_000, 512, 8) == "Flat"
-    assert choose_factory(1_000_000, 512, 8) == "IVF4096,Flat"
-    assert choose_factory(10_700_000, 512, 8) == "IVF16384,PQ64"
+    assert choose_factory(200_000, 512, 8) == "IVF512,SQ8"
+    assert choose_factory(1_000_000, 512, 8) == "IVF1024,SQ8"
+    assert choose_factory(10_700_000, 512, 8) == "IVF4096,SQ8"  # 5.6 GB of codes
+    assert choose_factory(10_700_000, 512, 4) == "IVF4096,PQ64"
     assert choose_factory(10_700_000, 512, 0.3).endswith("PQ16")
 
 
