@@ -142,8 +142,9 @@ def rows_per_task(rates: ProbeRates | None, part_size: int) -> int:
     """Rows per Ray decode task: about ``TASK_DECODE_S`` of decoding at the probe's measured
     cost, within ``TASK_ROWS`` and never above a part. Cheap clips (the demo's, ~5 ms) get 32
     rows, so the per-task overhead is amortised; WebVid-size clips (~0.1 s at 360p, ~0.4 s at
-    720p) get 4–10, so the pipeline fills sooner and the last tasks leave fewer cores idle —
-    with 32 such rows a task held ~3 s of work before its first row moved on."""
+    720p) get 4–10: with 32 such rows a task held ~3 s (360p) to ~13 s (720p) of work, and a
+    run's last tasks left cores idle that long. At 360p and 2,000 videos the end-to-end rate
+    was within noise either way (BENCHMARKS.md)."""
     lo, hi = TASK_ROWS
     hi = max(1, min(hi, part_size))
     d = rates.decode_s if rates else None

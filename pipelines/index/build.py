@@ -530,7 +530,10 @@ def _build_version(
     tasks = [(trained, j) for j in jobs]
     with ThreadPoolExecutor(1) as side:  # BM25 (captions only) while the shard tasks run
         bm25 = side.submit(_write_bm25, plan, target)
-        results = kept + list(map_tasks(fill_shard, tasks, workers=max(1, min(len(jobs), 4))))
+        # threads (no Ray): each shard holds its codes and one part's vectors; FAISS's add is
+        # already multi-threaded, so more threads than cores only add memory
+        workers = max(1, min(len(jobs), 4, os.cpu_count() or 1))
+        results = kept + list(map_tasks(fill_shard, tasks, workers=workers))
         clock.lap("shards")
         files.update(bm25.result())
         clock.lap("bm25_after_shards")

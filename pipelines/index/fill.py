@@ -10,6 +10,7 @@ workspace), else threads (:func:`~ragvid.pipelines.executor.map_tasks.map_tasks`
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import faiss
@@ -17,9 +18,7 @@ import numpy as np
 
 from ragvid.pipelines.executor.map_tasks import ray_node
 from ragvid.pipelines.index.parts import read_part_vectors
-from ragvid.pipelines.index.rowstore import write_piece
-from ragvid.schemas.checksum import bytes_record
-from ragvid.schemas.files import write_bytes_atomic
+from ragvid.schemas.files import atomic_put
 
 
 @dataclass(frozen=True)
@@ -79,30 +78,82 @@ def plan_shards(
     return jobs
 
 
+class _HashingWriter:
+    """A file handle's ``write`` that also counts and hashes what passes through it, so a
+    streamed file gets its record without being held or read back."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.size, self.sha = fh, 0, hashlib.sha256()
+
+    def __call__(self, data) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.size += view.nbytes
+        self.fh.write(view)
+        return view.nbytes
+
+    def record(self) -> dict:
+        return {"size": self.size, "sha256": self.sha.hexdigest()}
+
+
 def fill_shard(trained: bytes, job: ShardJob) -> dict:
     """Build one shard from its spans; write the shard and its vector piece atomically;
-    return both records."""
+    return both records.
+
+    Bounded memory: the piece is written span by span as the vectors are added (an ``.npy``
+    header for the planned rows, then the rows), and the index is streamed to its file by
+    FAISS — the task holds the index's codes and one part's vectors, not a second copy of
+    either (at 10M × 512 in 8 shards a whole piece plus a serialized index were ~2.6 GB more
+    per task; BENCHMARKS.md)."""
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    piece = np.empty((job.rows, index.d), dtype=job.vectors_dtype)
-    at = 0
-    for span in job.spans:
-        v = read_part_vectors(span.uri, span.rows)
-        ids = np.arange(job.first_row + at, job.first_row + at + len(v), dtype=np.int64)
-        index.add_with_ids(v, ids)
-        piece[at : at + len(v)] = v
-        at += len(v)
-    data = faiss.serialize_index(index).tobytes()
-    write_bytes_atomic(job.shard_uri, data)
-    rec = bytes_record(data)
+    dtype = np.dtype(job.vectors_dtype)
+    piece: dict = {}
+
+    def fill_piece(fh) -> None:
+        out = _HashingWriter(fh)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(
+            _WriteOnly(out), {**header, "shape": (job.rows, index.d)}
+        )
+        at = 0
+        for span in job.spans:
+            v = read_part_vectors(span.uri, span.rows)
+            ids = np.arange(job.first_row + at, job.first_row + at + len(v), dtype=np.int64)
+            index.add_with_ids(v, ids)
+            out(np.ascontiguousarray(v, dtype=dtype))
+            at += len(v)
+        if at != job.rows:
+            raise RuntimeError(f"shard {job.shard_uri}: read {at} rows, planned {job.rows}")
+        piece.update(out.record())
+
+    atomic_put(job.piece_uri, fill_piece)
+    shard_rec: dict = {}
+
+    def write_index(fh) -> None:
+        out = _HashingWriter(fh)
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out))
+        shard_rec.update(out.record())
+
+    atomic_put(job.shard_uri, write_index)
     shard = {
         "file": job.shard_uri.rsplit("/", 1)[-1],
         "count": int(index.ntotal),
-        "bytes": rec.size,
-        "sha256": rec.sha256,
+        "bytes": shard_rec["size"],
+        "sha256": shard_rec["sha256"],
         "first_row": job.first_row,
         "node": ray_node(),
     }
-    return {"shard": shard, "piece": write_piece(job.piece_uri, piece)}
+    return {
+        "shard": shard,
+        "piece": {"file": job.piece_uri.rsplit("/", 1)[-1], "rows": job.rows, **piece},
+    }
+
+
+class _WriteOnly:
+    """What ``numpy.lib.format``'s header writer needs of a file: ``write``."""
+
+    def __init__(self, write) -> None:
+        self.write = write
 
 
 def sample_part(uri: str, rows: np.ndarray) -> np.ndarray:

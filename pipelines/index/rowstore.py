@@ -19,19 +19,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ragvid.pipelines.index.layout import IndexManifest
 from ragvid.pipelines.index.shards import read_verified, verify_file
-from ragvid.schemas.checksum import FileRecord, bytes_record
-from ragvid.schemas.files import atomic_put, fs_and_path
+from ragvid.schemas.checksum import FileRecord
+from ragvid.schemas.files import fs_and_path
 from ragvid.schemas.workspace import VECTORS_FILE
-
-
-def write_piece(uri: str, x: np.ndarray) -> dict[str, Any]:
-    """Write one piece atomically (``np.save`` format); return its record for the manifest."""
-    buf = io.BytesIO()
-    np.save(buf, x)
-    data = buf.getvalue()
-    atomic_put(uri, lambda fh: fh.write(data))
-    rec = bytes_record(data)
-    return {"file": uri.rsplit("/", 1)[-1], "rows": len(x), "size": rec.size, "sha256": rec.sha256}
 
 
 def pieces_of(man: IndexManifest) -> list[dict[str, Any]]:
