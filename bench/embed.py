@@ -115,7 +115,9 @@ def box_decode_ceiling(clips: list[dict], config, short_side: int, workers: int)
     args = argparse.Namespace(
         num_frames=config.num_frames, short_side=short_side, threads=config.decode_threads
     )
-    backend = "decord" if config.decoder == "auto" else config.decoder
+    from ragvid.pipelines.embed.decoders import ORDER
+
+    backend = ORDER[config.decoder][0]  # what the pipeline tries first for this setting
     shares = [clips[w::workers] for w in range(workers)]
     import multiprocessing
 

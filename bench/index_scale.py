@@ -124,13 +124,14 @@ def step_search(a) -> dict:
 
 
 def step_neighbours(a) -> dict:
+    from ragvid.pipelines.index.layout import IndexManifest, read_ids
     from ragvid.pipelines.index.neighbours import materialize_neighbours
     from ragvid.pipelines.index.search import Retriever
     from ragvid.schemas import RetrievalConfig
 
-    r = Retriever.open(f"{a.workdir}/index")
-    vids = [str(v) for v in r.ids[: a.neighbour_videos]]
-    del r
+    # the ids table alone: opening a Retriever would load every shard and hash every piece
+    man = IndexManifest.load(f"{a.workdir}/index")
+    vids = read_ids(man).column("video_id").slice(0, a.neighbour_videos).to_pylist()
     cfg = RetrievalConfig(k=5)
     t = time.perf_counter()
     rep = materialize_neighbours(f"{a.workdir}/index", f"{a.workdir}/nb", cfg, video_ids=vids)

@@ -85,7 +85,7 @@ class _HashingWriter:
     def __init__(self, fh) -> None:
         self.fh, self.size, self.sha = fh, 0, hashlib.sha256()
 
-    def __call__(self, data) -> int:
+    def write(self, data) -> int:
         view = memoryview(data)
         self.sha.update(view)
         self.size += view.nbytes
@@ -112,15 +112,13 @@ def fill_shard(trained: bytes, job: ShardJob) -> dict:
     def fill_piece(fh) -> None:
         out = _HashingWriter(fh)
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(
-            _WriteOnly(out), {**header, "shape": (job.rows, index.d)}
-        )
+        np.lib.format.write_array_header_1_0(out, {**header, "shape": (job.rows, index.d)})
         at = 0
         for span in job.spans:
             v = read_part_vectors(span.uri, span.rows)
             ids = np.arange(job.first_row + at, job.first_row + at + len(v), dtype=np.int64)
             index.add_with_ids(v, ids)
-            out(np.ascontiguousarray(v, dtype=dtype))
+            out.write(np.ascontiguousarray(v, dtype=dtype))
             at += len(v)
         if at != job.rows:
             raise RuntimeError(f"shard {job.shard_uri}: read {at} rows, planned {job.rows}")
@@ -131,7 +129,7 @@ def fill_shard(trained: bytes, job: ShardJob) -> dict:
 
     def write_index(fh) -> None:
         out = _HashingWriter(fh)
-        faiss.write_index(index, faiss.PyCallbackIOWriter(out))
+        faiss.write_index(index, faiss.PyCallbackIOWriter(out.write))
         shard_rec.update(out.record())
 
     atomic_put(job.shard_uri, write_index)
@@ -147,13 +145,6 @@ def fill_shard(trained: bytes, job: ShardJob) -> dict:
         "shard": shard,
         "piece": {"file": job.piece_uri.rsplit("/", 1)[-1], "rows": job.rows, **piece},
     }
-
-
-class _WriteOnly:
-    """What ``numpy.lib.format``'s header writer needs of a file: ``write``."""
-
-    def __init__(self, write) -> None:
-        self.write = write
 
 
 def sample_part(uri: str, rows: np.ndarray) -> np.ndarray:
