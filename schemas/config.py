@@ -361,7 +361,15 @@ class DedupConfig(_Config):
     block_rows: int = Field(2048, ge=64, description="rows per matrix product inside a cluster")
     workers: int = Field(1, ge=1, description="threads over clusters when Ray is not initialised")
     vectors_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="how the driver holds the N vectors (float16: half the memory)"
+        "float32",
+        description="how the vectors are held: the exact/ivf methods' array in the driver, the "
+        "clustered method's spill files (float16: half the memory and disk)",
+    )
+    spill_bucket_rows: int = Field(
+        262_144,
+        ge=16,
+        description="clustered: vector rows per spill bucket, what one pair task loads "
+        "(262,144 × 512-d float16 ≈ 256 MiB)",
     )
     seed: int = 0
     warn_group_share: float = Field(

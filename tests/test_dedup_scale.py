@@ -14,9 +14,11 @@ from ragvid.pipelines.index.dedup import find_duplicates, read_duplicates
 from ragvid.pipelines.index.dedup_blocks import (
     block_pairs,
     clustered_pairs,
+    embedding_sources,
     read_frame_rows,
     read_video_vectors,
 )
+from ragvid.pipelines.index.dedup_spill import scan_corpus, spill_folder, spilled_clustered_pairs
 from ragvid.pipelines.index.vectors import load_vectors
 from ragvid.schemas import EMBEDDINGS, write_table
 from ragvid.schemas.config import DedupConfig
@@ -156,3 +158,58 @@ def test_streamed_read_refuses_duplicate_ids(clustered_embeddings, tmp_path):
     write_table(path, twice, EMBEDDINGS, encoder=table.column("encoder")[0].as_py())
     with pytest.raises(ValueError, match="more than once"):
         find_duplicates(path, str(tmp_path / "d.parquet"))
+
+
+def _spilled(folder, cfg, spill):
+    scan = scan_corpus(embedding_sources(folder), folder, cfg)
+    return scan, spilled_clustered_pairs(scan, 0.965, cfg, spill)
+
+
+def test_spilled_buckets_give_the_in_memory_pairs(clustered_embeddings, tmp_path, monkeypatch):
+    """Out of core (vectors spilled to many bucket files, one task per bucket) = the in-memory
+    clustered search: same pairs, similarities and top-1; the spill folder is gone after."""
+    folder, table, _ = clustered_embeddings
+    x = read_video_vectors(folder).x
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # in-process here; Ray: next test
+    mem = clustered_pairs(x, 0.965, SMALL)
+    cfg = SMALL.model_copy(update={"spill_bucket_rows": 64})
+    spill = str(tmp_path / "spill")
+    scan, (i, j, s, top1, method) = _spilled(folder, cfg, spill)
+    assert scan.ids.to_pylist() == table.column("video_id").to_pylist()
+    assert len(scan.parts) == 2 and scan.dim == x.shape[1]
+    assert scan.pair_cosine_sum == pytest.approx(((x.sum(0) @ x.sum(0)) - len(x)) / 2, rel=1e-4)
+    buckets = int(method.split(" buckets")[0].rsplit(" ", 1)[1])
+    assert buckets > 3, method
+    np.testing.assert_array_equal(i, mem[0])
+    np.testing.assert_array_equal(j, mem[1])
+    np.testing.assert_allclose(s, mem[2], atol=1e-6)
+    np.testing.assert_allclose(top1, mem[3], atol=1e-6)
+    assert method.split(";")[0] == mem[4] and not (tmp_path / "spill").exists()
+
+
+def test_spilled_pairs_on_ray_tasks_match_in_process(clustered_embeddings, tmp_path, ray_local):
+    folder, _, _ = clustered_embeddings
+    cfg = SMALL.model_copy(update={"spill_bucket_rows": 100})
+    _, on_ray = _spilled(folder, cfg, str(tmp_path / "a"))
+    threads = cfg.model_copy(update={"workers": 2})
+    with pytest.MonkeyPatch.context() as m:
+        m.delitem(sys.modules, "ray")
+        _, local = _spilled(folder, threads, str(tmp_path / "b"))
+    for a, b in zip(on_ray[:4], local[:4], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_killed_runs_spill_is_wiped_and_float16_spill_keeps_the_groups(
+    clustered_embeddings, tmp_path
+):
+    folder, _, _ = clustered_embeddings
+    out = str(tmp_path / "d.parquet")
+    spill = spill_folder(out)
+    assert spill == str(tmp_path / ".d.dedup-spill")
+    (tmp_path / ".d.dedup-spill").mkdir()
+    (tmp_path / ".d.dedup-spill" / "b00000-p00000.npz").write_bytes(b"half-written")
+    half = SMALL.model_copy(update={"vectors_dtype": "float16", "spill_bucket_rows": 64})
+    rep = find_duplicates(folder, out, config=half)
+    exact = find_duplicates(folder, str(tmp_path / "e.parquet"))
+    assert "spilled to" in rep.method and not (tmp_path / ".d.dedup-spill").exists()
+    assert _groups(rep.table_path) == _groups(exact.table_path)

@@ -136,7 +136,7 @@ def test_choose_factory_by_size_and_budget():
     assert choose_factory(200_000, 512, 8) == "IVF512,SQ8"
     assert choose_factory(1_000_000, 512, 8) == "IVF1024,SQ8"
     assert choose_factory(10_700_000, 512, 8) == "IVF4096,SQ8"  # 5.6 GB of codes
-    assert choose_factory(10_700_000, 512, 4) == "IVF4096,PQ64"
+    assert choose_factory(10_700_000, 512, 4) == "IVF4096,PQ128"
     assert choose_factory(10_700_000, 512, 0.3).endswith("PQ16")
 
 

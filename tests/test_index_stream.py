@@ -12,6 +12,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 from conftest import write_embedding_parts
 
 from ragvid.pipelines.index.build import build_index
@@ -208,3 +209,37 @@ def test_ivf_shards_share_one_quantizer_search(clustered_embeddings, tmp_path):
         np.testing.assert_allclose(shared[0], whole[0], rtol=1e-6)
     flat = build_index(folder, str(tmp_path / "flat"), IndexConfig(num_shards=2), ray=False)
     assert ShardSet.open(flat, gpu=False)._shared is None  # Flat shards: nothing to share
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux /proc only")
+def test_row_store_scans_and_gathers_hold_a_bounded_share_of_the_mapped_pieces(tmp_path):
+    """Scanning or re-ranking from memory-mapped float16 pieces must not leave every page in
+    the process (10 GB at 10M): past ``release_bytes`` the mapped pages are dropped."""
+    from ragvid.pipelines.index.rowstore import RowStore, exact_topk
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "piece.npy"
+    np.save(path, rng.standard_normal((300_000, 256)).astype(np.float16))  # 146 MiB
+
+    def grown(release_bytes: int) -> tuple[float, np.ndarray]:
+        store = RowStore.of([np.load(path, mmap_mode="r")], 256)
+        store.release_bytes = release_bytes
+        before = _rss_file_mb()
+        top = exact_topk(rng.standard_normal((4, 256)).astype(np.float32), store, 5)
+        for _ in range(20):
+            store[rng.integers(0, len(store), 4096)]
+        return _rss_file_mb() - before, top
+
+    kept, top_all = grown(2**40)  # never released: what the mapping costs
+    bounded, top_bounded = grown(16 * 2**20)
+    assert kept > 100, kept
+    assert bounded < 40, (bounded, kept)
+    assert top_all.shape == top_bounded.shape == (4, 5)

@@ -88,9 +88,10 @@ def choose_factory(n: int, dim: int, memory_budget_gb: float) -> str:
     nlist ≈ √N (a power of two). Measured at 1M × 512 on 2 cores (BENCHMARKS.md, issue 13):
     IVF1024,SQ8 re-ranked reaches recall@10 0.96 at ~2× the QPS of IVF4096,Flat (the 4·√N
     rule), and trains + fills in ~10 s instead of ~2 min — the scan of a few longer lists of
-    1-byte codes is cheaper than the quantizer work more lists cost. PQ has dim/8
-    sub-quantizers, shrunk until the codes fit. HNSW is available through
-    ``IndexConfig.factory`` (e.g. ``HNSW32``).
+    1-byte codes is cheaper than the quantizer work more lists cost. PQ has dim/4
+    sub-quantizers (4 dimensions each: encoding costs 256 × dim whatever m is, and the
+    re-rank needs the true neighbours among the candidates), halved until the codes fit.
+    HNSW is available through ``IndexConfig.factory`` (e.g. ``HNSW32``).
     """
     if n <= FLAT_MAX_N:
         return "Flat"
@@ -98,7 +99,7 @@ def choose_factory(n: int, dim: int, memory_budget_gb: float) -> str:
     budget = memory_budget_gb * 1024**3
     if n * dim * 1.1 <= budget:  # SQ8: one byte per dimension, plus the lists' ids
         return f"IVF{nlist},SQ8"
-    m = max(8, dim // 8)
+    m = max(8, dim // 4)
     while m > 8 and n * m * 1.5 > budget:
         m //= 2
     while dim % m:
@@ -433,8 +434,8 @@ class _Clock:
 
 def _write_bm25(plan: _Rows, target: IndexLayout) -> dict[str, dict[str, Any]]:
     """BM25 over the captions, saved into the version; returns the files' records."""
-    captions = pc.fill_null(plan.captions, "").to_pylist()
-    Bm25Index.build(captions, plan.ids.to_pylist()).save(target.bm25)
+    # Arrow arrays: the build tokenises a slice at a time (10M captions as Python lists: GBs)
+    Bm25Index.build(plan.captions, plan.ids).save(target.bm25)
     return {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(target.bm25).items()}
 
 

@@ -1,15 +1,18 @@
 """Corpus-level near-duplicate groups: all pairs with cosine ≥ δ_dedup, connected components.
 
 Pairs come from an exact FAISS range search (Flat) up to ``exact_max_n`` videos and, above,
-from :mod:`.dedup_blocks`: spherical k-means, border vectors in their nearest few clusters, exact
-blocked products inside each cluster (Ray tasks when Ray is up) — linear in N for a bounded
-cluster size (``DedupConfig``; the older one-process IVF range search stays as
-``method="ivf"``). Vectors are read part by part (``video_id`` + ``video_emb`` only), frame
-embeddings only for the rows of candidate pairs; components come from scipy over the rows in
-pairs, with no Python object per corpus row. The canonical member of a group is its smallest
-video_id (deterministic, independent of part order). Singletons get no row: a video absent from
-the table is its own canonical member. A histogram of every video's top-1 similarity, with the
-threshold drawn in, is written next to the table to help choose δ_dedup on a new corpus.
+from the clustered search (SemDeDup's shape: spherical k-means, border vectors in their nearest
+few clusters, exact blocked products inside each cluster — linear in N for a bounded cluster
+size; ``DedupConfig``), run out of core by :mod:`.dedup_spill`: tasks per part read
+``video_id`` + ``video_emb`` and spill each vector to its clusters' bucket files, tasks per
+bucket find the pairs (Ray tasks when Ray is up) — the driver holds ids, a k-means sample and
+one float per row, never the vectors. The one-process IVF range search stays as
+``method="ivf"``. Frame embeddings are read only for the rows of candidate pairs; components
+come from scipy over the rows in pairs, with no Python object per corpus row. The canonical
+member of a group is its smallest video_id (deterministic, independent of part order).
+Singletons get no row: a video absent from the table is its own canonical member. A histogram
+of every video's top-1 similarity, with the threshold drawn in, is written next to the table
+to help choose δ_dedup on a new corpus.
 
 A video embedding is a frame mean (Eq. 3), blind to order: a clip and its reverse, or the same
 objects moving along other paths, can share it. So a candidate pair must also agree frame by
@@ -39,8 +42,19 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ragvid.pipelines.index.dedup_blocks import clustered_pairs, read_frame_rows, read_video_vectors
+from ragvid.pipelines.index.dedup_blocks import (
+    StreamedVectors,
+    embedding_sources,
+    read_frame_rows,
+    read_video_vectors,
+)
 from ragvid.pipelines.index.dedup_grow import grow_groups, prior_groups
+from ragvid.pipelines.index.dedup_spill import (
+    CorpusScan,
+    scan_corpus,
+    spill_folder,
+    spilled_clustered_pairs,
+)
 from ragvid.pipelines.index.degenerate import dedup_warnings, pair_cosine_sum
 from ragvid.pipelines.index.layout import IndexManifest, damaged
 from ragvid.pipelines.index.vectors import source_snapshot
@@ -296,9 +310,18 @@ def find_duplicates(
     if exact_max_n is not None:
         cfg = cfg.model_copy(update={"exact_max_n": exact_max_n})
     t0 = time.perf_counter()
-    vec = read_video_vectors(embeddings, dtype=cfg.vectors_dtype)
+    where = "embeddings table" if isinstance(embeddings, pa.Table) else str(embeddings)
+    sources = embedding_sources(embeddings)
+    how = cfg.method
+    if how == "auto":
+        how = "exact" if sum(r for _, r in sources) <= cfg.exact_max_n else "clustered"
+    if how == "clustered":  # out of core: the driver never holds the vectors
+        vec: StreamedVectors | CorpusScan = scan_corpus(sources, where, cfg)
+        pair_sum = vec.pair_cosine_sum
+    else:
+        vec = read_video_vectors(embeddings, dtype=cfg.vectors_dtype)
+        pair_sum, _ = pair_cosine_sum(vec.x)
     n = len(vec.ids)
-    pair_sum, _ = pair_cosine_sum(vec.x)
     mean_cos = pair_sum / (n * (n - 1) / 2) if n > 1 else None
     snapshot = None if isinstance(embeddings, pa.Table) else source_snapshot(str(embeddings))
     prior = None
@@ -329,14 +352,12 @@ def find_duplicates(
             t0,
             reused=True,
         )
-    how = cfg.method
-    if how == "auto":
-        how = "exact" if n <= cfg.exact_max_n else "clustered"
     if how == "clustered":
         # growing searches the new rows against all through a range search, which at 200k
         # took 2.8× the clustered search of every pair (BENCHMARKS.md): recompute instead
         prior = None
     if prior is not None:
+        assert isinstance(vec, StreamedVectors)
         i, j, s, top1, method = similar_pairs(
             np.asarray(vec.x, dtype=np.float32),
             delta_dedup,
@@ -345,9 +366,11 @@ def find_duplicates(
             first_query=prior.n_rows,
         )
         method = f"grown from {prior.n_rows} videos by {n - prior.n_rows} new, {method}"
-    elif how == "clustered":
-        i, j, s, top1, method = clustered_pairs(vec.x, delta_dedup, cfg)
+    elif isinstance(vec, CorpusScan):
+        spill = spill_folder(out_path)
+        i, j, s, top1, method = spilled_clustered_pairs(vec, delta_dedup, cfg, spill)
     else:
+        assert isinstance(vec, StreamedVectors)
         i, j, s, top1, method = similar_pairs(
             np.asarray(vec.x, dtype=np.float32),
             delta_dedup,

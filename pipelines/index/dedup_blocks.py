@@ -4,18 +4,21 @@
   preallocated array (float32, or float16 to halve memory), with the checks of
   :func:`~ragvid.pipelines.index.vectors.load_vectors` (empty, mixed encoders, duplicate ids,
   NaN/zero vectors). Ids stay an Arrow string array: no Python object per row.
-* :func:`clustered_pairs` is the SemDeDup shape: spherical k-means on a sample (N / 2,048
-  clusters by default); a vector near a border (its next centroid within ``assign_margin``
-  of its nearest) joins up to ``assign`` clusters, so a pair across the border still shares
-  one; oversized clusters are split by k-means again; then :func:`block_pairs` — a plain
-  function over one cluster's block — mapped by Ray tasks when Ray is initialised, else
-  threads or in-process. Joining the runner-up unconditionally does not scale: on CLIP-like
-  data one hub centroid is nearly everyone's second choice (a 12,522-member block of 30,000).
+* :func:`clustered_pairs` is the SemDeDup shape over vectors in memory: spherical k-means on a
+  sample (N / 2,048 clusters by default); a vector near a border (its next centroid within
+  ``assign_margin`` of its nearest) joins up to ``assign`` clusters, so a pair across the
+  border still shares one; oversized clusters are split by k-means again; then
+  :func:`block_pairs` — a plain function over one cluster's block — mapped by Ray tasks when
+  Ray is initialised, else threads or in-process. Joining the runner-up unconditionally does
+  not scale: on CLIP-like data one hub centroid is nearly everyone's second choice (a
+  12,522-member block of 30,000). :mod:`.dedup_spill` runs the same steps out of core, which
+  is what ``find_duplicates`` uses.
 * :func:`read_frame_rows` reads ``frame_emb`` for the rows in candidate pairs only.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -47,7 +50,8 @@ class StreamedVectors:
     parts: list[tuple[str | pa.Table, int, int]]  # (part uri or table, first row, rows)
 
 
-def _sources(embeddings: str | pa.Table) -> list[tuple[str | pa.Table, int]]:
+def embedding_sources(embeddings: str | pa.Table) -> list[tuple[str | pa.Table, int]]:
+    """(part uri, rows from its footer) for each part; a table is one part."""
     if isinstance(embeddings, pa.Table):
         return [(embeddings, len(embeddings))]
     return [(info.uri, info.rows) for info in embedding_parts(str(embeddings))]
@@ -57,7 +61,7 @@ def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> St
     """Read ``video_id`` + ``video_emb`` part by part into one (N, dim) array (normalised in
     float32 per part, stored as ``dtype``), refusing what ``load_vectors`` refuses."""
     where = "embeddings table" if isinstance(embeddings, pa.Table) else str(embeddings)
-    sources = _sources(embeddings)
+    sources = embedding_sources(embeddings)
     n = sum(r for _, r in sources)
     if n == 0:
         raise ValueError(f"{where}: the embeddings table is empty — nothing to index")
@@ -98,6 +102,12 @@ def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> St
 # -- pairs inside one cluster ------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
+def _lower_triangle(m: int) -> np.ndarray:
+    """Boolean (m, m) mask of the diagonal and below (one per block size, reused)."""
+    return np.tri(m, dtype=bool)
+
+
 def block_pairs(
     rows: np.ndarray, xb: np.ndarray, delta: float, block_rows: int = 2048
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -112,8 +122,7 @@ def block_pairs(
     for a in range(0, m, block_rows):
         b = min(m, a + block_rows)
         g = xb[a:b] @ xb[a:].T  # rows a..b against columns a..m
-        sq = g[:, : b - a]
-        sq[np.tril_indices(b - a)] = -2.0  # self and the lower triangle
+        np.copyto(g[:, : b - a], -2.0, where=_lower_triangle(b - a))  # self and below
         np.maximum(top1[a:b], g.max(axis=1), out=top1[a:b])
         np.maximum(top1[a:], g.max(axis=0), out=top1[a:])
         r, c = np.nonzero(g >= delta)
@@ -136,39 +145,61 @@ def _as32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def kmeans_assign(
-    x: np.ndarray, k: int, assign: int, cfg: DedupConfig, chunk: int = 65_536
-) -> np.ndarray:
-    """Train spherical k-means (``k`` centroids) on a sample of ``x`` (≥ 39·k, capped) and
-    return each row's ``assign`` nearest centroids, (N, assign) int64 — the second and later
-    only where their cosine is within ``assign_margin`` of the nearest's (-1 elsewhere): a
-    vector deep inside its cluster joins no other, so no hub centroid collects every vector
-    as its runner-up."""
-    n, dim = x.shape
-    if k <= 1:
-        return np.zeros((n, 1), np.int64)
-    want = min(n, max(39 * k, min(cfg.train_points_per_centroid * k, cfg.train_sample_cap)))
-    rng = np.random.default_rng(cfg.seed)
-    sample = _as32(x[np.sort(rng.choice(n, size=want, replace=False))])
+def cluster_count(n: int, cfg: DedupConfig) -> int:
+    """k = N / ``cluster_size`` (≥ 39 rows per centroid, as FAISS wants)."""
+    return min(max(1, math.ceil(n / cfg.cluster_size)), max(1, n // 39))
+
+
+def centroid_sample_size(n: int, k: int, cfg: DedupConfig) -> int:
+    """Rows the k-means trains on: ``train_points_per_centroid`` per centroid (≥ 39), capped."""
+    return min(n, max(39 * k, min(cfg.train_points_per_centroid * k, cfg.train_sample_cap)))
+
+
+def train_centroids(sample: np.ndarray, k: int, cfg: DedupConfig) -> np.ndarray:
+    """Spherical k-means centroids (k, dim) float32 of the (already drawn) sample."""
     km = faiss.Kmeans(
-        dim,
+        sample.shape[1],
         k,
         niter=cfg.kmeans_iter,
         spherical=True,
         seed=cfg.seed,
-        max_points_per_centroid=max(39, math.ceil(want / k)),
+        max_points_per_centroid=max(39, math.ceil(len(sample) / k)),
     )
-    km.train(sample)
-    index = faiss.IndexFlatIP(dim)
-    index.add(km.centroids)
+    km.train(_as32(sample))
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def assign_rows(
+    x: np.ndarray, centroids: np.ndarray, assign: int, margin: float, chunk: int = 65_536
+) -> np.ndarray:
+    """Each row's ``assign`` nearest centroids, (N, assign) int64 — the second and later only
+    where their cosine is within ``margin`` of the nearest's (-1 elsewhere): a vector deep
+    inside its cluster joins no other, so no hub centroid collects every vector as its
+    runner-up."""
+    n, k = len(x), len(centroids)
+    if k <= 1:
+        return np.zeros((n, 1), np.int64)
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(_as32(centroids))
     m = min(assign, k)
     out = np.empty((n, m), np.int64)
     for a in range(0, n, chunk):
         sim, lab = index.search(_as32(x[a : a + chunk]), m)
-        far = sim < sim[:, :1] - cfg.assign_margin  # not near a border: primary only
-        lab[far] = -1
+        lab[sim < sim[:, :1] - margin] = -1  # not near a border: primary only
         out[a : a + chunk] = lab
     return out
+
+
+def kmeans_assign(x: np.ndarray, k: int, assign: int, cfg: DedupConfig) -> np.ndarray:
+    """:func:`train_centroids` on a sample of ``x`` (:func:`centroid_sample_size` rows drawn
+    with ``cfg.seed``), then :func:`assign_rows` for every row of ``x``."""
+    n = len(x)
+    if k <= 1:
+        return np.zeros((n, 1), np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    want = centroid_sample_size(n, k, cfg)
+    sample = x[np.sort(rng.choice(n, size=want, replace=False))]
+    return assign_rows(x, train_centroids(sample, k, cfg), assign, cfg.assign_margin)
 
 
 def _members(assignment: np.ndarray, k: int) -> list[np.ndarray]:
@@ -187,7 +218,7 @@ def cluster_members(x: np.ndarray, cfg: DedupConfig, depth: int = 0) -> list[np.
     multi-assignment (up to 3 levels), so the blocks — and the work per block — stay bounded.
     A cluster k-means cannot split stays whole: slower, still exact within it."""
     n = len(x)
-    k = min(max(1, math.ceil(n / cfg.cluster_size)), max(1, n // 39))
+    k = cluster_count(n, cfg)
     if k == 1:
         return [np.arange(n, dtype=np.int64)]
     out: list[np.ndarray] = []

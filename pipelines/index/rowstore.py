@@ -11,6 +11,7 @@ costs page cache, not RAM. Versions built before pieces keep one float32 ``vecto
 from __future__ import annotations
 
 import io
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,10 @@ from ragvid.pipelines.index.shards import read_verified, verify_file
 from ragvid.schemas.checksum import FileRecord
 from ragvid.schemas.files import fs_and_path
 from ragvid.schemas.workspace import VECTORS_FILE
+
+# a page fault on a file mapping maps the pages around it too (Linux fault_around_bytes,
+# 64 KiB by default): what one randomly gathered row costs the resident set
+FAULT_AROUND = 64 * 1024
 
 
 def pieces_of(man: IndexManifest) -> list[dict[str, Any]]:
@@ -46,11 +51,19 @@ def piece_records(man: IndexManifest) -> list[tuple[str, str, FileRecord]]:
 
 @dataclass
 class RowStore:
-    """Rows of the concatenated pieces, gathered by global row id as float32."""
+    """Rows of the concatenated pieces, gathered by global row id as float32.
+
+    Memory-mapped pages stay in the process's resident set once touched: a re-rank of many
+    queries or a full scan would grow it to every piece (10 GB at 10M). So after each
+    ``release_bytes`` of pages read, the mapping is told to drop them (``MADV_DONTNEED``: the
+    page cache keeps them, the next read maps them back) — the process holds at most about
+    that much of the pieces."""
 
     pieces: list[np.ndarray]
     starts: np.ndarray  # (len(pieces) + 1,) first row of each piece, then the total
     dim: int
+    release_bytes: int = 256 * 2**20
+    _touched: int = 0
 
     @classmethod
     def open(cls, man: IndexManifest, verify: bool = True) -> RowStore:
@@ -94,20 +107,38 @@ class RowStore:
         if rows.ndim == 0:
             return self[rows[None]][0]
         if len(self.pieces) == 1:
-            return np.asarray(self.pieces[0][rows], dtype=np.float32)
+            out = np.asarray(self.pieces[0][rows], dtype=np.float32)
+            self._read(rows.size * max(FAULT_AROUND, self.pieces[0].itemsize * self.dim))
+            return out
         flat = rows.ravel()
         out = np.empty((len(flat), self.dim), dtype=np.float32)
         which = np.searchsorted(self.starts, flat, side="right") - 1
         for i in np.unique(which):
             m = which == i
             out[m] = self.pieces[i][flat[m] - self.starts[i]]
+        self._read(flat.size * max(FAULT_AROUND, self.pieces[0].itemsize * self.dim))
         return out.reshape(*rows.shape, self.dim)
 
     def blocks(self, block_rows: int = 262_144):
         """(first row, float32 block) over all rows in order: exact scans in bounded memory."""
         for i, a in enumerate(self.pieces):
             for s in range(0, len(a), block_rows):
-                yield int(self.starts[i]) + s, np.asarray(a[s : s + block_rows], dtype=np.float32)
+                block = np.asarray(a[s : s + block_rows], dtype=np.float32)
+                self._read(block.shape[0] * a.itemsize * self.dim)
+                yield int(self.starts[i]) + s, block
+
+    def _read(self, nbytes: int) -> None:
+        self._touched += nbytes
+        if self._touched >= self.release_bytes:
+            self.release()
+
+    def release(self) -> None:
+        """Drop the pieces' mapped pages from this process (they stay in the page cache)."""
+        self._touched = 0
+        for a in self.pieces:
+            mm = getattr(a, "_mmap", None)
+            if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
 
 def exact_topk(q: np.ndarray, store: RowStore, k: int) -> np.ndarray:
