@@ -91,6 +91,7 @@ def step_dedup(a) -> dict:
         "largest_group": rep.largest_group,
         "n_rejected_by_frames": rep.n_rejected_by_frames,
         "seconds": round(time.perf_counter() - t, 1),
+        "timings": rep.timings,
         "peak_rss_gb": _rss_gb(),
     }
 

@@ -174,7 +174,8 @@ def test_spilled_buckets_give_the_in_memory_pairs(clustered_embeddings, tmp_path
     mem = clustered_pairs(x, 0.965, SMALL)
     cfg = SMALL.model_copy(update={"spill_bucket_rows": 64})
     spill = str(tmp_path / "spill")
-    scan, (i, j, s, top1, method) = _spilled(folder, cfg, spill)
+    scan, (i, j, s, top1, method, nodes) = _spilled(folder, cfg, spill)
+    assert nodes == []  # no Ray here
     assert scan.ids.to_pylist() == table.column("video_id").to_pylist()
     assert len(scan.parts) == 2 and scan.dim == x.shape[1]
     assert scan.pair_cosine_sum == pytest.approx(((x.sum(0) @ x.sum(0)) - len(x)) / 2, rel=1e-4)
@@ -197,6 +198,7 @@ def test_spilled_pairs_on_ray_tasks_match_in_process(clustered_embeddings, tmp_p
         _, local = _spilled(folder, threads, str(tmp_path / "b"))
     for a, b in zip(on_ray[:4], local[:4], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    assert len(on_ray[5]) == 1 and local[5] == []  # the one local Ray node ran the buckets
 
 
 def test_a_killed_runs_spill_is_wiped_and_float16_spill_keeps_the_groups(

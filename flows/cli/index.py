@@ -186,14 +186,19 @@ def dedup(
         int, typer.Option(help="clustered: threads over clusters without Ray.")
     ] = _DEDUP["workers"],
     vectors_dtype: Annotated[
-        str, typer.Option(help="float32 | float16 (the driver's copy of the vectors: half).")
+        str,
+        typer.Option(
+            help="float32 | float16: how the vectors are held (exact/ivf: the driver's "
+            "array; clustered: the spill files beside the table, ≈ 1.7 rows a video) — "
+            "float16 halves it."
+        ),
     ] = _DEDUP["vectors_dtype"],
     ray_address: Annotated[
         str | None,
         typer.Option(
             "--ray-address",
-            help="clustered: run the cluster blocks as tasks on this Ray cluster "
-            "(ray://HOST:10001 or auto).",
+            help="clustered: run the part scans and cluster buckets as tasks on this Ray "
+            "cluster (ray://HOST:10001 or auto; the workspace on a path every node sees).",
         ),
     ] = None,
     grow: Annotated[

@@ -19,7 +19,9 @@ def map_tasks(
     """``fn(*task)`` for each task, in order (see the module docstring for where it runs)."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        remote = ray.remote(num_cpus=1)(fn)
+        # SPREAD: independent tasks of similar size go round the nodes; Ray's default packs
+        # short tasks on the driver's node (a cluster's dedup ran on one of its two nodes)
+        remote = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
         pending: list = []
         for t in tasks:
             pending.append(remote.remote(*t))

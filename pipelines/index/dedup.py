@@ -89,6 +89,8 @@ class DuplicateReport:
     warnings: list[str] = field(default_factory=list)  # degenerate output (DedupConfig.warn_*)
     grown_from: int | None = None  # rows of the earlier table this one grew from
     reused: bool = False  # the table on disk was already this corpus's: kept as is
+    nodes: list[str] = field(default_factory=list)  # Ray nodes that ran the pair tasks
+    timings: dict[str, float] = field(default_factory=dict)  # read / pairs / frames, seconds
 
 
 def similar_pairs(
@@ -310,6 +312,7 @@ def find_duplicates(
     if exact_max_n is not None:
         cfg = cfg.model_copy(update={"exact_max_n": exact_max_n})
     t0 = time.perf_counter()
+    nodes: list[str] = []
     where = "embeddings table" if isinstance(embeddings, pa.Table) else str(embeddings)
     sources = embedding_sources(embeddings)
     how = cfg.method
@@ -322,6 +325,7 @@ def find_duplicates(
         vec = read_video_vectors(embeddings, dtype=cfg.vectors_dtype)
         pair_sum, _ = pair_cosine_sum(vec.x)
     n = len(vec.ids)
+    timings = {"read": round(time.perf_counter() - t0, 1)}
     mean_cos = pair_sum / (n * (n - 1) / 2) if n > 1 else None
     snapshot = None if isinstance(embeddings, pa.Table) else source_snapshot(str(embeddings))
     prior = None
@@ -368,7 +372,7 @@ def find_duplicates(
         method = f"grown from {prior.n_rows} videos by {n - prior.n_rows} new, {method}"
     elif isinstance(vec, CorpusScan):
         spill = spill_folder(out_path)
-        i, j, s, top1, method = spilled_clustered_pairs(vec, delta_dedup, cfg, spill)
+        i, j, s, top1, method, nodes = spilled_clustered_pairs(vec, delta_dedup, cfg, spill)
     else:
         assert isinstance(vec, StreamedVectors)
         i, j, s, top1, method = similar_pairs(
@@ -377,6 +381,7 @@ def find_duplicates(
             exact_max_n=n if how == "exact" else 0,
             nprobe=nprobe,
         )
+    timings["pairs"] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
     rejected = 0
     if delta_frame is not None and len(i):
         frames = read_frame_rows(vec.parts, np.concatenate([i, j]))
@@ -385,6 +390,7 @@ def find_duplicates(
             rejected = int((~keep).sum())
             i, j, s = i[keep], j[keep], s[keep]
             method += f" + aligned frames ≥ {delta_frame:g}"
+    timings["frames"] = round(time.perf_counter() - t0 - sum(timings.values()), 1)
     if prior is not None:
         table = grow_groups(vec.ids, prior, i, j, s)
     else:
@@ -423,6 +429,8 @@ def find_duplicates(
         vec.encoder,
         t0,
         grown_from=prior.n_rows if prior is not None else None,
+        nodes=nodes,
+        timings=timings,
     )
 
 

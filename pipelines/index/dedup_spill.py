@@ -18,8 +18,8 @@ that sees the spill folder):
 
 The driver holds the ids (Arrow strings), the sample, one float32 top-1 per row and the pairs.
 With float32 vectors the clusters, pairs and top-1 are those of the in-memory
-``clustered_pairs``; the spill folder (≈ N × 1.3 rows) is removed at the end and wiped at the
-start of a rerun.
+``clustered_pairs``. The spill folder (up to ``assign`` rows a video: 1.7 × 10 GB at 10M ×
+512 in float16) is removed at the end and wiped at the start of a rerun.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
-from ragvid.pipelines.executor.map_tasks import map_tasks
+from ragvid.pipelines.executor.map_tasks import map_tasks, ray_node
 from ragvid.pipelines.index.dedup_blocks import (
     assign_rows,
     block_pairs,
@@ -179,7 +179,7 @@ def spill_part(
 def bucket_pairs(files: list[str], delta: float, cfg: DedupConfig):
     """Pass 3 over one bucket: the pairs ≥ ``delta`` inside each of its clusters (an oversized
     one split by k-means again first), and each member's top-1 within its clusters. Returns
-    (i, j, sim, rows, top1, block sizes)."""
+    (i, j, sim, rows, top1, block sizes, the Ray node that ran it or None)."""
     loaded = [np.load(f) for f in files]
     rows = np.concatenate([z["rows"] for z in loaded])
     cluster = np.concatenate([z["cluster"] for z in loaded])
@@ -212,6 +212,7 @@ def bucket_pairs(files: list[str], delta: float, cfg: DedupConfig):
         cat(rr or e),
         cat(tt or [np.empty(0, np.float32)]),
         np.asarray(sizes, np.int64),
+        ray_node(),
     )
 
 
@@ -227,16 +228,18 @@ def spill_folder(out_path: str) -> str:
 
 def spilled_clustered_pairs(
     scan: CorpusScan, delta: float, cfg: DedupConfig, spill: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    """Passes 2 and 3 (module docstring). Returns what ``clustered_pairs`` returns:
-    (i, j, sim, top1, method), pairs deduplicated and sorted by (i, j)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, list[str]]:
+    """Passes 2 and 3 (module docstring). Returns what ``clustered_pairs`` returns —
+    (i, j, sim, top1, method), pairs deduplicated and sorted by (i, j) — and the Ray nodes
+    that ran the bucket tasks (empty outside Ray)."""
     n = len(scan.ids)
     k = cluster_count(n, cfg)
     centroids = (
         train_centroids(scan.sample, k, cfg) if k > 1 else np.zeros((1, scan.dim), np.float32)
     )
-    # ~1.3 rows per vector (border vectors in two clusters) dealt to buckets of bounded size
-    n_buckets = max(1, min(k, -(-int(1.3 * n) // cfg.spill_bucket_rows)))
+    # a vector is spilled once per cluster it joins: at most ``assign`` times (1.7 measured at
+    # 10M with margin 0.05), so no bucket exceeds ``spill_bucket_rows`` on average
+    n_buckets = max(1, min(k, -(-min(cfg.assign, k) * n // cfg.spill_bucket_rows)))
     shutil.rmtree(spill, ignore_errors=True)  # a killed run's leftovers
     os.makedirs(spill)
     try:
@@ -250,8 +253,9 @@ def spilled_clustered_pairs(
             for b in np.nonzero(spilled)[0]
         ]
         top1 = np.full(n, -1.0, dtype=np.float32)
-        ii, jj, ss, sizes = [], [], [], []
-        for i, j, s, rows, t1, sz in map_tasks(bucket_pairs, buckets, workers=cfg.workers):
+        ii, jj, ss, sizes, nodes = [], [], [], [], set()
+        for i, j, s, rows, t1, sz, node in map_tasks(bucket_pairs, buckets, workers=cfg.workers):
+            nodes.add(node)
             np.maximum.at(top1, rows, t1)
             ii.append(i)
             jj.append(j)
@@ -267,4 +271,5 @@ def spilled_clustered_pairs(
         f"(margin {cfg.assign_margin:g}), blocks ≤ {int(sz.max())} (mean {sz.mean():.0f}); "
         f"{int(spilled.sum())} rows spilled to {len(buckets)} buckets"
     )
-    return key // n, key % n, s[first].astype(np.float32), top1, method
+    ran_on = sorted(v for v in nodes if v)
+    return key // n, key % n, s[first].astype(np.float32), top1, method, ran_on
