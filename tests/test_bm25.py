@@ -169,3 +169,23 @@ def test_streamed_build_memory_is_bounded():
     nnz, growth_mb = int(out[0]), int(out[1])
     assert nnz > 2_500_000
     assert growth_mb < 100, f"index build grew RSS by {growth_mb} MB"
+
+
+def test_a_large_corpus_bm25_built_in_its_own_process_equals_the_threads(
+    clustered_embeddings, tmp_path, monkeypatch
+):
+    """From BM25_PROCESS_MIN captions the build makes the BM25 in a spawned process (its
+    memory not added to the build's): same files, byte for byte, as the in-process build."""
+    from ragvid.pipelines.index import build
+    from ragvid.schemas import IndexConfig
+
+    folder, _, _ = clustered_embeddings
+    cfg = IndexConfig(num_shards=1)
+    threads = build.build_index(folder, str(tmp_path / "t"), cfg, ray=False)
+    monkeypatch.setattr(build, "BM25_PROCESS_MIN", 1)
+    spawned = build.build_index(folder, str(tmp_path / "p"), cfg, ray=False)
+    bm25 = {k: v for k, v in threads.files.items() if k.startswith("bm25/")}
+    assert len(bm25) >= 3
+    assert {k: v for k, v in spawned.files.items() if k.startswith("bm25/")} == bm25
+    hits = Retriever.open(spawned.path).bm25().search(["red circle"], 3)[0]
+    assert all(h is not None for h in hits[0])

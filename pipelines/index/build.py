@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -440,11 +441,26 @@ class _Clock:
         self._t = now
 
 
-def _write_bm25(plan: _Rows, target: IndexLayout) -> dict[str, dict[str, Any]]:
-    """BM25 over the captions, saved into the version; returns the files' records."""
-    # Arrow arrays: the build tokenises a slice at a time (10M captions as Python lists: GBs)
-    Bm25Index.build(plan.captions, plan.ids).save(target.bm25)
-    return {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(target.bm25).items()}
+def _bm25_files(captions: pa.Array, ids: pa.Array, folder: str) -> dict[str, dict[str, Any]]:
+    """BM25 over the captions, saved to ``folder``; the files' records (a plain function: it
+    may run in a process of its own)."""
+    Bm25Index.build(captions, ids).save(folder)
+    return {f"{BM25_DIR}/{k}": r.to_json() for k, r in Bm25Index.records(folder).items()}
+
+
+# from this many captions the BM25 is built in a process of its own, beside the shard fills:
+# its vocabulary and score matrix (GBs at 10M) are then not added to the build process's peak
+BM25_PROCESS_MIN = 1_000_000
+
+
+def _start_bm25(plan: _Rows, target: IndexLayout) -> Future:
+    if len(plan.ids) < BM25_PROCESS_MIN:
+        pool: Executor = ThreadPoolExecutor(1)
+    else:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(_bm25_files, plan.captions, plan.ids, target.bm25)
+    pool.shutdown(wait=False)  # the pool goes once its one job is done
+    return future
 
 
 def _vectors_dtype(config: IndexConfig, factory: str) -> str:
@@ -527,6 +543,7 @@ def _build_version(
         )
         clock.lap("sample")
         trained = train_index(x_train, factory, config.train_iterations)
+        del x_train  # not held through the shard fills
         clock.lap("train")
         dtype = _vectors_dtype(config, factory)
         kept = []
@@ -537,15 +554,14 @@ def _build_version(
     if ray_mod is not None and ray_mod.is_initialized():
         trained = ray_mod.put(trained)  # shipped once, not once per shard
     tasks = [(trained, j) for j in jobs]
-    with ThreadPoolExecutor(1) as side:  # BM25 (captions only) while the shard tasks run
-        bm25 = side.submit(_write_bm25, plan, target)
-        # threads (no Ray): each shard holds its codes and one part's vectors; FAISS's add is
-        # already multi-threaded, so more threads than cores only add memory
-        workers = max(1, min(len(jobs), 4, os.cpu_count() or 1))
-        results = kept + list(map_tasks(fill_shard, tasks, workers=workers))
-        clock.lap("shards")
-        files.update(bm25.result())
-        clock.lap("bm25_after_shards")
+    bm25 = _start_bm25(plan, target)  # BM25 (captions only) while the shard tasks run
+    # threads (no Ray): each shard holds its codes and one part's vectors; FAISS's add is
+    # already multi-threaded, so more threads than cores only add memory
+    workers = max(1, min(len(jobs), 4, os.cpu_count() or 1))
+    results = kept + list(map_tasks(fill_shard, tasks, workers=workers))
+    clock.lap("shards")
+    files.update(bm25.result())
+    clock.lap("bm25_after_shards")
     fault_point("index-build:after-shards")
     counts = [r["shard"]["count"] for r in results]
     if sum(counts) != n:
