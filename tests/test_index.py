@@ -295,3 +295,20 @@ def test_quantizer_sample_is_sized_to_the_index():
     assert train_sample_size("IVF16,PQ8", 10**6, 64, cfg) == PQ_TRAIN_MIN  # PQ codebooks
     assert train_sample_size("IVF4096,Flat", 5000, 64, cfg) == 5000  # never more than N
     assert train_sample_size("IVF4096,Flat", 10**6, 64, IndexConfig(train_sample=1234)) == 1234
+
+
+def test_tuning_one_shard_at_a_time_picks_what_all_shards_at_once_pick(
+    clustered_embeddings, tmp_path, monkeypatch
+):
+    """Above TUNE_RESIDENT_MAX of codes the tuning loads the shards one after another (a
+    10M × SQ8 build would otherwise hold 5.3 GB of codes): same nprobe, same recall."""
+    from ragvid.pipelines.index import build
+
+    folder, _, _ = clustered_embeddings
+    cfg = IndexConfig(factory="IVF16,SQ8", num_shards=3, recall_target=0.99)
+    together = build.build_index(folder, str(tmp_path / "a"), cfg, ray=False)
+    monkeypatch.setattr(build, "TUNE_RESIDENT_MAX", 0)
+    apart = build.build_index(folder, str(tmp_path / "b"), cfg, ray=False)
+    assert together.search_params["nprobe"] > 1  # the grid was walked, not stopped at once
+    assert apart.search_params == together.search_params
+    assert apart.tuned_recall == together.tuned_recall

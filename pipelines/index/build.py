@@ -46,7 +46,7 @@ from ragvid.pipelines.index.parts import (
     refuse_duplicate_ids,
 )
 from ragvid.pipelines.index.rowstore import RowStore, exact_topk
-from ragvid.pipelines.index.shards import ShardSet, load_shard
+from ragvid.pipelines.index.shards import ShardSet, load_shard, merge_topk, set_params
 from ragvid.pipelines.index.vectors import (
     _single_encoder,
     _table_hash,
@@ -684,6 +684,9 @@ def _copy_duplicates(src: str, target: IndexLayout) -> tuple[dict[str, list], Fi
     return read_duplicates(target.built_duplicates, record), record
 
 
+TUNE_RESIDENT_MAX = 2 * 1024**3  # bytes of shards the tuning holds at once
+
+
 def tune_search_params(
     man: IndexManifest, x: RowStore, recall_target: float, n_queries: int = 200, k: int = 10
 ) -> tuple[dict[str, Any], float | None]:
@@ -695,14 +698,18 @@ def tune_search_params(
     """
     if man.factory.replace("IDMap,", "").startswith("Flat"):
         return {}, 1.0
-    shards = ShardSet.open(man)
+    # up to TUNE_RESIDENT_MAX of codes the shards are opened together (one load, searched in
+    # parallel); above, each grid point loads them one after another (10M × SQ8: 5.3 GB)
+    whole = sum(int(sh.get("bytes", 0)) for sh in man.shards) <= TUNE_RESIDENT_MAX
+    shards = ShardSet.open(man) if whole else None
     rng = np.random.default_rng(1)
     q = x[np.sort(rng.choice(len(x), size=min(n_queries, len(x)), replace=False))]
     q = q + rng.standard_normal(q.shape).astype(np.float32) * (0.5 / math.sqrt(q.shape[1]))
     q /= np.linalg.norm(q, axis=1, keepdims=True)  # a new video near a corpus video (cos ≈ 0.9)
     kk = min(k, len(x))
     exact = exact_topk(q, x, kk)
-    ivf = faiss.try_extract_index_ivf(shards.indexes[0])
+    first = shards.indexes[0] if shards else load_shard(man, 0)  # kept while ivf is read
+    ivf = faiss.try_extract_index_ivf(first)
     if ivf is None:  # HNSW over the vectors themselves
         grid = [{"efSearch": e} for e in (16, 32, 64, 128, 256, 512, 1024)]
     else:  # IVF, whatever its coarse quantizer (an HNSW one needs efSearch ≥ nprobe)
@@ -712,10 +719,21 @@ def tune_search_params(
             {"nprobe": p, **({"quantizer_efSearch": max(64, 2 * p)} if hnsw_q else {})}
             for p in [*probes, ivf.nlist]
         ]
+    ivf = first = None  # a loaded shard is not held through the loop below
     recall, params = 0.0, {}
+    c = kk * 4 if man.compressed else kk
     for params in grid:
-        shards.set_params(params)
-        _, got = shards.search(q, kk * 4 if man.compressed else kk)
+        if shards is not None:
+            shards.set_params(params)
+            _, got = shards.search(q, c)
+        else:  # one shard loaded at a time: the build never holds every shard's codes
+            found = []
+            for i in range(len(man.shards)):
+                one = load_shard(man, i)
+                set_params(one, params)
+                found.append(one.search(q, c))
+                del one
+            _, got = merge_topk([f[0] for f in found], [f[1] for f in found], c)
         if man.compressed:  # what the retriever returns: over-fetch, exact re-rank
             exact_s = np.where(got >= 0, batch_dot(q, x[got]), -np.inf)
             got = np.take_along_axis(got, np.argsort(-exact_s, axis=1)[:, :kk], 1)
