@@ -15,7 +15,9 @@ high-water mark) is its own:
 4. ``exact`` — the baseline in its own process: exact top-10 of the queries by a blocked scan
    of the index's float16 vector pieces (``truth.npy``).
 5. ``search`` — the tuned index through ``Retriever.candidates`` (over-fetch, exact re-rank):
-   recall@10 against ``truth.npy`` and QPS (÷ the exact scan's).
+   recall@10 against ``truth.npy`` and QPS (÷ the exact scan's); ``--search-backend ray``
+   holds each shard in a Ray actor (its own process: the searching process holds ids and
+   the re-rank's pages only) and reports each actor's resident set too.
 6. ``neighbours`` — ``materialize_neighbours`` for the first ``--neighbour-videos`` videos,
    and the same candidate search raw, for the overhead.
 
@@ -148,7 +150,7 @@ def step_search(a) -> dict:
     truth = np.load(f"{a.workdir}/truth.npy")
     with open(a.json) as fh:
         exact_qps = json.load(fh)["exact"]["exact_blocked_scan_qps"]
-    r = Retriever.open(f"{a.workdir}/index")
+    r = Retriever.open(f"{a.workdir}/index", backend=a.search_backend)
     over = RetrievalConfig().overfetch * 10
     r.candidates(q[:10], over)
     t = time.perf_counter()
@@ -161,8 +163,21 @@ def step_search(a) -> dict:
         "approx_recall_at_10": round(recall, 4),
         "speedup_vs_exact": round(len(q) / approx_s / exact_qps, 1),
         "search_params": r.man.search_params,
+        "backend": a.search_backend,
         "peak_rss_gb": _rss_gb(),
+        **({"shard_actors_rss_gb": _actors_rss_gb()} if a.search_backend == "ray" else {}),
     }
+
+
+def _actors_rss_gb() -> list[float]:
+    """Resident set of each Ray shard actor (they hold the codes, one shard each)."""
+    import psutil
+
+    return sorted(
+        round(p.memory_info().rss / 1024**3, 2)
+        for p in psutil.process_iter(["cmdline"])
+        if "_ShardActor" in " ".join(p.info["cmdline"] or [])
+    )
 
 
 def step_neighbours(a) -> dict:
@@ -214,6 +229,12 @@ def main() -> None:
     ap.add_argument("--neighbour-videos", type=int, default=100_000)
     ap.add_argument("--memory-budget", default="8G", help="IndexConfig.memory_budget_gb")
     ap.add_argument("--dedup-workers", type=int, default=2)
+    ap.add_argument(
+        "--search-backend",
+        default="threads",
+        choices=("threads", "ray"),
+        help="ray: each shard held by a Ray actor (a process of its own)",
+    )
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--steps", default=",".join(STEPS))
     ap.add_argument("--force", action="store_true", help="redo steps whose output exists")

@@ -54,6 +54,15 @@ def test_sharded_flat_equals_unsharded_and_exact(clustered_embeddings, tmp_path,
         rs.close()
     np.testing.assert_allclose(dr, d4, atol=1e-6)
     assert (ir[distinct] == i4[distinct]).all()
+    # more shards than 2 × the CPUs: the actors take less than half a CPU each, or the
+    # ones that cannot be placed would wait forever
+    six = build_index(folder, str(tmp_path / "six"), IndexConfig(num_shards=6), ray=False)
+    rs = RayShardSet(six)
+    try:
+        d6, i6 = rs.search(q, 10)
+    finally:
+        rs.close()
+    np.testing.assert_allclose(d6, d4, atol=1e-6)
 
 
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4", "IVF8,SQ8"])

@@ -163,11 +163,15 @@ class _ShardActor:
 class RayShardSet:
     """Each shard held by a Ray actor; same ``search`` contract as :class:`ShardSet`."""
 
-    def __init__(self, man: IndexManifest, num_cpus: float = 0.5):
+    def __init__(self, man: IndexManifest, num_cpus: float | None = None):
         import ray
 
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
+        if num_cpus is None:  # half a CPU each, less when shards outnumber 2 × the CPUs:
+            # actors that cannot be placed would wait forever
+            cpus = float(ray.cluster_resources().get("CPU", 1.0))
+            num_cpus = min(0.5, cpus / max(1, len(man.shards)))
         actor = ray.remote(num_cpus=num_cpus)(_ShardActor)
         self.man = man
         self.actors = [actor.remote(man, i) for i in range(len(man.shards))]
