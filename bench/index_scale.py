@@ -191,9 +191,12 @@ def step_neighbours(a) -> dict:
     vids = read_ids(man).column("video_id").slice(0, a.neighbour_videos).to_pylist()
     cfg = RetrievalConfig(k=5)
     t = time.perf_counter()
-    rep = materialize_neighbours(f"{a.workdir}/index", f"{a.workdir}/nb", cfg, video_ids=vids)
+    actors = a.search_backend == "ray"
+    rep = materialize_neighbours(
+        f"{a.workdir}/index", f"{a.workdir}/nb", cfg, video_ids=vids, shard_actors=actors
+    )
     nb_s = time.perf_counter() - t
-    r = Retriever.open(f"{a.workdir}/index")
+    r = Retriever.open(f"{a.workdir}/index", backend=a.search_backend)
     c = cfg.overfetch * cfg.k + 2
     t = time.perf_counter()
     for s in range(0, len(vids), 4096):
@@ -206,7 +209,9 @@ def step_neighbours(a) -> dict:
         "search_reranked_per_s": round(len(vids) / raw_s, 1),
         "overhead_vs_search": round(nb_s / raw_s - 1, 3),
         "mean_valid": rep.mean_valid,
+        "backend": a.search_backend,
         "peak_rss_gb": _rss_gb(),
+        **({"shard_actors_rss_gb": _actors_rss_gb()} if actors else {}),
     }
 
 

@@ -119,3 +119,28 @@ def test_cli_neighbours(built_index, tmp_path):
     assert res.exit_code == 0, res.output
     assert "430 videos in 3 part(s)" in " ".join(res.output.split())
     assert len(list_parts(ws.neighbours("demo"), require_done=True)) == 3
+
+
+def test_lists_with_shards_in_ray_actors_equal_the_in_process_lists(
+    built_index, tmp_path, ray_local
+):
+    """shard_actors: each shard in a Ray actor (no process holds every shard's codes), the
+    parts computed here — the same lists, and the actors are given back afterwards."""
+    index_dir = built_index[0]
+    cfg = RetrievalConfig(k=4)
+    here = materialize_neighbours(index_dir, str(tmp_path / "a"), cfg, part_size=100)
+    actors = materialize_neighbours(
+        index_dir, str(tmp_path / "b"), cfg, part_size=100, shard_actors=True
+    )
+    cols = ["video_id", "neighbour_ids", "scores", "mask"]
+    a = read_parts(str(tmp_path / "a"), NEIGHBOURS).select(cols).to_pylist()
+    b = read_parts(str(tmp_path / "b"), NEIGHBOURS).select(cols).to_pylist()
+    assert a == b and here.n_videos == actors.n_videos > 100
+    import time
+
+    total = ray_local.cluster_resources()["CPU"]
+    for _ in range(50):  # the actors' CPUs come back once they are killed
+        if ray_local.available_resources().get("CPU", 0) >= total:
+            break
+        time.sleep(0.2)
+    assert ray_local.available_resources().get("CPU", 0) >= total

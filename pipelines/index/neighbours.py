@@ -145,6 +145,7 @@ class _Source:
     duplicates: str | None
     delta_dedup: float
     exact_scores: bool
+    backend: str = "threads"  # "ray": the shards held by Ray actors (Retriever.open)
 
 
 _OPENED: dict[_Source, tuple[Retriever, _Exclusion, int]] = {}
@@ -154,8 +155,8 @@ def _open(src: _Source) -> tuple[Retriever, _Exclusion, int]:
     """The index, its exclusion filter and the widening its largest group needs — opened once
     per worker process (Ray reuses workers: each opens the shards once, not once per part)."""
     if src not in _OPENED:
-        _OPENED.clear()  # one index per worker at a time
-        r = Retriever.open(src.index_dir)
+        _close_opened()  # one index per worker at a time
+        r = Retriever.open(src.index_dir, backend=src.backend)  # type: ignore[arg-type]
         if r.man.version != src.version:
             raise RuntimeError(
                 f"index {src.index_dir} switched from {src.version} to {r.man.version} while "
@@ -173,6 +174,14 @@ def _open(src: _Source) -> tuple[Retriever, _Exclusion, int]:
         excl = _Exclusion(r, groups, src.delta_dedup, src.exact_scores)
         _OPENED[src] = (r, excl, max_group(groups) + 1)
     return _OPENED[src]
+
+
+def _close_opened() -> None:
+    for r, _, _ in _OPENED.values():
+        close = getattr(r.shards, "close", None)
+        if close is not None:  # shard actors: give their processes back
+            close()
+    _OPENED.clear()
 
 
 def neighbour_part(
@@ -222,6 +231,7 @@ def materialize_neighbours(
     batch_size: int = 4096,
     progress=None,
     ray: bool = False,
+    shard_actors: bool = False,
 ) -> NeighbourReport:
     """Write ``out_dir/part-NNNNN.parquet`` (NEIGHBOURS) for ``video_ids`` (default: every
     video of the index). ``duplicates`` defaults to the one the index records. ``progress``
@@ -229,8 +239,10 @@ def materialize_neighbours(
 
     Parts are computed in parallel as Ray tasks when Ray is up (``ray=True`` starts a local
     one; a cluster joined with ``--ray-address`` spreads them over its nodes), each worker
-    opening the index once; otherwise in this process. The driver keeps the lock, the skip of
-    finished parts and the markers.
+    opening the index once; otherwise in this process. ``shard_actors=True`` computes the parts
+    here and holds each shard in a Ray actor of its own (``Retriever.open(backend="ray")``):
+    no process holds every shard's codes (10M × SQ8: 5.3 GB). The driver keeps the lock, the
+    skip of finished parts and the markers.
 
     The report's ``warnings`` (also logged) say when the lists are mostly padding
     (``RetrievalConfig.warn_*``), from the per-part counts the markers already hold."""
@@ -249,13 +261,14 @@ def materialize_neighbours(
         duplicates,
         config.delta_dedup,
         not man.compressed or config.rerank_exact,
+        "ray" if shard_actors else "threads",
     )
     ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size, man)
     n_parts = (len(ids) + part_size - 1) // part_size
     written = skipped = fully_padded = 0
     valid_sum, search_s, done = 0.0, 0.0, 0
-    if ray:
+    if ray or shard_actors:
         init_ray()
     with output_lock(out_dir):
         declare_table(out_dir, "neighbours")
@@ -282,7 +295,10 @@ def materialize_neighbours(
         if progress:
             progress(done, len(ids))
         tasks = ((src, config, ids[lo:hi], uri, params, batch_size) for uri, lo, hi in todo)
-        results = map_tasks(neighbour_part, tasks, max_in_flight=8)
+        if shard_actors:  # parts here, the search in the actors
+            results = (neighbour_part(*t) for t in tasks)
+        else:
+            results = map_tasks(neighbour_part, tasks, max_in_flight=8)
         for (uri, lo, hi), stats in zip(todo, results, strict=True):
             search_s += stats.pop("search_seconds")
             fault_point("neighbours:before-marker")
@@ -293,7 +309,7 @@ def materialize_neighbours(
             done += hi - lo
             if progress:
                 progress(done, len(ids))
-    _OPENED.clear()  # what this process opened for inline parts
+    _close_opened()  # what this process opened for inline parts
     secs = time.perf_counter() - t0
     mean_valid = valid_sum / len(ids)
     warnings = neighbour_warnings(
