@@ -119,6 +119,9 @@ def test_cli_neighbours(built_index, tmp_path):
     assert res.exit_code == 0, res.output
     assert "430 videos in 3 part(s)" in " ".join(res.output.split())
     assert len(list_parts(ws.neighbours("demo"), require_done=True)) == 3
+    both = ["neighbours", "--index", "demo", "--ray", "--shard-actors", "-w", ws.root]
+    res = CliRunner().invoke(app, both)
+    assert res.exit_code != 0 and "pick one" in " ".join(res.output.split())
 
 
 def test_lists_with_shards_in_ray_actors_equal_the_in_process_lists(

@@ -340,6 +340,13 @@ def neighbours(
     ray: Annotated[
         bool, typer.Option(help="One Ray task per part (each worker opens the index once).")
     ] = False,
+    shard_actors: Annotated[
+        bool,
+        typer.Option(
+            help="Hold each index shard in a Ray actor of its own and compute the parts here: "
+            "no process holds every shard's codes (a 10M-video SQ8 index: 5.3 GB)."
+        ),
+    ] = False,
     ray_address: RayAddressOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
 ) -> None:
@@ -348,6 +355,11 @@ def neighbours(
 
     from ragvid.pipelines.index.neighbours import materialize_neighbours
 
+    if shard_actors and ray:
+        raise typer.BadParameter(
+            "--shard-actors computes the parts in this process; --ray spreads them as tasks "
+            "(each opening the whole index) — pick one"
+        )
     _join_ray(ray_address)
 
     ws = Workspace.at(workspace).ensure_writable()
@@ -362,7 +374,8 @@ def neighbours(
             cfg,
             part_size=part_size,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
-            ray=ray or bool(ray_address),
+            ray=(ray or bool(ray_address)) and not shard_actors,
+            shard_actors=shard_actors,
         )
     console.print(
         f"[green]neighbours[/] {out}: {rep.n_videos} videos in {rep.n_parts} part(s) "
