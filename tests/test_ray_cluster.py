@@ -59,7 +59,9 @@ def _lists(folder: str):
 DEDUP = DedupConfig(method="clustered", cluster_size=32, max_cluster_size=96, spill_bucket_rows=64)
 
 
-def test_build_dedup_and_neighbours_spread_over_two_nodes(clustered_embeddings, tmp_path):
+def test_build_dedup_and_neighbours_spread_over_two_nodes(
+    clustered_embeddings, tmp_path, monkeypatch
+):
     folder, table, _ = clustered_embeddings
     out, nb = tmp_path / "cluster-index", tmp_path / "cluster-nb"
     dup = tmp_path / "cluster-dup" / "duplicates.parquet"
@@ -78,8 +80,10 @@ def test_build_dedup_and_neighbours_spread_over_two_nodes(clustered_embeddings, 
     assert used <= set(nodes["cluster"]) and len(used) == 2, nodes  # both nodes worked
     assert set(nodes["dedup"]) == set(nodes["cluster"]), nodes  # bucket tasks on both
 
-    # dedup in this process (no Ray tasks): the same groups
-    local_dup = find_duplicates(folder, str(tmp_path / "local-dup.parquet"), config=DEDUP)
+    # dedup in this process (no Ray tasks, even where the session's Ray is up): the same groups
+    with monkeypatch.context() as m:
+        m.delitem(sys.modules, "ray", raising=False)  # what map_tasks looks at
+        local_dup = find_duplicates(folder, str(tmp_path / "local-dup.parquet"), config=DEDUP)
     assert read_duplicates(str(dup)) == read_duplicates(local_dup.table_path)
     assert local_dup.nodes == [] and local_dup.n_groups > 5
 
