@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from ragvid.schemas.workspace import DUPLICATES_FILE
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -83,7 +85,7 @@ def step_dedup(a) -> dict:
 
     cfg = DedupConfig(vectors_dtype="float16", workers=a.dedup_workers)
     t = time.perf_counter()
-    rep = find_duplicates(f"{a.workdir}/emb", f"{a.workdir}/duplicates.parquet", config=cfg)
+    rep = find_duplicates(f"{a.workdir}/emb", f"{a.workdir}/{DUPLICATES_FILE}", config=cfg)
     return {
         "method": rep.method,
         "n_videos": rep.n_videos,
@@ -217,7 +219,7 @@ def step_neighbours(a) -> dict:
 
 STEPS = {
     "write": (step_write, "queries.npy"),
-    "dedup": (step_dedup, "duplicates.parquet"),
+    "dedup": (step_dedup, DUPLICATES_FILE),
     "build": (step_build, "index/index.json"),
     "exact": (step_exact, "truth.npy"),
     "search": (step_search, None),

@@ -57,6 +57,22 @@ def embedding_sources(embeddings: str | pa.Table) -> list[tuple[str | pa.Table, 
     return [(info.uri, info.rows) for info in embedding_parts(str(embeddings))]
 
 
+def part_vectors(src: str | pa.Table, rows: int) -> tuple[pa.Array, np.ndarray, str]:
+    """One part's ids (string), normalised float32 vectors and encoder, checked against the
+    row count its footer gave (NaN/zero vectors refused, named by video_id)."""
+    if isinstance(src, pa.Table):
+        t, where = src.select(["video_id", "video_emb"]), "embeddings table"
+        encoder = _single_encoder(src, where)
+    else:
+        t, where = read_columns(src, ["video_id", "video_emb"]), src
+        encoder = part_encoder(part_info(src))
+    if len(t) != rows:
+        raise ValueError(f"{where}: {len(t)} rows read, the footer says {rows}")
+    vid = t.column("video_id").combine_chunks()
+    x = normalised(table_vectors(t), vid, where) if rows else np.empty((0, 0), np.float32)
+    return vid.cast(pa.string()), x, encoder
+
+
 def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> StreamedVectors:
     """Read ``video_id`` + ``video_emb`` part by part into one (N, dim) array (normalised in
     float32 per part, stored as ``dtype``), refusing what ``load_vectors`` refuses."""
@@ -71,24 +87,16 @@ def read_video_vectors(embeddings: str | pa.Table, dtype: str = "float32") -> St
     encoders: set[str] = set()
     start = 0
     for src, rows in sources:
-        if isinstance(src, pa.Table):
-            t = src.select(["video_id", "video_emb"])
-            encoders.add(_single_encoder(src, where))
-        else:
-            t = read_columns(src, ["video_id", "video_emb"])
-            encoders.add(part_encoder(part_info(src)))
-        if len(t) != rows:
-            raise ValueError(f"{src}: {len(t)} rows read, the footer says {rows}")
+        vid, v, encoder = part_vectors(src, rows)
+        encoders.add(encoder)
         if rows == 0:
             continue
-        v = table_vectors(t)
         if x is None:
             x = np.empty((n, v.shape[1]), dtype=dtype)
         elif v.shape[1] != x.shape[1]:
             raise ValueError(f"{src}: dimension {v.shape[1]}, earlier parts {x.shape[1]}")
-        vid = t.column("video_id").combine_chunks()
-        x[start : start + rows] = normalised(v, vid, where)
-        ids.append(vid.cast(pa.string()))
+        x[start : start + rows] = v
+        ids.append(vid)
         parts.append((src, start, rows))
         start += rows
     if len(encoders) > 1:

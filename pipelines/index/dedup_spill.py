@@ -6,8 +6,9 @@
 that sees the spill folder):
 
 1. **scan** — one task per part reads ``video_id`` + ``video_emb``, checks and normalises them
-   (the checks of ``read_video_vectors``) and returns its ids, its rows of the k-means sample
-   and the sum of its unit vectors (the mean pair cosine in O(N × dim));
+   (:func:`~ragvid.pipelines.index.dedup_blocks.part_vectors`, as ``read_video_vectors``) and
+   returns its ids, its rows of the k-means sample and the sum of its unit vectors (the mean
+   pair cosine in O(N × dim));
 2. **spill** — after k-means on the sample (in the driver: 262k rows at most), one task per
    part reads it again, assigns each vector to its nearest centroid (and the next ones within
    ``assign_margin``) and appends it to the spill file of that cluster's bucket (clusters are
@@ -41,16 +42,10 @@ from ragvid.pipelines.index.dedup_blocks import (
     centroid_sample_size,
     cluster_count,
     cluster_members,
+    part_vectors,
     train_centroids,
 )
-from ragvid.pipelines.index.parts import (
-    normalised,
-    part_encoder,
-    part_info,
-    read_columns,
-    refuse_duplicate_ids,
-)
-from ragvid.pipelines.index.vectors import _single_encoder, table_vectors
+from ragvid.pipelines.index.parts import refuse_duplicate_ids
 from ragvid.schemas.config import DedupConfig
 from ragvid.schemas.files import fs_and_path
 
@@ -67,24 +62,9 @@ class CorpusScan:
     dim: int
 
 
-def _part_vectors(src: str | pa.Table, rows: int) -> tuple[pa.Array, np.ndarray, str]:
-    """One part's ids, normalised float32 vectors and encoder, checked against its footer."""
-    if isinstance(src, pa.Table):
-        t, where = src.select(["video_id", "video_emb"]), "embeddings table"
-        encoder = _single_encoder(src, where)
-    else:
-        t, where = read_columns(src, ["video_id", "video_emb"]), src
-        encoder = part_encoder(part_info(src))
-    if len(t) != rows:
-        raise ValueError(f"{where}: {len(t)} rows read, the footer says {rows}")
-    vid = t.column("video_id").combine_chunks()
-    x = normalised(table_vectors(t), vid, where) if rows else np.empty((0, 0), np.float32)
-    return vid.cast(pa.string()), x, encoder
-
-
 def scan_part(src: str | pa.Table, rows: int, sample_local: np.ndarray):
     """Pass 1 over one part: (ids, sample rows' vectors, Σ unit vectors, encoder, dim)."""
-    ids, x, encoder = _part_vectors(src, rows)
+    ids, x, encoder = part_vectors(src, rows)
     total = x.sum(axis=0, dtype=np.float64) if rows else None
     return ids, x[sample_local], total, encoder, (x.shape[1] if rows else -1)
 
@@ -154,7 +134,7 @@ def spill_part(
 ) -> np.ndarray:
     """Pass 2 over one part: each vector into the bucket file of each cluster it joins (global
     row, cluster, vector in ``vectors_dtype``). Returns the rows written per bucket."""
-    _, x, _ = _part_vectors(src, rows)
+    _, x, _ = part_vectors(src, rows)
     lab = assign_rows(x, centroids, cfg.assign, cfg.assign_margin)
     local, slot = np.nonzero(lab >= 0)
     cluster = lab[local, slot]

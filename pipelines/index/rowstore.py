@@ -108,16 +108,16 @@ class RowStore:
             return self[rows[None]][0]
         if len(self.pieces) == 1:
             out = np.asarray(self.pieces[0][rows], dtype=np.float32)
-            self._read(rows.size * max(FAULT_AROUND, self.pieces[0].itemsize * self.dim))
-            return out
-        flat = rows.ravel()
-        out = np.empty((len(flat), self.dim), dtype=np.float32)
-        which = np.searchsorted(self.starts, flat, side="right") - 1
-        for i in np.unique(which):
-            m = which == i
-            out[m] = self.pieces[i][flat[m] - self.starts[i]]
-        self._read(flat.size * max(FAULT_AROUND, self.pieces[0].itemsize * self.dim))
-        return out.reshape(*rows.shape, self.dim)
+        else:
+            flat = rows.ravel()
+            out = np.empty((len(flat), self.dim), dtype=np.float32)
+            which = np.searchsorted(self.starts, flat, side="right") - 1
+            for i in np.unique(which):
+                m = which == i
+                out[m] = self.pieces[i][flat[m] - self.starts[i]]
+            out = out.reshape(*rows.shape, self.dim)
+        self._read(rows.size * max(FAULT_AROUND, self.pieces[0].itemsize * self.dim))
+        return out
 
     def blocks(self, block_rows: int = 262_144):
         """(first row, float32 block) over all rows in order: exact scans in bounded memory."""
