@@ -73,32 +73,36 @@ def _post(url: str, body: dict) -> list[dict]:
         return json.load(resp)
 
 
-def _images(page, url: str, at_least: int, tries: int = 2) -> list[dict]:
+def _images(page, url: str, at_least: int, budget_s: float = 150.0) -> list[dict]:
     """Load ``url`` and return every <img> of the rendered artifact once ``at_least`` are
-    loaded. A single-page UI on a loaded 2-core box now and then stalls on its first load (CI
-    once saw the v2 bundle render nothing in 90 s), so a page that shows fewer is reloaded
-    once; if it still falls short the caller's assertion says what rendered, and
-    ``page_text`` what the page showed instead."""
+    loaded. The page is polled rather than waited on once: a single-page UI may navigate
+    client-side while it boots (which aborts a pending wait) and on a loaded 2-core box now
+    and then stalls on its first load (CI once saw the v2 bundle render the artifact's text but
+    none of its pictures), so a page still short halfway through the budget is reloaded; if it
+    still falls short the caller's assertion says what rendered, and ``page_text`` what the
+    page showed instead."""
+    import time
+
+    script = (
+        "els => els.filter(e => e.alt).map(e => ({alt: e.alt, width: e.naturalWidth,"
+        " complete: e.complete, src: (e.getAttribute('src') || '').slice(0, 30)}))"
+    )
     imgs: list[dict] = []
-    for attempt in range(tries):
-        page.goto(url) if attempt == 0 else page.reload()
+    page.goto(url)
+    start = time.monotonic()
+    reloaded = False
+    while time.monotonic() - start < budget_s:
         try:
-            page.wait_for_function(
-                """n => { const imgs = [...document.querySelectorAll('img')].filter(i => i.alt);
-                          return imgs.length >= n && imgs.every(i => i.complete); }""",
-                arg=at_least,
-                timeout=60_000,
-            )
-        except Exception:  # noqa: BLE001 - report what is there
-            pass
-        imgs = page.eval_on_selector_all(
-            "img",
-            "els => els.filter(e => e.alt).map(e => ({alt: e.alt, width: e.naturalWidth,"
-            " src: (e.getAttribute('src') || '').slice(0, 30)}))",
-        )
-        if len(imgs) >= at_least:
+            imgs = page.eval_on_selector_all("img", script)
+        except Exception:  # noqa: BLE001 - mid-navigation; poll again
+            imgs = []
+        if len(imgs) >= at_least and all(i["complete"] for i in imgs):
             break
-    return imgs
+        if not reloaded and time.monotonic() - start > budget_s / 2:
+            page.reload()
+            reloaded = True
+        page.wait_for_timeout(500)
+    return [{k: v for k, v in i.items() if k != "complete"} for i in imgs]
 
 
 def page_text(page) -> str:
