@@ -135,7 +135,7 @@ def showcase_task(workspace: str, corpus: str, index: str, k: int = 5) -> dict[s
     resolver = Resolver(Workspace.at(workspace))
     index_dir = resolver.index(index)
     r = Retriever.open(index_dir)
-    indexed = set(r.ids.tolist())
+    indexed = set(r.ids.tolist())  # a demo corpus: a few hundred ids
     truth = {v: t for v, t in _truth(workspace, corpus).items() if v in indexed}
     queries = showcase_queries(truth)
     enc = load_encoder(resolver.index_encoder(index), batch_size=64)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ragvid.pipelines.index.dedup import read_index_duplicates
+from ragvid.pipelines.index.idmap import IdMap
 from ragvid.pipelines.index.layout import IndexManifest
 
 
@@ -19,7 +20,7 @@ class DuplicateGroups:
     group_of_id: dict[str, int]  # every video of the table (indexed or not) → its group
 
     @classmethod
-    def load(cls, man: IndexManifest, row_of: dict[str, int]) -> DuplicateGroups | None:
+    def load(cls, man: IndexManifest, ids: IdMap) -> DuplicateGroups | None:
         """None when the version was built without a duplicates table."""
         table = read_index_duplicates(man)
         if table is None:
@@ -27,11 +28,13 @@ class DuplicateGroups:
         group_of_row = np.full(man.ntotal, -1, np.int64)
         members: dict[int, list[dict[str, Any]]] = {}
         group_of_id: dict[str, int] = {}
+        rows = ids.rows(table["video_id"]).tolist()
         cols = ("video_id", "group_id", "canonical_id", "is_canonical", "max_sim")
-        for vid, gid, canon, is_canon, sim in zip(*(table[c] for c in cols), strict=True):
-            row = row_of.get(vid)
+        for vid, gid, canon, is_canon, sim, row in zip(
+            *(table[c] for c in cols), rows, strict=True
+        ):
             group_of_id[vid] = int(gid)
-            if row is not None:
+            if row >= 0:
                 group_of_row[row] = gid
             members.setdefault(int(gid), []).append(
                 {
@@ -39,7 +42,7 @@ class DuplicateGroups:
                     "canonical_id": canon,
                     "is_canonical": bool(is_canon),
                     "max_sim": float(sim),
-                    "in_index": row is not None,
+                    "in_index": row >= 0,
                 }
             )
         return cls(group_of_row, members, group_of_id)

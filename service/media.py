@@ -29,7 +29,7 @@ _RET = defaults(RetrievalConfig)
 
 
 def row_of(state: IndexState, video_id: str) -> int:
-    row = state.retriever.row_of.get(video_id)
+    row = state.retriever.ids.row(video_id)
     if row is None:
         raise ServiceError(
             404,
@@ -49,7 +49,7 @@ def video_info(state: IndexState, video_id: str) -> dict[str, Any]:
         "version": state.version,
         "video_id": video_id,
         "row": row,
-        "caption": r.captions[row],
+        "caption": r.captions[row].as_py(),
         "manifest": state.columns.record(row) if state.columns is not None else None,
         "group": None,
     }

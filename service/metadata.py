@@ -36,13 +36,15 @@ class ManifestColumns:
     def __init__(
         self,
         manifest: str,
-        index_ids: np.ndarray,
+        index_ids: pa.Array | np.ndarray,
         split: str | None = None,
         max_masks: int = 64,
     ):
         self.manifest, self.split = manifest, split
         self.files = list_parts(manifest)
-        self._ids = pa.array(list(index_ids), pa.string())
+        self._ids = (
+            index_ids if isinstance(index_ids, pa.Array) else pa.array(list(index_ids), pa.string())
+        )
         self.types: dict[str, pa.DataType] = {}
         for f in self.files:
             with open_arrow(f) as fh:

@@ -173,7 +173,7 @@ class IndexRegistry:
         path = self.res.index(name)
         sig = signature(IndexLayout(path).manifest)
         r = Retriever.open(path)
-        _ = r.row_of  # built before requests race for it
+        r.ids.build_lookup()  # before requests race for it
         bm25_error = None
         try:
             r.bm25()
@@ -182,11 +182,11 @@ class IndexRegistry:
         encoder, encoder_error = self._encoder(name, r)
         manifest = r.manifest_uri()
         columns = (
-            ManifestColumns(manifest, r.ids, self.res.index_split_table(name))
+            ManifestColumns(manifest, r.ids.array, self.res.index_split_table(name))
             if manifest is not None and exists(manifest)
             else None
         )
-        groups = DuplicateGroups.load(r.man, r.row_of)
+        groups = DuplicateGroups.load(r.man, r.ids)
         return IndexState(name, r, encoder, encoder_error, columns, groups, bm25_error, sig)
 
     def _encoder(self, name: str, r: Retriever) -> tuple[Any | None, str | None]:

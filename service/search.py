@@ -184,8 +184,9 @@ def _plan(state, fetch, rcfg: RetrievalConfig, req: Filters, cfg: ServiceConfig,
 
 def _exclusions(state: IndexState, req: Filters, query_id: str | None) -> list[RowFilter]:
     r, out = state.retriever, []
-    if query_id is not None and query_id in r.row_of:
-        row = np.array([r.row_of[query_id]], np.int64)
+    query_row = r.ids.row(query_id) if query_id is not None else None
+    if query_row is not None:
+        row = np.array([query_row], np.int64)
         out.append(RowFilter("query_itself", f"the query video {query_id}", denied=row))
     if req.exclude_ids:
         rows = r.rows_for(req.exclude_ids)
@@ -243,8 +244,8 @@ def _respond(state, req, plan, query, mode, score_kind, cfg, t0, query_id=None) 
     out = run(plan, _exclusions(state, req, query_id), _predicates(state, req))
     r = state.retriever
     rows = out.rows
-    ids = np.where(rows >= 0, r.ids[np.where(rows >= 0, rows, 0)], None)
-    caps = r.captions_for(ids)
+    ids = r.ids_of(rows)
+    caps = r.captions_of(rows)
     groups = state.groups.group_of_row[np.where(rows >= 0, rows, 0)] if state.groups else None
     meta = _meta(state, rows, req)
     results = []

@@ -45,7 +45,7 @@ def test_neighbour_invariants(built_index, tmp_path, k, delta_min):
         g = v @ v.T
         np.fill_diagonal(g, -1)
         assert (g < cfg.delta_dedup).all()
-        qv = r.vectors[r.row_of[q]]
+        qv = r.vectors[r.ids.row(q)]
         assert (v @ qv < cfg.delta_dedup).all()
     if k == 20:
         assert (~mk).any() and mk.any()  # the high δ_min pads some slots

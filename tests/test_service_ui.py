@@ -103,8 +103,11 @@ def test_video_query_with_filters_shows_padding_groups_and_errors(server, page):
     page.select_option("#split", "val")
     page.fill("#dur-max", "4")
     page.click("#go")
-    page.wait_for_function("document.querySelector('#error').hidden")
-    page.wait_for_function("document.querySelectorAll('#results .tile').length === 20")
+    # the previous query's 20 tiles are still up until this one renders: wait for its own
+    # filter row (rendered with its tiles, in one pass), not for a tile count
+    page.wait_for_selector("#filters tbody tr[data-filter='where.split']")
+    assert page.evaluate("document.querySelector('#error').hidden")
+    assert page.locator("#results .tile").count() == 20
     shown = page.locator("#results .tile:not(.padded) .meta").all_inner_texts()
     assert shown and all(float(m.split("duration_s ")[1].split()[0]) <= 4 for m in shown)
     assert page.locator("#filters tbody tr[data-filter='where.split']").count() == 1

@@ -501,16 +501,3 @@ def read_index_duplicates(man: IndexManifest) -> dict[str, list] | None:
         return read_duplicates(man.duplicates, man.duplicates_record)
     except ChecksumMismatchError as exc:
         raise damaged(exc, man.path) from None
-
-
-def group_of_rows(
-    path: str, row_of: dict[str, int], n: int, expect: FileRecord | None = None
-) -> np.ndarray:
-    """For each index row, its duplicate group id (-1 when it is in no group)."""
-    d = read_duplicates(path, expect)
-    out = np.full(n, -1, dtype=np.int64)
-    for v, g in zip(d["video_id"], d["group_id"], strict=True):
-        r = row_of.get(v)
-        if r is not None:
-            out[r] = g
-    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -196,8 +195,3 @@ def read_ids(man: IndexManifest):
             f"{uri} has {len(table)} rows, {INDEX_JSON} says {man.ntotal}; {REBUILD}"
         )
     return table
-
-
-def resolve_ids(man: IndexManifest) -> Sequence[str]:
-    """The video_ids of the index in row order."""
-    return read_ids(man).column("video_id").to_pylist()

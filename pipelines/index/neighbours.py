@@ -93,7 +93,12 @@ class _Exclusion:
         self.r = r
         self.exact_scores = exact_scores
         self.delta = delta_dedup
-        self.group_of_row = np.array([groups.get(v, -1) for v in r.ids], np.int64)
+        # a group id per index row, set through the id lookup (no loop over the index's rows)
+        self.group_of_row = np.full(len(r.ids), -1, np.int64)
+        if groups:
+            rows = r.rows_for(list(groups))
+            found = rows >= 0
+            self.group_of_row[rows[found]] = np.fromiter(groups.values(), np.int64)[found]
         self.groups = groups
 
     def bind(self, video_ids: Sequence[str], q: np.ndarray):
@@ -249,11 +254,11 @@ def materialize_neighbours(
     t0 = time.perf_counter()
     man = IndexManifest.load(index_dir)
     duplicates = duplicates or man.duplicates
-    if video_ids is None:
-        ids = read_ids(man).column("video_id").to_pylist()
+    if video_ids is None:  # every video of the index, kept columnar (10M Python strings: ~1 GB)
+        ids = read_ids(man).column("video_id").combine_chunks()
     else:
-        ids = [str(v) for v in video_ids]
-    if not ids:
+        ids = pa.array([str(v) for v in video_ids], pa.string())
+    if not len(ids):
         raise ValueError("no training videos given — pass video_ids or build a non-empty index")
     src = _Source(
         str(index_dir),
@@ -263,7 +268,7 @@ def materialize_neighbours(
         not man.compressed or config.rerank_exact,
         "ray" if shard_actors else "threads",
     )
-    ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    ids_hash = _ids_sha256(ids)
     params = _params(index_dir, out_dir, config, duplicates, ids_hash, part_size, man)
     n_parts = (len(ids) + part_size - 1) // part_size
     written = skipped = fully_padded = 0
@@ -294,7 +299,10 @@ def materialize_neighbours(
             todo.append((uri, lo, hi))
         if progress:
             progress(done, len(ids))
-        tasks = ((src, config, ids[lo:hi], uri, params, batch_size) for uri, lo, hi in todo)
+        tasks = (
+            (src, config, ids.slice(lo, hi - lo).to_pylist(), uri, params, batch_size)
+            for uri, lo, hi in todo
+        )
         if shard_actors:  # parts here, the search in the actors
             results = (neighbour_part(*t) for t in tasks)
         else:
@@ -337,6 +345,16 @@ def materialize_neighbours(
         videos_per_s=round(len(ids) / secs, 1) if secs else 0.0,
         warnings=warnings,
     )
+
+
+def _ids_sha256(ids: pa.Array, chunk: int = 1 << 20) -> str:
+    """sha256 of the ids joined by newlines, a slice at a time (same digest as one join)."""
+    h = hashlib.sha256()
+    for a in range(0, len(ids), chunk):
+        if a:
+            h.update(b"\n")
+        h.update("\n".join(ids.slice(a, chunk).to_pylist()).encode())
+    return h.hexdigest()
 
 
 def max_group(groups: dict[str, int]) -> int:

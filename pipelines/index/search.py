@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from ragvid.pipelines.index.idmap import IdMap
 from ragvid.pipelines.index.layout import IndexManifest, damaged, read_ids
 from ragvid.pipelines.index.rowstore import RowStore
 from ragvid.pipelines.index.shards import RayShardSet, ShardSet
@@ -126,10 +127,9 @@ class Retriever:
     ):
         self.man = man
         self.shards = shards
-        self.ids = np.asarray(ids_table.column("video_id").to_pylist(), dtype=object)
-        self.captions = np.asarray(ids_table.column("caption").to_pylist(), dtype=object)
+        self.ids = IdMap(ids_table.column("video_id"))  # columnar: no Python object per row
+        self.captions: pa.Array = ids_table.column("caption").combine_chunks()
         self.vectors = vectors
-        self._row_of: dict[str, int] | None = None
         self._bm25 = None
         self._frames_map: dict[str, tuple[int, int]] | None = None
         self._part_cache: OrderedDict[int, pa.Table] = OrderedDict()
@@ -148,17 +148,13 @@ class Retriever:
 
     # --- ids -------------------------------------------------------------------------
 
-    @property
-    def row_of(self) -> dict[str, int]:
-        if self._row_of is None:
-            self._row_of = {v: i for i, v in enumerate(self.ids)}
-        return self._row_of
+    def rows_for(self, ids: Sequence[str | None]) -> np.ndarray:
+        """Index row of each id (-1: not in the index, or None)."""
+        return self.ids.rows(ids)
 
-    def rows_for(self, ids: Sequence[str]) -> np.ndarray:
-        return np.array([self.row_of.get(v, -1) if v is not None else -1 for v in ids], np.int64)
-
-    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
-        return np.where(rows >= 0, self.ids[np.where(rows >= 0, rows, 0)], None)
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Video ids of index rows (any shape; None where a row is < 0)."""
+        return self.ids.take(rows)
 
     # --- dense search ----------------------------------------------------------------
 
@@ -242,7 +238,7 @@ class Retriever:
             if c >= self.man.ntotal or not more.any():
                 break
             todo, c = todo[more], min(self.man.ntotal, c * 4)
-        return RetrievalResult(self._ids_of(out_rows), out_sc, out_mask, dmin, modality, out_rows)
+        return RetrievalResult(self.ids_of(out_rows), out_sc, out_mask, dmin, modality, out_rows)
 
     def search_video_ids(
         self, ids: Sequence[str], config: RetrievalConfig, *, exclude_self: bool = True
@@ -328,7 +324,7 @@ class Retriever:
             from ragvid.pipelines.index.bm25 import rrf_fuse
 
             d_rows, _ = self.candidates(q, c, rerank=config.rerank_exact)
-            f_ids, scores = rrf_fuse([self._ids_of(d_rows), b_ids], c)
+            f_ids, scores = rrf_fuse([self.ids_of(d_rows), b_ids], c)
             rows, dmin = self.rows_for(f_ids.ravel().tolist()).reshape(f_ids.shape), None
         r, s, m = select_filtered(
             rows,
@@ -338,7 +334,7 @@ class Retriever:
             delta_min=dmin,
             delta_dedup=config.delta_dedup,
         )
-        return RetrievalResult(self._ids_of(r), s, m, dmin, "text", r, mode)
+        return RetrievalResult(self.ids_of(r), s, m, dmin, "text", r, mode)
 
     def check_encoder(self, encoder: Any) -> None:
         if encoder is None:
@@ -435,5 +431,13 @@ class Retriever:
 
     def captions_for(self, ids: np.ndarray) -> np.ndarray:
         rows = self.rows_for(np.asarray(ids, dtype=object).ravel().tolist())
-        out = np.where(rows >= 0, self.captions[np.where(rows >= 0, rows, 0)], None)
-        return out.reshape(np.shape(ids))
+        return self.captions_of(rows).reshape(np.shape(ids))
+
+    def captions_of(self, rows: np.ndarray) -> np.ndarray:
+        """Captions of index rows (any shape; None where a row is < 0)."""
+        rows = np.asarray(rows, np.int64)
+        flat, out = rows.ravel(), np.full(rows.size, None, dtype=object)
+        ok = flat >= 0
+        if ok.any():
+            out[ok] = self.captions.take(pa.array(flat[ok])).to_numpy(zero_copy_only=False)
+        return out.reshape(rows.shape)
