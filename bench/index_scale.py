@@ -123,6 +123,10 @@ def step_build(a) -> dict:
         "seconds": round(time.perf_counter() - t, 1),
         "index_bytes": sum(int(s.get("bytes", 0)) for s in man.shards),
         "peak_rss_gb": _rss_gb(),
+        # the largest child this step waited for (BM25 over ≥ 1M captions builds in its own)
+        "peak_rss_child_gb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 2
+        ),
     }
 
 
