@@ -69,12 +69,15 @@ class RowStore:
     queries or a full scan would grow it to every piece (10 GB at 10M). So after each
     ``release_bytes`` of pages read, the mapping is told to drop them (``MADV_DONTNEED``: the
     page cache keeps them, the next read maps them back) — the process holds at most about
-    that much of the pieces."""
+    that much of the pieces. Pieces of at most ``keep_mapped_bytes`` in all (1M × 512 float16:
+    1 GB) stay mapped: releasing and mapping them again would cost a re-rank more time than
+    the bounded share saves."""
 
     pieces: list[np.ndarray]
     starts: np.ndarray  # (len(pieces) + 1,) first row of each piece, then the total
     dim: int
     release_bytes: int = 256 * 2**20
+    keep_mapped_bytes: int = 2 * 2**30
     _touched: int = 0  # estimated bytes mapped since the last release (no /proc)
     _base: int | None = None  # resident file bytes after the last release (measured)
 
@@ -121,6 +124,9 @@ class RowStore:
             return self[rows[None]][0]
         flat = rows.ravel()
         out = np.empty((len(flat), self.dim), dtype=np.float32)
+        if not self._releases():
+            self._gather(flat, out)
+            return out.reshape(*rows.shape, self.dim)
         # a random gather maps up to ROW_FAULT_MAX a row (a re-rank of 4,096 queries × 25
         # candidates mapped 3.6 GB of the pieces at 10M): steps whose worst case fits
         # release_bytes, released as the measured growth reaches it
@@ -148,10 +154,18 @@ class RowStore:
                 self._read(block.shape[0] * a.itemsize * self.dim)
                 yield int(self.starts[i]) + s, block
 
+    def _releases(self) -> bool:
+        """Whether mapped pages are dropped as reads go: memory-mapped pieces above
+        ``keep_mapped_bytes`` in all (pieces read from remote storage are in RAM already)."""
+        mapped = [a for a in self.pieces if getattr(a, "_mmap", None) is not None]
+        return sum(a.nbytes for a in mapped) > self.keep_mapped_bytes
+
     def _read(self, nbytes: int) -> None:
         """Count what a read may have mapped; release once it reaches ``release_bytes`` —
         measured (resident file pages grown since the last release) where /proc has it,
         else estimated (``nbytes`` summed)."""
+        if not self._releases():
+            return
         self._touched += nbytes
         now = _mapped_file_bytes()
         if now is not None and self._base is None:
