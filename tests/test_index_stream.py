@@ -62,6 +62,18 @@ def test_shard_plan_splits_kept_rows_across_parts_in_order():
     assert (jobs[2].shard_uri, jobs[2].piece_uri) == ("s2", "v2")
 
 
+def test_part_vectors_in_chunks_equal_the_whole_read(clustered_embeddings):
+    """A shard task reads its part a chunk at a time (contiguous runs sliced, others taken):
+    the same rows, in the same order, as reading the part whole."""
+    from ragvid.pipelines.index.parts import embedding_paths, iter_part_vectors, read_part_vectors
+
+    part = embedding_paths(clustered_embeddings[0])[0]
+    whole = read_part_vectors(part)
+    for rows in (None, np.arange(3, 40), np.array([0, 2, 5, 6, 7, 30, 31])):
+        got = np.concatenate(list(iter_part_vectors(part, rows, chunk_rows=4)))
+        np.testing.assert_array_equal(got, whole if rows is None else whole[rows])
+
+
 # --- streaming build == in-memory build ----------------------------------------------------
 
 

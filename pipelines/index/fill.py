@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from ragvid.pipelines.executor.map_tasks import ray_node
-from ragvid.pipelines.index.parts import read_part_vectors
+from ragvid.pipelines.index.parts import iter_part_vectors, read_part_vectors
 from ragvid.schemas.files import atomic_put
 
 
@@ -102,9 +102,9 @@ def fill_shard(trained: bytes, job: ShardJob) -> dict:
 
     Bounded memory: the piece is written span by span as the vectors are added (an ``.npy``
     header for the planned rows, then the rows), and the index is streamed to its file by
-    FAISS — the task holds the index's codes and one part's vectors, not a second copy of
-    either (at 10M × 512 in 8 shards a whole piece plus a serialized index were ~2.6 GB more
-    per task; BENCHMARKS.md)."""
+    FAISS — the task holds the index's codes, one part's Arrow column and one chunk of its
+    vectors in float32, not a second copy of either (at 10M × 512 in 8 shards a whole piece
+    plus a serialized index were ~2.6 GB more per task; BENCHMARKS.md)."""
     index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
     dtype = np.dtype(job.vectors_dtype)
     piece: dict = {}
@@ -115,11 +115,11 @@ def fill_shard(trained: bytes, job: ShardJob) -> dict:
         np.lib.format.write_array_header_1_0(out, {**header, "shape": (job.rows, index.d)})
         at = 0
         for span in job.spans:
-            v = read_part_vectors(span.uri, span.rows)
-            ids = np.arange(job.first_row + at, job.first_row + at + len(v), dtype=np.int64)
-            index.add_with_ids(v, ids)
-            out.write(np.ascontiguousarray(v, dtype=dtype))
-            at += len(v)
+            for v in iter_part_vectors(span.uri, span.rows):
+                ids = np.arange(job.first_row + at, job.first_row + at + len(v), dtype=np.int64)
+                index.add_with_ids(v, ids)
+                out.write(np.ascontiguousarray(v, dtype=dtype))
+                at += len(v)
         if at != job.rows:
             raise RuntimeError(f"shard {job.shard_uri}: read {at} rows, planned {job.rows}")
         piece.update(out.record())
