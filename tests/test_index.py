@@ -65,13 +65,17 @@ def test_sharded_flat_equals_unsharded_and_exact(clustered_embeddings, tmp_path,
     np.testing.assert_allclose(d6, d4, atol=1e-6)
 
 
-@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4", "IVF8,SQ8"])
+@pytest.mark.parametrize(
+    "factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4", "IVF8,SQ8", "IVF8,RaBitQ"]
+)
 def test_approximate_index_recall(clustered_embeddings, tmp_path, factory):
     folder, table, _ = clustered_embeddings
     cfg = IndexConfig(factory=factory, num_shards=2, recall_target=0.95, train_sample=430)
     man = build_index(folder, str(tmp_path / "ix"), cfg, ray=False)
     assert man.tuned_recall >= 0.95 and man.search_params
-    assert man.compressed == ("PQ" in factory or "SQ" in factory)
+    assert man.compressed == any(t in factory for t in ("PQ", "SQ", "RaBitQ"))
+    # 1-bit codes: twice the candidates from the codes before the exact re-rank keeps the best
+    assert man.rerank_fetch == (2 if "RaBitQ" in factory else 1)
     r = Retriever.open(str(tmp_path / "ix"))
     x = _unit(table)
     q = x[1::7]

@@ -721,7 +721,7 @@ def tune_search_params(
         ]
     ivf = first = None  # a loaded shard is not held through the loop below
     recall, params = 0.0, {}
-    c = kk * 4 if man.compressed else kk
+    c = kk * 4 * man.rerank_fetch if man.compressed else kk
     for params in grid:
         if shards is not None:
             shards.set_params(params)

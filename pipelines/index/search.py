@@ -161,12 +161,14 @@ class Retriever:
     def candidates(self, q: np.ndarray, c: int, *, rerank: bool = True):
         """Top-c (rows, scores) for normalised queries; exact re-rank on compressed indexes."""
         c = max(1, min(int(c), self.man.ntotal))
-        scores, rows = self.shards.search(q, c)
-        if rerank and self.man.compressed:
+        rerank = rerank and self.man.compressed
+        fetch = min(self.man.ntotal, c * self.man.rerank_fetch) if rerank else c
+        scores, rows = self.shards.search(q, fetch)
+        if rerank:
             v = np.asarray(self.vectors[np.where(rows >= 0, rows, 0)], dtype=np.float32)
             exact = batch_dot(q, v)
             exact = np.where(rows >= 0, exact, -np.inf)
-            order = np.argsort(-exact, axis=1, kind="stable")
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :c]
             rows = np.take_along_axis(rows, order, 1)
             scores = np.take_along_axis(exact, order, 1)
         return rows, scores.astype(np.float32)
