@@ -37,6 +37,18 @@ def fixed_width(ids: pa.Array, width: int) -> np.ndarray:
     return out.view(f"S{max(1, width)}").ravel()
 
 
+def take_padded(column: pa.Array, rows: np.ndarray) -> np.ndarray:
+    """``column``'s values at index ``rows`` (any shape) as an object array; None where a row
+    is < 0 (a padded result slot)."""
+    rows = np.asarray(rows, np.int64)
+    flat = rows.ravel()
+    ok = flat >= 0
+    out = np.full(len(flat), None, dtype=object)
+    if ok.any():
+        out[ok] = column.take(pa.array(flat[ok])).to_numpy(zero_copy_only=False)
+    return out.reshape(rows.shape)
+
+
 def _as_array(ids: Iterable[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(ids, pa.ChunkedArray):
         return ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
@@ -121,10 +133,4 @@ class IdMap:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Ids of ``rows`` (any shape) as an object array; None where a row is < 0."""
-        rows = np.asarray(rows, np.int64)
-        flat = rows.ravel()
-        ok = flat >= 0
-        out = np.full(len(flat), None, dtype=object)
-        if ok.any():
-            out[ok] = self.array.take(pa.array(flat[ok])).to_numpy(zero_copy_only=False)
-        return out.reshape(rows.shape)
+        return take_padded(self.array, rows)

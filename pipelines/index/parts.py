@@ -98,6 +98,15 @@ def refuse_duplicate_ids(ids: pa.Array, where: str) -> None:
         raise ValueError(f"{where}: video_id(s) {dup} appear more than once — dedupe the manifest")
 
 
+def _rows_vectors(t: pa.Table, rows: np.ndarray | None, uri: str) -> np.ndarray:
+    """``video_emb`` of ``rows`` of a part's table (all if None), checked and normalised; a
+    contiguous run is sliced (zero-copy), other rows taken."""
+    if rows is not None:
+        run = len(rows) > 0 and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        t = t.slice(int(rows[0]), len(rows)) if run else t.take(pa.array(rows))
+    return normalised(table_vectors(t), t.column("video_id").combine_chunks(), uri)
+
+
 def iter_part_vectors(
     uri: str, rows: np.ndarray | None = None, chunk_rows: int = 65_536
 ) -> Iterator[np.ndarray]:
@@ -108,15 +117,10 @@ def iter_part_vectors(
     t = read_columns(uri, ["video_id", "video_emb"])
     rows = np.arange(len(t), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     for a in range(0, len(rows), chunk_rows):
-        r = rows[a : a + chunk_rows]
-        run = np.array_equal(r, np.arange(r[0], r[0] + len(r)))  # contiguous: a zero-copy slice
-        c = t.slice(int(r[0]), len(r)) if run else t.take(pa.array(r))
-        yield normalised(table_vectors(c), c.column("video_id").combine_chunks(), uri)
+        yield _rows_vectors(t, rows[a : a + chunk_rows], uri)
 
 
 def read_part_vectors(uri: str, rows: np.ndarray | None = None) -> np.ndarray:
     """One part's ``video_emb`` (the local ``rows`` only, if given), checked and normalised."""
-    t = read_columns(uri, ["video_id", "video_emb"])
-    if rows is not None:
-        t = t.take(pa.array(rows))
-    return normalised(table_vectors(t), t.column("video_id").combine_chunks(), uri)
+    rows = None if rows is None else np.asarray(rows, np.int64)
+    return _rows_vectors(read_columns(uri, ["video_id", "video_emb"]), rows, uri)

@@ -79,7 +79,10 @@ class RowStore:
     release_bytes: int = 256 * 2**20
     keep_mapped_bytes: int = 2 * 2**30
     _touched: int = 0  # estimated bytes mapped since the last release (no /proc)
-    _base: int | None = None  # resident file bytes after the last release (measured)
+    _base: int | None = None  # resident file bytes when opened / last released (measured)
+
+    def __post_init__(self) -> None:
+        self._base = _mapped_file_bytes()
 
     @classmethod
     def open(cls, man: IndexManifest, verify: bool = True) -> RowStore:
@@ -168,8 +171,6 @@ class RowStore:
             return
         self._touched += nbytes
         now = _mapped_file_bytes()
-        if now is not None and self._base is None:
-            self._base = now - min(nbytes, now)  # first read: the growth is at most nbytes
         grown = now - self._base if now is not None and self._base is not None else None
         if (grown if grown is not None else self._touched) >= self.release_bytes:
             self.release()

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from ragvid.pipelines.index.idmap import IdMap
+from ragvid.pipelines.index.idmap import IdMap, take_padded
 from ragvid.pipelines.index.layout import IndexManifest, damaged, read_ids
 from ragvid.pipelines.index.rowstore import RowStore
 from ragvid.pipelines.index.shards import RayShardSet, ShardSet
@@ -437,9 +437,4 @@ class Retriever:
 
     def captions_of(self, rows: np.ndarray) -> np.ndarray:
         """Captions of index rows (any shape; None where a row is < 0)."""
-        rows = np.asarray(rows, np.int64)
-        flat, out = rows.ravel(), np.full(rows.size, None, dtype=object)
-        ok = flat >= 0
-        if ok.any():
-            out[ok] = self.captions.take(pa.array(flat[ok])).to_numpy(zero_copy_only=False)
-        return out.reshape(rows.shape)
+        return take_padded(self.captions, rows)
