@@ -66,7 +66,7 @@ def test_sharded_flat_equals_unsharded_and_exact(clustered_embeddings, tmp_path,
 
 
 @pytest.mark.parametrize(
-    "factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4", "IVF8,SQ8", "IVF8,RaBitQ"]
+    "factory", ["IVF16,Flat", "HNSW16", "IVF8,PQ8x4", "IVF8,PQ32x4fs", "IVF8,SQ8", "IVF8,RaBitQ"]
 )
 def test_approximate_index_recall(clustered_embeddings, tmp_path, factory):
     folder, table, _ = clustered_embeddings
@@ -146,10 +146,12 @@ def test_empty_table_and_bad_factory(clustered_embeddings, tmp_path):
 
 def test_choose_factory_by_size_and_budget():
     assert choose_factory(5_000, 512, 8) == "Flat"
-    assert choose_factory(200_000, 512, 8) == "IVF512,SQ8"
-    assert choose_factory(1_000_000, 512, 8) == "IVF1024,SQ8"
-    assert choose_factory(10_700_000, 512, 8) == "IVF4096,SQ8"  # 5.6 GB of codes
-    assert choose_factory(10_700_000, 512, 4) == "IVF4096,PQ128"
+    assert choose_factory(200_000, 512, 8) == "IVF512,PQ512x4fs"
+    assert choose_factory(1_000_000, 512, 8) == "IVF1024,PQ512x4fs"
+    assert choose_factory(10_700_000, 512, 4) == "IVF4096,PQ512x4fs"  # 2.8 GB of 4-bit codes
+    assert choose_factory(1_000_000, 511, 8) == "IVF1024,SQ8"  # fast-scan pairs dimensions
+    assert choose_factory(10_700_000, 511, 8) == "IVF4096,SQ8"  # 5.6 GB of codes
+    assert choose_factory(10_700_000, 512, 2) == "IVF4096,PQ128"
     assert choose_factory(10_700_000, 512, 0.3).endswith("PQ16")
 
 

@@ -198,29 +198,33 @@ def test_ivf_with_an_hnsw_quantizer_tunes_nprobe(clustered_embeddings, tmp_path)
     assert man.tuned_recall >= 0.95
 
 
-def test_ivf_shards_share_one_quantizer_search(clustered_embeddings, tmp_path):
-    """IVF shards filled from one trained index search their common quantizer once per batch
-    (search_preassigned), with the same results as each shard searching its own copy."""
-    from ragvid.pipelines.index.shards import ShardSet
+def test_ivf_shards_trained_together_are_searched_merged(clustered_embeddings, tmp_path):
+    """IVF shards filled from one trained index open as one merged index (one quantizer
+    search and one set of PQ tables per query, not one per shard), with the results of each
+    shard searched alone and the lists merged; Flat shards stay shards."""
+    from ragvid.pipelines.index.shards import ShardSet, load_shard, merge_topk, set_params
 
     folder, table, _ = clustered_embeddings
-    cfg = IndexConfig(factory="IVF8,Flat", train_sample=430, num_shards=3)
-    man = build_index(folder, str(tmp_path / "ivf"), cfg, ray=False)
-    shards = ShardSet.open(man, gpu=False)
-    assert shards._shared is not None and len(shards._shared[1]) == 3
     q = table_vectors(table)[::11]
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    for nprobe in (1, 3):
-        shards.set_params({"nprobe": nprobe})
-        shared = shards.search(q, 7)
-        shards_whole = ShardSet(man, shards.indexes)
-        shards_whole._shared = None
-        shards_whole.set_params({"nprobe": nprobe})
-        whole = shards_whole.search(q, 7)
-        np.testing.assert_array_equal(shared[1], whole[1])
-        np.testing.assert_allclose(shared[0], whole[0], rtol=1e-6)
+    for factory in ("IVF8,Flat", "IVF8,SQ8"):
+        cfg = IndexConfig(factory=factory, train_sample=430, num_shards=3)
+        man = build_index(folder, str(tmp_path / factory.replace(",", "_")), cfg, ray=False)
+        shards = ShardSet.open(man, gpu=False)
+        assert len(shards.indexes) == 1 and shards.ntotal == man.ntotal == len(table)
+        alone = [load_shard(man, i) for i in range(3)]
+        assert all(x.ntotal for x in alone)  # every shard holds rows: the merge had work
+        for nprobe in (1, 3):
+            shards.set_params({"nprobe": nprobe})
+            merged = shards.search(q, 7)
+            for x in alone:
+                set_params(x, {"nprobe": nprobe})
+            found = [x.search(q, 7) for x in alone]
+            each = merge_topk([f[0] for f in found], [f[1] for f in found], 7)
+            np.testing.assert_array_equal(merged[1], each[1])
+            np.testing.assert_allclose(merged[0], each[0], rtol=1e-6)
     flat = build_index(folder, str(tmp_path / "flat"), IndexConfig(num_shards=2), ray=False)
-    assert ShardSet.open(flat, gpu=False)._shared is None  # Flat shards: nothing to share
+    assert len(ShardSet.open(flat, gpu=False).indexes) == 2  # Flat shards: searched as shards
 
 
 def _status_mb(field: str) -> float:

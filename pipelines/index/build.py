@@ -82,22 +82,27 @@ log = logging.getLogger("ragvid.index")
 
 
 def choose_factory(n: int, dim: int, memory_budget_gb: float) -> str:
-    """Flat for small corpora; IVF with 8-bit scalar codes when they fit the budget; IVF-PQ
+    """Flat for small corpora; IVF with 4-bit fast-scan PQ codes (one sub-quantizer per
+    dimension) when they fit the budget; 8-bit scalar codes for odd dimensions; IVF-PQ
     otherwise. Compressed codes are re-ranked exactly from the float16 vector pieces the build
     writes, so the codes only have to find the candidates.
 
     nlist ≈ √N (a power of two). Measured at 1M × 512 on 2 cores (BENCHMARKS.md, issue 13):
-    IVF1024,SQ8 re-ranked reaches recall@10 0.96 at ~2× the QPS of IVF4096,Flat (the 4·√N
-    rule), and trains + fills in ~10 s instead of ~2 min — the scan of a few longer lists of
-    1-byte codes is cheaper than the quantizer work more lists cost. PQ has dim/4
-    sub-quantizers (4 dimensions each: encoding costs 256 × dim whatever m is, and the
-    re-rank needs the true neighbours among the candidates), halved until the codes fit.
-    HNSW is available through ``IndexConfig.factory`` (e.g. ``HNSW32``).
+    IVF1024,PQ512x4fs re-ranked reaches recall@10 0.96 at ~2× the QPS of IVF1024,SQ8 (the
+    scan of 4-bit codes runs in SIMD registers; the re-rank restores what 4 bits lose) with
+    half the memory, and IVF1024,SQ8 had beaten IVF4096,Flat (the 4·√N rule) by ~2× — fewer,
+    longer lists cost less quantizer work than they add to the scan. Coarser fast-scan codes
+    (2 dimensions per sub-quantizer) lose the true top-10 among neighbours this close. PQ has
+    dim/4 sub-quantizers (encoding costs 256 × dim whatever m is, and the re-rank needs the
+    true neighbours among the candidates), halved until the codes fit. HNSW is available
+    through ``IndexConfig.factory`` (e.g. ``HNSW32``).
     """
     if n <= FLAT_MAX_N:
         return "Flat"
     nlist = 2 ** int(round(math.log2(math.sqrt(n))))
     budget = memory_budget_gb * 1024**3
+    if dim % 2 == 0 and n * (dim * 0.5 + 8) * 1.1 <= budget:  # 4-bit codes + the lists' ids
+        return f"IVF{nlist},PQ{dim}x4fs"
     if n * dim * 1.1 <= budget:  # SQ8: one byte per dimension, plus the lists' ids
         return f"IVF{nlist},SQ8"
     m = max(8, dim // 4)

@@ -101,8 +101,8 @@ class _Exclusion:
             self.group_of_row[rows[found]] = np.fromiter(groups.values(), np.int64)[found]
         self.groups = groups
 
-    def bind(self, video_ids: Sequence[str], q: np.ndarray):
-        qrow = self.r.rows_for(video_ids)
+    def bind(self, video_ids: Sequence[str], q: np.ndarray, qrow: np.ndarray):
+        """The filter for one batch of query videos (``qrow``: their index rows)."""
         qgroup = np.array([self.groups.get(v, -1) for v in video_ids], np.int64)
 
         def exclude(todo: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -203,12 +203,14 @@ def neighbour_part(
     chunks, search_s = [], 0.0
     for a in range(0, len(batch), batch_size):
         ids = list(batch[a : a + batch_size])
-        x, found = r.vectors_for(ids)
+        rows = r.rows_for(ids)  # looked up once: the vectors and the filter both need them
+        x, found = r.vectors_for(ids, rows)
         if not found.all():
             miss = [v for v, f in zip(ids, found, strict=True) if not f][:5]
             raise KeyError(f"video_id(s) {miss} are not in the index or its embeddings")
         ts = time.perf_counter()
-        res = r.filtered_search(x, "video", config, None, extra, extra_exclude=excl.bind(ids, x))
+        bound = excl.bind(ids, x, rows)
+        res = r.filtered_search(x, "video", config, None, extra, extra_exclude=bound)
         search_s += time.perf_counter() - ts
         chunks.append(res)
     nids = np.concatenate([c.ids for c in chunks])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,11 +55,15 @@ def select_filtered(
     delta_dedup: float | None,
     exclude: np.ndarray | None = None,
     chunk_elems: int = 1 << 25,
+    candidate_vectors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The RAGME filters over candidate lists sorted by score (vectorised over queries).
 
     ``rows`` (n, C) int64 (-1 = none), ``scores`` (n, C), ``vectors`` the exact normalised
-    vectors indexed by row, ``exclude`` (n, C) bool. Returns (rows, scores, mask), each (n, k).
+    vectors indexed by row, ``exclude`` (n, C) bool; ``candidate_vectors`` (n, C, d), when the
+    caller holds the candidates' vectors already (an exact re-rank gathered them; as
+    ``(vectors, pos)``, see :meth:`Retriever.candidates_with_vectors`), spares the mutual-dedup
+    filter gathering them again. Returns (rows, scores, mask), each (n, k).
     """
     n, c = rows.shape
     valid = rows >= 0
@@ -74,13 +79,25 @@ def select_filtered(
     if delta_dedup is None or c <= 1:
         kept = valid
     else:
+
+        def window(sel: slice | np.ndarray, width: int) -> np.ndarray | None:
+            """The held vectors of candidates [:width] of rows ``sel``, in the valid-first order."""
+            if candidate_vectors is None:
+                return None
+            held, pos = candidate_vectors
+            at = np.take_along_axis(pos[sel], first[sel, :width], 1)
+            m, h = held[sel].reshape(-1, held.shape[2]), held.shape[1]
+            return m[np.arange(len(at))[:, None] * h + at]  # one row gather, not a 3-d index
+
         kept = np.zeros_like(valid)
-        w = min(c, k + 4)
-        kept[:, :w] = _greedy_dedup(rows[:, :w], valid[:, :w], vectors, k, delta_dedup, chunk_elems)
+        w = min(c, k + 2)
+        kept[:, :w] = _greedy_dedup(
+            rows[:, :w], valid[:, :w], vectors, k, delta_dedup, chunk_elems, window(slice(None), w)
+        )
         short = np.flatnonzero((kept.sum(axis=1) < k) & valid[:, w:].any(axis=1))
         if len(short):
             kept[short] = _greedy_dedup(
-                rows[short], valid[short], vectors, k, delta_dedup, chunk_elems
+                rows[short], valid[short], vectors, k, delta_dedup, chunk_elems, window(short, c)
             )
     order = np.argsort(~kept, axis=1, kind="stable")[:, :k]
     mask = np.take_along_axis(kept, order, 1)
@@ -95,17 +112,27 @@ def select_filtered(
 
 
 def _greedy_dedup(
-    rows: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int, delta: float, chunk: int
+    rows: np.ndarray,
+    valid: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    delta: float,
+    chunk: int,
+    held: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Keep a valid candidate unless an earlier kept one has cosine ≥ delta with it."""
+    """Keep a valid candidate unless an earlier kept one has cosine ≥ delta with it (``held``:
+    the candidates' vectors, (n, c, d), instead of gathering them from ``vectors``)."""
     n, c = rows.shape
     kept = np.zeros_like(valid)
     step = max(1, chunk // max(1, c * vectors.shape[1]))
     for a in range(0, n, step):
         r = rows[a : a + step]
-        v = np.asarray(vectors[np.where(r >= 0, r, 0).ravel()], dtype=np.float32)
-        v = v.reshape(len(r), c, -1)
-        close = np.matmul(v, np.ascontiguousarray(v.transpose(0, 2, 1))) >= delta  # (m, C, C)
+        if held is not None:
+            v = np.asarray(held[a : a + step], dtype=np.float32)
+        else:
+            v = np.asarray(vectors[np.where(r >= 0, r, 0).ravel()], dtype=np.float32)
+            v = v.reshape(len(r), c, -1)
+        close = np.matmul(v, v.transpose(0, 2, 1)) >= delta  # (m, C, C); BLAS takes the view
         ok, kp = valid[a : a + step], kept[a : a + step]
         for j in range(c):
             hit = (kp[:, :j] & close[:, j, :j]).any(axis=1) if j else False
@@ -141,10 +168,13 @@ class Retriever:
         the ids table and the vectors (BM25 files: when first searched). The version stays
         the one opened, whatever later builds switch to."""
         man = IndexManifest.load(index_dir)
-        shards = ShardSet.open(man) if backend == "threads" else RayShardSet(man)
-        ids_table = read_ids(man)
-        vectors = RowStore.open(man)
-        return cls(man, shards, ids_table, vectors)
+        # the vectors' checksums (1 GB at 1M × 512) are read while the shards load and merge:
+        # hashing and FAISS both release the GIL
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            vectors = pool.submit(RowStore.open, man)
+            shards = ShardSet.open(man) if backend == "threads" else RayShardSet(man)
+            ids_table = read_ids(man)
+            return cls(man, shards, ids_table, vectors.result())
 
     # --- ids -------------------------------------------------------------------------
 
@@ -160,10 +190,18 @@ class Retriever:
 
     def candidates(self, q: np.ndarray, c: int, *, rerank: bool = True):
         """Top-c (rows, scores) for normalised queries; exact re-rank on compressed indexes."""
+        rows, scores, _ = self.candidates_with_vectors(q, c, rerank=rerank)
+        return rows, scores
+
+    def candidates_with_vectors(self, q: np.ndarray, c: int, *, rerank: bool = True):
+        """:meth:`candidates` plus, where the re-rank gathered them, the exact vectors it holds
+        (None otherwise) as ``(vectors, pos)``: candidate ``[i, j]``'s vector is
+        ``vectors[i, pos[i, j]]``. The filters reuse them instead of gathering again."""
         c = max(1, min(int(c), self.man.ntotal))
         rerank = rerank and self.man.compressed
         fetch = min(self.man.ntotal, c * self.man.rerank_fetch) if rerank else c
         scores, rows = self.shards.search(q, fetch)
+        held = None
         if rerank:
             v = np.asarray(self.vectors[np.where(rows >= 0, rows, 0)], dtype=np.float32)
             exact = batch_dot(q, v)
@@ -171,7 +209,8 @@ class Retriever:
             order = np.argsort(-exact, axis=1, kind="stable")[:, :c]
             rows = np.take_along_axis(rows, order, 1)
             scores = np.take_along_axis(exact, order, 1)
-        return rows, scores.astype(np.float32)
+            held = (v, order)  # not permuted here: the filters take only the few they need
+        return rows, scores.astype(np.float32), held
 
     def search(
         self,
@@ -214,7 +253,9 @@ class Retriever:
         todo = np.arange(n)
         c = config.overfetch * k + extra + 1
         while len(todo):
-            rows, scores = self.candidates(q[todo], c, rerank=config.rerank_exact)
+            rows, scores, held = self.candidates_with_vectors(
+                q[todo], c, rerank=config.rerank_exact
+            )
             exclude = np.zeros(rows.shape, bool)
             if excl_rows is not None:
                 for t, qi in enumerate(todo):
@@ -230,7 +271,9 @@ class Retriever:
                 delta_min=dmin,
                 delta_dedup=config.delta_dedup,
                 exclude=exclude,
+                candidate_vectors=held,
             )
+            del held
             out_rows[todo], out_sc[todo], out_mask[todo] = r, s, m
             # widen where the filters left < K but the last candidate could still qualify
             last = scores[:, -1]
@@ -253,9 +296,12 @@ class Retriever:
         excl = [[v] for v in ids] if exclude_self else None
         return self.search(x, modality="video", config=config, exclude_ids=excl)
 
-    def vectors_for(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Exact vectors for video_ids: from the index, else from its embeddings source."""
-        rows = self.rows_for(ids)
+    def vectors_for(
+        self, ids: Sequence[str], rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact vectors for video_ids: from the index, else from its embeddings source
+        (``rows``: their index rows, when the caller looked them up already)."""
+        rows = self.rows_for(ids) if rows is None else rows
         x = np.zeros((len(ids), self.man.dim), np.float32)
         x[rows >= 0] = self.vectors[rows[rows >= 0]]
         found = rows >= 0

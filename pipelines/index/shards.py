@@ -1,9 +1,10 @@
 """Fan a query batch out over an index's shards and merge the per-shard top-k lists.
 
 Each shard holds a disjoint slice of the rows (global row ids), so the merged top-k of the
-shards' top-k lists is the unsharded top-k — exactly so for Flat shards. Locally the shards
-are searched from a thread pool (FAISS releases the GIL); ``RayShardSet`` keeps each shard
-in a Ray actor for indexes that outgrow one process. faiss-gpu is used when present.
+shards' top-k lists is the unsharded top-k — exactly so for Flat shards. Locally, IVF shards
+trained together are merged into one index at open (:func:`merge_ivf_shards`) and other
+shards are searched from a thread pool (FAISS releases the GIL); ``RayShardSet`` keeps each
+shard in a Ray actor for indexes that outgrow one process. faiss-gpu is used when present.
 """
 
 from __future__ import annotations
@@ -83,45 +84,67 @@ def _to_gpu(index: faiss.Index) -> faiss.Index:
     return index
 
 
-def shared_quantizer(indexes: list[faiss.Index]) -> tuple[faiss.Index, list] | None:
-    """The flat coarse quantizer every IVF shard holds a copy of (a build fills all shards —
-    and an add its new ones — from one trained index), with the shards as IVF indexes; None
-    unless there are several plain IVF shards with identical centroids. Searched once per
-    query batch instead of once per shard (the quantizer's cost grows with the shard count);
-    at 4 shards of IVF4096 over 1M × 512 the list scans dominate and the gain was within
-    noise (BENCHMARKS.md)."""
+def _encoder_state(ivf: faiss.IndexIVF) -> np.ndarray | None:
+    """What an IVF index's codes were trained on besides its centroids (PQ codebooks, SQ
+    ranges; empty for plain lists); None for a kind this does not know how to compare."""
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        return np.zeros(0, np.float32)
+    if hasattr(ivf, "pq"):  # IVFPQ, IVFPQ fast-scan
+        return faiss.vector_to_array(ivf.pq.centroids)
+    if isinstance(ivf, faiss.IndexIVFScalarQuantizer):
+        return faiss.vector_to_array(ivf.sq.trained)
+    return None
+
+
+def merge_ivf_shards(indexes: list[faiss.Index]) -> list[faiss.Index]:
+    """Several IVF shards filled from one trained index (a build fills all its shards — and
+    an add its new ones — from one) merged into one index; the list unchanged otherwise.
+
+    Searched in one process, shards repeat per query the work that does not depend on how
+    many codes a list holds: the coarse quantizer search and, for PQ, the distance tables of
+    every probed list. 4-bit fast-scan codes are cheap enough to scan that these dominate: 4
+    shards of IVF1024,PQ512x4fs over 1M × 512 searched at 7,000 QPS, merged at 13,700
+    (BENCHMARKS.md). The merge moves the codes (the shards given are left empty); 1.3 s at 1M.
+    """
     if len(indexes) < 2:
-        return None
+        return indexes
     ivfs = []
     for x in indexes:
         x = faiss.downcast_index(x)
-        if not isinstance(x, faiss.IndexIVF):
-            return None  # Flat, HNSW, or a wrapped IVF (IDMap, PreTransform): searched whole
+        if not isinstance(x, faiss.IndexIVF) or (ivfs and type(x) is not type(ivfs[0])):
+            return indexes  # Flat, HNSW, a wrapped IVF (IDMap, PreTransform), mixed kinds
         ivfs.append(x)
     quants = [faiss.downcast_index(x.quantizer) for x in ivfs]
     if not all(isinstance(q, faiss.IndexFlat) for q in quants):
-        return None
+        return indexes
     first = quants[0].reconstruct_n(0, quants[0].ntotal)
-    for q in quants[1:]:
+    state = _encoder_state(ivfs[0])
+    if state is None:
+        return indexes
+    for x, q in zip(ivfs[1:], quants[1:], strict=True):
         if q.ntotal != len(first) or not np.array_equal(q.reconstruct_n(0, q.ntotal), first):
-            return None
-    return quants[0], ivfs
+            return indexes
+        other = _encoder_state(x)
+        if other is None or not np.array_equal(other, state):
+            return indexes
+    for x in ivfs[1:]:
+        ivfs[0].merge_from(x, 0)  # the shards' lists hold global row ids already
+    return indexes[:1]  # the object that owns the merged index, not its downcast view
 
 
 class ShardSet:
-    """The shards of one index, searched in parallel threads and merged; IVF shards share
-    one coarse-quantizer search per batch (:func:`shared_quantizer`)."""
+    """The shards of one index, searched as one: IVF shards trained together are merged
+    (:func:`merge_ivf_shards`), other shards searched in parallel threads and merged."""
 
     def __init__(self, man: IndexManifest, indexes: list[faiss.Index]):
         self.man = man
-        self.indexes = indexes
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(indexes), 8)))
-        self._shared = shared_quantizer(indexes)
+        self.indexes = merge_ivf_shards(indexes)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.indexes), 8)))
         self.set_params(man.search_params)
 
     @classmethod
     def open(cls, man: IndexManifest, *, gpu: bool = True) -> ShardSet:
-        idx = [load_shard(man, i) for i in range(len(man.shards))]
+        idx = merge_ivf_shards([load_shard(man, i) for i in range(len(man.shards))])
         if gpu:
             idx = [_to_gpu(x) for x in idx]
         return cls(man, idx)
@@ -140,12 +163,7 @@ class ShardSet:
         k = max(1, int(k))
         if len(self.indexes) == 1:
             return self.indexes[0].search(q, k)
-        if self._shared is not None:
-            quantizer, ivfs = self._shared
-            dq, iq = quantizer.search(q, ivfs[0].nprobe)  # nprobe is set alike on every shard
-            parts = list(self._pool.map(lambda x: x.search_preassigned(q, k, iq, dq), ivfs))
-        else:
-            parts = list(self._pool.map(lambda x: x.search(q, k), self.indexes))
+        parts = list(self._pool.map(lambda x: x.search(q, k), self.indexes))
         return merge_topk([p[0] for p in parts], [p[1] for p in parts], k)
 
 
