@@ -7,7 +7,7 @@ One index per factory in this process, raw FAISS (no shards, no Ray): the index 
 compared, not the product's build path — ``bench/index.py`` measures that.
 
     .venv/bin/python bench/index_factories.py --n 1000000 \\
-        --factories "IVF1024,SQ8;IVF2048,SQ8;IVF2048,PQ256x4fs;IVF4096,Flat"
+        --factories "IVF1024,SQ8;IVF1024,PQ512x4fs;L2:PCA256,IVF1024,SQ8" --overfetch 2,4,8
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ def main() -> None:
     del flat
     print(json.dumps({"n": a.n, "exact_qps": round(len(q) / exact_s, 1)}), flush=True)
     for factory in a.factories.split(";"):
-        index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
+        # "L2:" prefix: L2 metric, for PCA (it centres the vectors, which changes inner-product
+        # ranks but not L2 ones; on unit vectors L2 ranks are the inner-product ranks)
+        metric = faiss.METRIC_L2 if factory.startswith("L2:") else faiss.METRIC_INNER_PRODUCT
+        index = faiss.index_factory(DIM, factory.removeprefix("L2:"), metric)
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.niter = a.iterations
         sample = np.sort(rng.choice(a.n, max(a.points_per_list * ivf.nlist, 9984), replace=False))

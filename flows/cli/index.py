@@ -344,7 +344,7 @@ def neighbours(
         bool,
         typer.Option(
             help="Hold each index shard in a Ray actor of its own and compute the parts here: "
-            "no process holds every shard's codes (a 10M-video SQ8 index: 5.3 GB)."
+            "no process holds every shard's codes (a 10M-video index: 2.8 GB of 4-bit codes)."
         ),
     ] = False,
     ray_address: RayAddressOpt = None,

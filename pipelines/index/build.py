@@ -704,7 +704,7 @@ def tune_search_params(
     if man.factory.replace("IDMap,", "").startswith("Flat"):
         return {}, 1.0
     # up to TUNE_RESIDENT_MAX of codes the shards are opened together (one load, searched in
-    # parallel); above, each grid point loads them one after another (10M × SQ8: 5.3 GB)
+    # one merged index); above, each grid point loads them one after another (10M × 512: 2.8 GB)
     whole = sum(int(sh.get("bytes", 0)) for sh in man.shards) <= TUNE_RESIDENT_MAX
     shards = ShardSet.open(man) if whole else None
     rng = np.random.default_rng(1)

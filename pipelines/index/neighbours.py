@@ -248,8 +248,8 @@ def materialize_neighbours(
     one; a cluster joined with ``--ray-address`` spreads them over its nodes), each worker
     opening the index once; otherwise in this process. ``shard_actors=True`` computes the parts
     here and holds each shard in a Ray actor of its own (``Retriever.open(backend="ray")``):
-    no process holds every shard's codes (10M × SQ8: 5.3 GB). The driver keeps the lock, the
-    skip of finished parts and the markers.
+    no process holds every shard's codes (10M × 512 in 4-bit codes: 2.8 GB). The driver keeps
+    the lock, the skip of finished parts and the markers.
 
     The report's ``warnings`` (also logged) say when the lists are mostly padding
     (``RetrievalConfig.warn_*``), from the per-part counts the markers already hold."""

@@ -10,6 +10,8 @@ shard in a Ray actor for indexes that outgrow one process. faiss-gpu is used whe
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +21,8 @@ import numpy as np
 from ragvid.pipelines.index.layout import REBUILD, CorruptShardError, IndexManifest
 from ragvid.schemas.checksum import file_record
 from ragvid.schemas.io import fs_and_path
+
+log = logging.getLogger(__name__)
 
 
 def _missing(uri: str, what: str) -> CorruptShardError:
@@ -79,8 +83,13 @@ def merge_topk(ds: list[np.ndarray], ix: list[np.ndarray], k: int) -> tuple[np.n
 
 
 def _to_gpu(index: faiss.Index) -> faiss.Index:
+    """The index on every GPU with faiss-gpu; kinds FAISS has no GPU version of (the 4-bit
+    fast-scan default among them) are searched on the CPU, which scans them in SIMD."""
     if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index)  # pragma: no cover - needs faiss-gpu
+        try:  # pragma: no cover - needs faiss-gpu
+            return faiss.index_cpu_to_all_gpus(index)
+        except RuntimeError as exc:  # pragma: no cover - "not implemented on GPU"
+            log.info("index %s stays on the CPU: %s", type(index).__name__, exc)
     return index
 
 
@@ -96,40 +105,47 @@ def _encoder_state(ivf: faiss.IndexIVF) -> np.ndarray | None:
     return None
 
 
-def merge_ivf_shards(indexes: list[faiss.Index]) -> list[faiss.Index]:
-    """Several IVF shards filled from one trained index (a build fills all its shards — and
-    an add its new ones — from one) merged into one index; the list unchanged otherwise.
+def _mergeable(into: faiss.Index, x: faiss.Index) -> tuple[faiss.IndexIVF, faiss.IndexIVF] | None:
+    """Both as IVF indexes when ``x``'s lists can join ``into``'s: the same kind, the same
+    flat coarse quantizer and the same trained codes; None otherwise."""
+    a, b = faiss.downcast_index(into), faiss.downcast_index(x)
+    if not isinstance(a, faiss.IndexIVF) or type(a) is not type(b):
+        return None  # Flat, HNSW, a wrapped IVF (IDMap, PreTransform), mixed kinds
+    qa, qb = faiss.downcast_index(a.quantizer), faiss.downcast_index(b.quantizer)
+    if not (isinstance(qa, faiss.IndexFlat) and isinstance(qb, faiss.IndexFlat)):
+        return None
+    if qa.ntotal != qb.ntotal or not np.array_equal(
+        qa.reconstruct_n(0, qa.ntotal), qb.reconstruct_n(0, qb.ntotal)
+    ):
+        return None
+    sa, sb = _encoder_state(a), _encoder_state(b)
+    if sa is None or sb is None or not np.array_equal(sa, sb):
+        return None
+    return a, b
+
+
+def merge_ivf_shards(indexes: Iterable[faiss.Index]) -> list[faiss.Index]:
+    """IVF shards filled from one trained index (a build fills all its shards — and an add its
+    new ones — from one) merged into the first, one at a time; a shard that cannot join it
+    stays a shard of its own (the merged top-k of both is still the top-k: row ids are global).
 
     Searched in one process, shards repeat per query the work that does not depend on how
     many codes a list holds: the coarse quantizer search and, for PQ, the distance tables of
     every probed list. 4-bit fast-scan codes are cheap enough to scan that these dominate: 4
     shards of IVF1024,PQ512x4fs over 1M × 512 searched at 7,000 QPS, merged at 13,700
-    (BENCHMARKS.md). The merge moves the codes (the shards given are left empty); 1.3 s at 1M.
+    (BENCHMARKS.md). The merge moves the codes; a shard merged is dropped straight away, so
+    given a generator (:meth:`ShardSet.open`) the peak is the codes plus one shard, not twice
+    the codes (7.1 GB at 10M when all 8 shards were loaded first). 1.1–1.3 s at 1M.
     """
-    if len(indexes) < 2:
-        return indexes
-    ivfs = []
+    out: list[faiss.Index] = []
     for x in indexes:
-        x = faiss.downcast_index(x)
-        if not isinstance(x, faiss.IndexIVF) or (ivfs and type(x) is not type(ivfs[0])):
-            return indexes  # Flat, HNSW, a wrapped IVF (IDMap, PreTransform), mixed kinds
-        ivfs.append(x)
-    quants = [faiss.downcast_index(x.quantizer) for x in ivfs]
-    if not all(isinstance(q, faiss.IndexFlat) for q in quants):
-        return indexes
-    first = quants[0].reconstruct_n(0, quants[0].ntotal)
-    state = _encoder_state(ivfs[0])
-    if state is None:
-        return indexes
-    for x, q in zip(ivfs[1:], quants[1:], strict=True):
-        if q.ntotal != len(first) or not np.array_equal(q.reconstruct_n(0, q.ntotal), first):
-            return indexes
-        other = _encoder_state(x)
-        if other is None or not np.array_equal(other, state):
-            return indexes
-    for x in ivfs[1:]:
-        ivfs[0].merge_from(x, 0)  # the shards' lists hold global row ids already
-    return indexes[:1]  # the object that owns the merged index, not its downcast view
+        pair = _mergeable(out[0], x) if out else None
+        if pair is None:
+            out.append(x)
+            continue
+        pair[0].merge_from(pair[1], 0)  # the shards' lists hold global row ids already
+        del pair, x  # frees the emptied shard's buffers (its lists keep their capacity)
+    return out  # the objects that own the indexes, not downcast views of them
 
 
 class ShardSet:
@@ -144,7 +160,7 @@ class ShardSet:
 
     @classmethod
     def open(cls, man: IndexManifest, *, gpu: bool = True) -> ShardSet:
-        idx = merge_ivf_shards([load_shard(man, i) for i in range(len(man.shards))])
+        idx = merge_ivf_shards(load_shard(man, i) for i in range(len(man.shards)))
         if gpu:
             idx = [_to_gpu(x) for x in idx]
         return cls(man, idx)
