@@ -95,21 +95,33 @@ def search_autofaiss(work: str) -> None:
 
 
 def search_ragvid(work: str, index_dir: str) -> None:
-    from ragvid.pipelines.index.layout import IndexManifest
-    from ragvid.pipelines.index.shards import ShardSet
+    """ragvid's search as its users run it (``Retriever.candidates``: the top-40 from the
+    codes, re-ranked exactly from the float16 vectors — what every compressed index does by
+    default), and from the codes alone (``ShardSet.search``, as autofaiss's index answers)."""
+    from ragvid.pipelines.index.search import Retriever
+    from ragvid.schemas import RetrievalConfig
 
-    man = IndexManifest.load(index_dir)
-    shards = ShardSet.open(man)
+    r = Retriever.open(index_dir)
     q, gt = np.load(f"{work}/queries.npy"), np.load(f"{work}/gt.npy")
-    ids, qps = _timed_search(shards, q)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    over = RetrievalConfig().overfetch * 10
+    r.candidates(q[:20], over)
+    passes = []  # the first pass maps the vectors' pages the re-rank touches (minor faults)
+    for _ in range(2):
+        t = time.perf_counter()
+        rows = r.candidates(q, over)[0][:, :10]
+        passes.append(len(q) / (time.perf_counter() - t))
+    ids, qps = _timed_search(r.shards, q)
     out = {
         "step": "ragvid",
-        "factory": man.factory,
-        "params": man.search_params,
-        "build_seconds": man.build_seconds,
-        "timings": man.timings,
-        "recall_at_10": round(recall_at(ids, gt), 4),
-        "qps": round(qps, 1),
+        "factory": r.man.factory,
+        "params": r.man.search_params,
+        "build_seconds": r.man.build_seconds,
+        "timings": r.man.timings,
+        "recall_at_10": round(recall_at(rows, gt), 4),
+        "qps": round(passes[1], 1),
+        "qps_first_pass": round(passes[0], 1),
+        "codes_only": {"recall_at_10": round(recall_at(ids, gt), 4), "qps": round(qps, 1)},
     }
     print(json.dumps(out))
 

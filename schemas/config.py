@@ -232,7 +232,11 @@ class RetrievalConfig(_Config):
     )
     delta_dedup: float = Field(DELTA_DEDUP, description="drop a result this similar to a kept one")
     overfetch: int = Field(4, ge=1, description="candidates fetched = overfetch × K (+ group)")
-    rerank_exact: bool = Field(True, description="re-rank compressed-index hits exactly")
+    rerank_exact: bool = Field(
+        True,
+        description="re-rank compressed-index hits exactly (the codes only find candidates: "
+        "from the default 4-bit codes alone recall@10 is ~0.78 at 1M × 512, 0.97 re-ranked)",
+    )
     warn_valid_share: float = Field(
         0.5,
         ge=0,
