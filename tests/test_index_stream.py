@@ -130,17 +130,27 @@ def test_adding_new_parts_equals_a_rebuild_on_flat(clustered_embeddings, tmp_pat
     assert again.reused and again.version == added.version  # up to date after the add
 
 
-def test_add_keeps_the_quantizer_and_big_growth_retrains(clustered_embeddings, tmp_path):
+@pytest.mark.parametrize("factory", ["IVF8,Flat", "IVF8,PQ32x4fs"])
+def test_add_keeps_the_quantizer_and_big_growth_retrains(clustered_embeddings, tmp_path, factory):
+    from ragvid.pipelines.index.search import Retriever
+
     _, table, _ = clustered_embeddings
     grown = tmp_path / "grown"
     write_embedding_parts(table, grown, [0, 200, 400])
     idx = str(tmp_path / "idx")
-    cfg = IndexConfig(factory="IVF8,Flat", train_sample=400)
+    cfg = IndexConfig(factory=factory, train_sample=400)
     base = build_index(str(grown), idx, cfg, ray=False)
     write_embedding_parts(table.slice(400), tmp_path / "extra", [0, len(table) - 400])
     os.replace(tmp_path / "extra" / "part-00000.parquet", grown / "part-00002.parquet")
     added = build_index(str(grown), idx, cfg, ray=False)
     assert added.grown_from == base.version
+    # the added shard was filled from the same trained index: one process searches them merged
+    r = Retriever.open(idx)
+    assert len(added.shards) > len(base.shards)
+    assert len(r.shards.indexes) == 1 and r.shards.ntotal == len(table)
+    rows = np.array([0, 399, 400, len(table) - 1])  # old and new rows find themselves first
+    top = r.candidates(np.asarray(r.vectors[rows], np.float32), 1)[0][:, 0]
+    np.testing.assert_array_equal(top, rows)
 
     def centroids(man, i):
         index = load_shard(man, i)  # keep it alive while its quantizer is read
