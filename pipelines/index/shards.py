@@ -149,12 +149,13 @@ def merge_ivf_shards(indexes: Iterable[faiss.Index]) -> list[faiss.Index]:
 
 
 class ShardSet:
-    """The shards of one index, searched as one: IVF shards trained together are merged
-    (:func:`merge_ivf_shards`), other shards searched in parallel threads and merged."""
+    """The shards of one index, searched as one: :meth:`open` merges IVF shards trained
+    together (:func:`merge_ivf_shards`); other shards are searched in parallel threads and
+    their lists merged."""
 
     def __init__(self, man: IndexManifest, indexes: list[faiss.Index]):
         self.man = man
-        self.indexes = merge_ivf_shards(indexes)
+        self.indexes = indexes
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.indexes), 8)))
         self.set_params(man.search_params)
 
